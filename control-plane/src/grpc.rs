@@ -1,0 +1,448 @@
+//! The operator gRPC API (`switchyard.v1.OperatorService`) and the one
+//! mapping from store errors to `tonic::Status`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use switchyard::label::Selector;
+use switchyard::pb;
+use switchyard::resource::{Kind, Ref, Resource, pb_labels};
+use switchyard::validate::{Invalid, MAX_BATCH, Violations, join};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tracing::{error, info};
+
+use crate::store::{self, Action, Op, Store};
+
+/// Default and largest `List` page.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// A Watch response is cut after this many encoded bytes (whole revisions
+/// only), well under the 4 MiB that gRPC clients accept by default.
+const WATCH_RESPONSE_BYTES: usize = 1 << 20;
+/// How often a Watch with nothing to send re-reads the change log anyway, in
+/// case a write by another replica was not signalled.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// Turns a store error into the status a client sees. Storage details are
+/// logged here and never sent.
+pub fn status(err: store::Error) -> Status {
+    use store::Error as E;
+    match err {
+        E::Invalid(invalid) => invalid_argument(invalid),
+        e @ E::Conflict { .. } => Status::aborted(e.to_string()),
+        e @ E::Referenced { .. } => Status::failed_precondition(e.to_string()),
+        e @ E::NotFound(_) => Status::not_found(e.to_string()),
+        e @ E::Compacted { .. } => Status::out_of_range(format!(
+            "{e}; list again and watch from the list's revision"
+        )),
+        e @ (E::Corrupt(_) | E::Database(_) | E::Migrate(_)) => {
+            error!(error = %e, "store failure");
+            Status::internal("internal storage error; the details are in the control plane's log")
+        }
+    }
+}
+
+/// `INVALID_ARGUMENT` listing every violation in the message and as a
+/// `google.rpc.BadRequest` detail.
+pub fn invalid_argument(invalid: Invalid) -> Status {
+    let details = ErrorDetails::with_bad_request(
+        invalid
+            .violations
+            .iter()
+            .map(|v| FieldViolation::new(&v.field, &v.reason))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!("invalid request: {invalid}"),
+        details,
+    )
+}
+
+/// The newest revision this replica knows to be committed, published so that
+/// watchers wake at once on local writes instead of at their next poll.
+#[derive(Debug, Clone)]
+pub struct Head(Arc<watch::Sender<u64>>);
+
+impl Head {
+    /// Starts at `revision`.
+    pub fn new(revision: u64) -> Self {
+        Self(Arc::new(watch::Sender::new(revision)))
+    }
+
+    /// Records that `revision` is committed (ignores older ones).
+    pub fn advance(&self, revision: u64) {
+        self.0.send_if_modified(|head| {
+            let newer = revision > *head;
+            if newer {
+                *head = revision;
+            }
+            newer
+        });
+    }
+
+    /// A receiver that wakes on every advance.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// The `OperatorService` implementation over any [`Store`].
+#[derive(Debug, Clone)]
+pub struct Operator<S> {
+    store: Arc<S>,
+    head: Head,
+    shutdown: CancellationToken,
+}
+
+impl<S: Store> Operator<S> {
+    /// Serves `store`; Watch streams end when `shutdown` is cancelled.
+    pub fn new(store: Arc<S>, head: Head, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            head,
+            shutdown,
+        }
+    }
+}
+
+fn batch_size(v: &mut Violations, n: usize) {
+    if n == 0 {
+        v.push("items", "at least one item is required");
+    } else if n > MAX_BATCH {
+        v.push(
+            "items",
+            format_args!("{n} items; at most {MAX_BATCH} per request"),
+        );
+    }
+}
+
+fn page_size(requested: u32) -> Result<usize, Status> {
+    match requested as usize {
+        0 => Ok(DEFAULT_PAGE),
+        n if n <= MAX_PAGE => Ok(n),
+        n => Err(invalid_argument(Invalid::one(
+            "page_size",
+            format_args!("{n} is not in 1..{MAX_PAGE}"),
+        ))),
+    }
+}
+
+fn selector(field: &str, text: &str) -> Result<Selector, Status> {
+    Selector::parse(text).map_err(|e| invalid_argument(Invalid::one(field, e)))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        batch_size(&mut v, req.items.len());
+        let mut writes = Vec::with_capacity(req.items.len());
+        for (i, item) in req.items.iter().take(MAX_BATCH).enumerate() {
+            let field = format!("items[{i}].resource");
+            let Some(resource) = &item.resource else {
+                v.push(field, "required");
+                continue;
+            };
+            match Resource::from_pb(resource, &field) {
+                Ok(parsed) => writes.push(store::Write {
+                    resource: resource.clone(),
+                    target: parsed.reference(),
+                    refs: parsed.references(),
+                    field: join(&field, parsed.kind().as_str()),
+                    expected_revision: item.expected_revision,
+                }),
+                Err(e) => v.extend(e),
+            }
+        }
+        v.finish(()).map_err(invalid_argument)?;
+        let applied = self
+            .store
+            .apply(writes, req.dry_run)
+            .await
+            .map_err(status)?;
+        if !req.dry_run {
+            self.head.advance(applied.revision);
+        }
+        let changed = applied
+            .results
+            .iter()
+            .filter(|r| r.1 != Action::Unchanged)
+            .count();
+        info!(
+            revision = applied.revision,
+            items = applied.results.len(),
+            changed,
+            dry_run = req.dry_run,
+            "apply"
+        );
+        Ok(Response::new(pb::ApplyResponse {
+            revision: applied.revision,
+            results: applied
+                .results
+                .into_iter()
+                .map(|(target, action, revision)| pb::ApplyResult {
+                    r#ref: Some(target.to_pb()),
+                    action: match action {
+                        Action::Created => pb::ApplyAction::Created,
+                        Action::Configured => pb::ApplyAction::Configured,
+                        Action::Unchanged => pb::ApplyAction::Unchanged,
+                    } as i32,
+                    revision,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        batch_size(&mut v, req.items.len());
+        let mut removals = Vec::with_capacity(req.items.len());
+        for (i, item) in req.items.iter().take(MAX_BATCH).enumerate() {
+            let field = format!("items[{i}].ref");
+            match item.r#ref.as_ref().map(|r| Ref::from_pb(r, &field)) {
+                None => v.push(field, "required"),
+                Some(Err(e)) => v.extend(e),
+                Some(Ok(target)) => removals.push(store::Removal {
+                    target,
+                    field,
+                    expected_revision: item.expected_revision,
+                }),
+            }
+        }
+        v.finish(()).map_err(invalid_argument)?;
+        let revision = self
+            .store
+            .delete(removals, req.dry_run)
+            .await
+            .map_err(status)?;
+        if !req.dry_run {
+            self.head.advance(revision);
+        }
+        info!(
+            revision,
+            items = req.items.len(),
+            dry_run = req.dry_run,
+            "delete"
+        );
+        Ok(Response::new(pb::DeleteResponse { revision }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        let target = match &req.r#ref {
+            None => return Err(invalid_argument(Invalid::one("ref", "required"))),
+            Some(r) => Ref::from_pb(r, "ref").map_err(invalid_argument)?,
+        };
+        match self.store.get(&target).await.map_err(status)? {
+            Some(resource) => Ok(Response::new(pb::GetResponse {
+                resource: Some(resource),
+            })),
+            None => Err(status(store::Error::NotFound(target))),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let req = request.into_inner();
+        let kind = Kind::from_pb(req.kind)
+            .ok_or_else(|| invalid_argument(Invalid::one("kind", "must be a known kind")))?;
+        let selector = selector("label_selector", &req.label_selector)?;
+        let limit = page_size(req.page_size)?;
+        if !req.page_token.is_empty() {
+            let mut v = Violations::new();
+            switchyard::validate::name(&mut v, "page_token", &req.page_token);
+            v.finish(()).map_err(invalid_argument)?;
+        }
+        // Filtering happens here, so a selective query may read several
+        // store pages; the reported revision is the first (oldest) one, so
+        // a Watch from it misses nothing.
+        let mut after = req.page_token;
+        let mut resources = Vec::new();
+        let mut revision = None;
+        let mut more = true;
+        while more && resources.len() < limit {
+            let page = self.store.list(kind, &after, limit).await.map_err(status)?;
+            revision.get_or_insert(page.revision);
+            let len = page.resources.len();
+            more = page.more;
+            for (i, r) in page.resources.into_iter().enumerate() {
+                after = switchyard::resource::pb_ref(&r)
+                    .map(|r| r.name)
+                    .unwrap_or_default();
+                if pb_labels(&r).is_some_and(|l| selector.matches(l)) {
+                    resources.push(r);
+                    if resources.len() == limit {
+                        more = more || i + 1 < len;
+                        break;
+                    }
+                }
+            }
+        }
+        let next_page_token = if more { after } else { String::new() };
+        Ok(Response::new(pb::ListResponse {
+            resources,
+            next_page_token,
+            revision: revision.unwrap_or_default(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let mut kinds = Vec::new();
+        for (i, k) in req.kinds.iter().enumerate() {
+            match Kind::from_pb(*k) {
+                Some(k) => kinds.push(k),
+                None => v.push(format!("kinds[{i}]"), "must be a known kind"),
+            }
+        }
+        v.finish(()).map_err(invalid_argument)?;
+        // Fail fast on a compacted revision rather than on the first read.
+        self.store
+            .changes(req.from_revision, 1)
+            .await
+            .map_err(status)?;
+        let state = Watcher {
+            store: self.store.clone(),
+            head: self.head.subscribe(),
+            shutdown: self.shutdown.clone(),
+            after: req.from_revision,
+            kinds,
+            ready: VecDeque::new(),
+            failed: false,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            state,
+            Watcher::next,
+        ))))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let req = request.into_inner();
+        let selector = selector("label_selector", &req.label_selector)?;
+        let revision = self.store.revision().await.map_err(status)?;
+        let nodes = self.store.nodes().await.map_err(status)?;
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes
+                .into_iter()
+                .filter(|n| selector.matches(&n.labels))
+                .collect(),
+            revision,
+        }))
+    }
+}
+
+/// The state of one Watch stream: where it is in the change log and what is
+/// ready to send. It holds no more than one store read's worth of changes.
+struct Watcher<S> {
+    store: Arc<S>,
+    head: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    after: u64,
+    kinds: Vec<Kind>,
+    ready: VecDeque<pb::WatchResponse>,
+    failed: bool,
+}
+
+impl<S: Store> Watcher<S> {
+    async fn next(mut self) -> Option<(Result<pb::WatchResponse, Status>, Self)> {
+        loop {
+            if self.failed || self.shutdown.is_cancelled() {
+                return None;
+            }
+            if let Some(resp) = self.ready.pop_front() {
+                return Some((Ok(resp), self));
+            }
+            match self.store.changes(self.after, 64).await {
+                Err(e) => {
+                    self.failed = true;
+                    return Some((Err(status(e)), self));
+                }
+                Ok(changes) if changes.is_empty() => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return None,
+                        _ = self.head.changed() => {}
+                        _ = tokio::time::sleep(WATCH_POLL) => {}
+                    }
+                }
+                Ok(changes) => {
+                    self.after = changes.last().map_or(self.after, |c| c.revision);
+                    self.batch(changes);
+                }
+            }
+        }
+    }
+
+    /// Groups changes into responses of whole revisions, cut by size.
+    fn batch(&mut self, changes: Vec<store::Change>) {
+        let mut current = pb::WatchResponse::default();
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < changes.len() {
+            let rev = changes[i].revision;
+            let end = changes[i..]
+                .iter()
+                .position(|c| c.revision != rev)
+                .map_or(changes.len(), |n| i + n);
+            let group: Vec<pb::Change> = changes[i..end]
+                .iter()
+                .filter(|c| self.kinds.is_empty() || self.kinds.contains(&c.target.kind))
+                .map(|c| pb::Change {
+                    revision: c.revision,
+                    op: match c.op {
+                        Op::Upsert => pb::ChangeOp::Upsert,
+                        Op::Delete => pb::ChangeOp::Delete,
+                    } as i32,
+                    r#ref: Some(c.target.to_pb()),
+                    resource: c.resource.clone(),
+                })
+                .collect();
+            i = end;
+            if group.is_empty() {
+                continue;
+            }
+            let size: usize = group.iter().map(Message::encoded_len).sum();
+            if bytes > 0 && bytes + size > WATCH_RESPONSE_BYTES {
+                self.ready.push_back(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += size;
+            current.revision = rev;
+            current.changes.extend(group);
+        }
+        if !current.changes.is_empty() {
+            self.ready.push_back(current);
+        }
+    }
+}

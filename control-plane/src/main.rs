@@ -1,0 +1,92 @@
+//! `switchyard-cp`: the Switchyard control-plane server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use switchyard_control_plane::server;
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight calls may take to finish after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Switchyard control plane: stores services, endpoints and routes, and
+/// serves them to operators and agents over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address of the gRPC port (operator API, health, reflection).
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Store: `sqlite://FILE` (embedded, one replica) or `postgres://USER@HOST/DB`
+    /// (production, several replicas).
+    #[arg(
+        long,
+        env = "SWITCHYARD_DATABASE_URL",
+        default_value = "sqlite://switchyard.db"
+    )]
+    database_url: String,
+    /// Log format.
+    #[arg(
+        long,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Revisions kept in the change log; watchers further behind must list again.
+    #[arg(long, env = "SWITCHYARD_CHANGE_LOG_RETENTION", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    change_log_retention: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let config = server::Config {
+        listen: args.listen,
+        database_url: args.database_url,
+        change_log_retention: args.change_log_retention,
+        ..server::Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let mut server = std::pin::pin!(server::run(config, shutdown.clone()));
+    tokio::select! {
+        result = &mut server => return result.context("control plane failed"),
+        signal = terminated() => {
+            signal.context("installing signal handlers")?;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        }
+    }
+    match tokio::time::timeout(GRACE, server).await {
+        Ok(result) => result.context("control plane failed"),
+        Err(_) => anyhow::bail!("in-flight calls did not finish within {GRACE:?}"),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminated() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

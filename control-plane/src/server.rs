@@ -1,0 +1,148 @@
+//! The control-plane server: binds the gRPC port, serves the operator API,
+//! gRPC health and reflection, and runs the store's upkeep, until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::grpc::{Head, Operator};
+use crate::store::{self, Store};
+
+/// Largest request a client may send (an Apply of many resources).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the gRPC port.
+    pub listen: SocketAddr,
+    /// `sqlite://path` or `postgres://…`.
+    pub database_url: String,
+    /// Revisions kept in the change log; older ones are compacted.
+    pub change_log_retention: u64,
+    /// How often the change log is compacted.
+    pub compaction_interval: Duration,
+    /// How often the store's revision is re-read, to notice other replicas' writes.
+    pub poll_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            database_url: "sqlite://switchyard.db".into(),
+            change_log_retention: 100_000,
+            compaction_interval: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] store::Error),
+    /// The port could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Opens the store, binds `config.listen` and serves until `shutdown` is
+/// cancelled; in-flight calls finish before it returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let store = store::Any::connect(&config.database_url).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let result = serve(listener, store.clone(), &config, shutdown).await;
+    store.close().await;
+    result
+}
+
+/// Serves on an already bound `listener` with an open `store`.
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    store: S,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = Arc::new(store);
+    let head = Head::new(store.revision().await?);
+    let addr = listener.local_addr().ok();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::operator_service_server::OperatorServiceServer<Operator<S>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let operator = pb::operator_service_server::OperatorServiceServer::new(Operator::new(
+        store.clone(),
+        head.clone(),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    info!(addr = ?addr, revision = *head.subscribe().borrow(), "listening");
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(operator)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+
+    let upkeep = upkeep(store.as_ref(), &head, config, &shutdown);
+    let (result, ()) = tokio::join!(server, upkeep);
+    info!("stopped");
+    Ok(result?)
+}
+
+/// Follows the store's revision (writes by other replicas) and compacts the
+/// change log, until shutdown.
+async fn upkeep<S: Store>(store: &S, head: &Head, config: &Config, shutdown: &CancellationToken) {
+    let mut poll = tokio::time::interval(config.poll_interval);
+    let mut compaction = tokio::time::interval(config.compaction_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    compaction.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = poll.tick() => match store.revision().await {
+                Ok(rev) => head.advance(rev),
+                Err(error) => warn!(%error, "reading the store's revision"),
+            },
+            _ = compaction.tick() => match store.compact(config.change_log_retention).await {
+                Ok(horizon) => tracing::debug!(horizon, "compacted the change log"),
+                Err(error) => warn!(%error, "compacting the change log"),
+            },
+        }
+    }
+}

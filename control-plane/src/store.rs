@@ -1,0 +1,306 @@
+//! The revisioned configuration store: resources, the change log and nodes,
+//! in Postgres (production, several replicas) or SQLite (embedded default).
+//!
+//! Every write is one transaction that first increments the single counter
+//! row in `meta`. That row lock is held until commit, so concurrent writers
+//! take revisions in commit order: a reader that sees revision N has seen
+//! every revision below it (the gap/reorder pitfall of sequences cannot
+//! happen). The same transaction appends one change-log row per resource it
+//! touched, with the resource as written, so the log alone can replay history
+//! back to the compaction horizon.
+//!
+//! The two backends share every statement (see `sql.rs`); they differ in how
+//! they connect, migrate and isolate reads.
+
+use std::future::Future;
+
+use switchyard::pb;
+use switchyard::resource::{Kind, Ref};
+use switchyard::validate::Invalid;
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use postgres::Postgres;
+pub use sqlite::Sqlite;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request names resources that do not exist, or is otherwise invalid
+    /// against the stored state.
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// An `expected_revision` did not match the stored one.
+    #[error("{target}: expected revision {expected}, found {}", display_revision(*.actual))]
+    Conflict {
+        /// The resource.
+        target: Ref,
+        /// What the caller expected (0: absent).
+        expected: u64,
+        /// What is stored (`None`: absent).
+        actual: Option<u64>,
+    },
+    /// A delete would leave other resources naming a missing one.
+    #[error("{target} is still referenced by {}", list_refs(by))]
+    Referenced {
+        /// The resource that was to be deleted.
+        target: Ref,
+        /// Who still names it.
+        by: Vec<Ref>,
+    },
+    /// The resource does not exist.
+    #[error("{0} not found")]
+    NotFound(Ref),
+    /// The change log no longer holds revisions after `requested`.
+    #[error("revision {requested} is compacted: the change log starts after revision {horizon}")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The newest compacted revision.
+        horizon: u64,
+    },
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Error {
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Database(_) | Error::Conflict { .. })
+    }
+}
+
+fn display_revision(r: Option<u64>) -> String {
+    match r {
+        Some(r) => r.to_string(),
+        None => "none (it does not exist)".into(),
+    }
+}
+
+fn list_refs(refs: &[Ref]) -> String {
+    refs.iter()
+        .map(Ref::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The result type of store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One resource to create or replace.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The validated resource. Output-only fields are ignored.
+    pub resource: pb::Resource,
+    /// Its kind and name.
+    pub target: Ref,
+    /// The resources it names, each with the field (relative to `field`) that names it.
+    pub refs: Vec<(Ref, String)>,
+    /// Path of the resource in the request, used to name problems (e.g. `items[2].endpoint`).
+    pub field: String,
+    /// Optimistic concurrency: `Some(0)` means "must not exist".
+    pub expected_revision: Option<u64>,
+}
+
+/// One resource to delete.
+#[derive(Debug, Clone)]
+pub struct Removal {
+    /// The resource.
+    pub target: Ref,
+    /// Path of the item in the request, used to name problems.
+    pub field: String,
+    /// When set, the stored revision must equal it.
+    pub expected_revision: Option<u64>,
+}
+
+/// What an apply did to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// It did not exist.
+    Created,
+    /// It existed and differed.
+    Configured,
+    /// It was identical and was not written.
+    Unchanged,
+}
+
+/// The outcome of [`Store::apply`].
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The store's revision afterwards (unchanged when nothing was written).
+    pub revision: u64,
+    /// Per write, in order: what happened and the resource's revision.
+    pub results: Vec<(Ref, Action, u64)>,
+}
+
+/// Whether a change log entry created/replaced or deleted a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Created or replaced.
+    Upsert,
+    /// Deleted.
+    Delete,
+}
+
+/// One change-log entry.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The revision that made it.
+    pub revision: u64,
+    /// Upsert or delete.
+    pub op: Op,
+    /// The resource.
+    pub target: Ref,
+    /// The resource as written (upserts only).
+    pub resource: Option<pb::Resource>,
+}
+
+/// One page of a [`Store::list`].
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Resources in name order.
+    pub resources: Vec<pb::Resource>,
+    /// The store's revision when the page was read.
+    pub revision: u64,
+    /// Whether resources remain after this page.
+    pub more: bool,
+}
+
+/// The configuration store. Implemented by [`Postgres`] and [`Sqlite`], and
+/// by [`Any`], which the server uses to pick one at start.
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces every resource of `writes` in one transaction that
+    /// takes one new revision, or writes nothing. With `dry_run`, checks
+    /// everything and reports what would happen, then rolls back.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<Applied>> + Send;
+
+    /// Deletes every resource of `removals` in one transaction, or nothing.
+    /// Returns the store's revision afterwards.
+    fn delete(
+        &self,
+        removals: Vec<Removal>,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// One resource, if it exists.
+    fn get(&self, target: &Ref) -> impl Future<Output = Result<Option<pb::Resource>>> + Send;
+
+    /// Up to `limit` resources of `kind` whose names sort after `after`, in
+    /// name order, read in one snapshot with the store's revision.
+    fn list(
+        &self,
+        kind: Kind,
+        after: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page>> + Send;
+
+    /// Change-log entries of the revisions `after + 1 ..= after + max_revisions`,
+    /// in revision order. Fails with [`Error::Compacted`] when `after` is
+    /// below the compaction horizon.
+    fn changes(
+        &self,
+        after: u64,
+        max_revisions: u64,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
+    /// The newest committed revision.
+    fn revision(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Drops change-log entries so that only the newest `keep` revisions stay.
+    /// Returns the new horizon.
+    fn compact(&self, keep: u64) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Every node the control plane knows, in id order.
+    fn nodes(&self) -> impl Future<Output = Result<Vec<pb::Node>>> + Send;
+}
+
+/// Either backend, chosen from a database URL at run time.
+#[derive(Debug, Clone)]
+pub enum Any {
+    /// Postgres.
+    Postgres(Postgres),
+    /// SQLite.
+    Sqlite(Sqlite),
+}
+
+impl Any {
+    /// Connects to `url` (`postgres://…` or `sqlite://…`) and migrates the
+    /// schema to the newest version.
+    pub async fn connect(url: &str) -> Result<Any> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Any::Postgres(Postgres::connect(url).await?))
+        } else if url.starts_with("sqlite:") {
+            Ok(Any::Sqlite(Sqlite::connect(url).await?))
+        } else {
+            Err(Error::Invalid(Invalid::one(
+                "database_url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            )))
+        }
+    }
+
+    /// The backend's name, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Any::Postgres(_) => "postgres",
+            Any::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        match self {
+            Any::Postgres(s) => s.close().await,
+            Any::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Any::Postgres($s) => $e.await,
+            Any::Sqlite($s) => $e.await,
+        }
+    };
+}
+
+impl Store for Any {
+    async fn apply(&self, writes: Vec<Write>, dry_run: bool) -> Result<Applied> {
+        delegate!(self, s => s.apply(writes, dry_run))
+    }
+    async fn delete(&self, removals: Vec<Removal>, dry_run: bool) -> Result<u64> {
+        delegate!(self, s => s.delete(removals, dry_run))
+    }
+    async fn get(&self, target: &Ref) -> Result<Option<pb::Resource>> {
+        delegate!(self, s => s.get(target))
+    }
+    async fn list(&self, kind: Kind, after: &str, limit: usize) -> Result<Page> {
+        delegate!(self, s => s.list(kind, after, limit))
+    }
+    async fn changes(&self, after: u64, max_revisions: u64) -> Result<Vec<Change>> {
+        delegate!(self, s => s.changes(after, max_revisions))
+    }
+    async fn revision(&self) -> Result<u64> {
+        delegate!(self, s => s.revision())
+    }
+    async fn compact(&self, keep: u64) -> Result<u64> {
+        delegate!(self, s => s.compact(keep))
+    }
+    async fn nodes(&self) -> Result<Vec<pb::Node>> {
+        delegate!(self, s => s.nodes())
+    }
+}

@@ -1,0 +1,450 @@
+//! The statements and write logic shared by both backends.
+//!
+//! Postgres and SQLite accept the same SQL here (numbered `$n` parameters,
+//! `RETURNING`, `ON CONFLICT`), but sqlx types every query by its database, so
+//! the shared code is a macro instantiated once per backend with its
+//! concrete types. Logic that touches no database lives in plain functions.
+
+use prost::Message;
+use switchyard::pb;
+use switchyard::resource::{Kind, Ref, clear_pb_output, set_pb_revision};
+use switchyard::validate::{Invalid, Violations};
+
+use super::{Error, Op, Result};
+
+/// Most revisions one `changes` call reads, whatever the caller asks.
+pub(super) const MAX_CHANGE_REVISIONS: u64 = 1024;
+
+/// Decodes a stored resource body.
+pub(super) fn decode(body: &[u8]) -> Result<pb::Resource> {
+    pb::Resource::decode(body).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// Decodes a change-log row.
+pub(super) fn change(
+    revision: i64,
+    kind: &str,
+    name: String,
+    op: &str,
+    body: Option<Vec<u8>>,
+) -> Result<super::Change> {
+    let kind = Kind::parse(kind).ok_or_else(|| Error::Corrupt(format!("unknown kind {kind:?}")))?;
+    let op = match op {
+        "upsert" => Op::Upsert,
+        "delete" => Op::Delete,
+        other => return Err(Error::Corrupt(format!("unknown op {other:?}"))),
+    };
+    Ok(super::Change {
+        revision: revision as u64,
+        op,
+        target: Ref::new(kind, name),
+        resource: body.as_deref().map(decode).transpose()?,
+    })
+}
+
+/// Prepares the body to store for `new` at `revision`, given what is stored.
+///
+/// Returns `None` when the declared part equals what is stored (nothing to
+/// write). Output-only fields the caller sent are dropped; an endpoint keeps
+/// the health its agent reported.
+pub(super) fn next_body(
+    new: &pb::Resource,
+    stored: Option<&pb::Resource>,
+    revision: u64,
+) -> Option<pb::Resource> {
+    let mut next = new.clone();
+    clear_pb_output(&mut next);
+    if let Some(stored) = stored {
+        let mut declared = stored.clone();
+        clear_pb_output(&mut declared);
+        // Maps are BTreeMaps (see build.rs), so equal messages encode equally.
+        if declared.encode_to_vec() == next.encode_to_vec() {
+            return None;
+        }
+        if let (Some(pb::resource::Kind::Endpoint(old)), Some(pb::resource::Kind::Endpoint(e))) =
+            (&stored.kind, &mut next.kind)
+        {
+            e.health = old.health;
+            e.health_changed_at = old.health_changed_at;
+            e.health_reason = old.health_reason.clone();
+        }
+    }
+    set_pb_revision(&mut next, revision);
+    Some(next)
+}
+
+/// Checks that no resource appears twice in one batch.
+pub(super) fn no_repeats<'a>(items: impl Iterator<Item = (&'a Ref, &'a str)>) -> Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    let mut v = Violations::new();
+    for (target, field) in items {
+        if let Some(first) = seen.insert(target, field) {
+            v.push(
+                field,
+                format_args!("{target} appears twice (also at {first})"),
+            );
+        }
+    }
+    v.finish(()).map_err(Error::from)
+}
+
+/// Builds the error for references to missing resources.
+pub(super) fn missing(list: Vec<(String, Ref)>) -> Error {
+    Error::Invalid(Invalid {
+        violations: list
+            .into_iter()
+            .map(|(field, target)| switchyard::validate::Violation {
+                field,
+                reason: format!("{} {:?} does not exist", target.kind, target.name),
+            })
+            .collect(),
+    })
+}
+
+/// Encodes node labels as `key=value` lines (keys cannot hold `=`, values
+/// cannot hold control characters, so this is unambiguous).
+pub(super) fn labels_from_text(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Implements [`super::Store`] for `$store`, whose `pool` field is a
+/// `sqlx::Pool<$db>` and which provides `begin_read` (a transaction whose
+/// reads all see one snapshot).
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        use prost::Message as _;
+        use sqlx::Row as _;
+        use switchyard::pb;
+        use switchyard::resource::{Kind, Ref};
+        use $crate::store::sql;
+        use $crate::store::{
+            Action, Applied, Change, Error, Page, Removal, Result, Store, Write,
+        };
+
+        type Tx = sqlx::Transaction<'static, $db>;
+
+        /// Takes the next revision. Must be the first statement of every
+        /// write transaction: the row lock orders writers by commit.
+        async fn bump(tx: &mut Tx) -> Result<u64> {
+            let rev: i64 = sqlx::query_scalar(
+                "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            Ok(rev as u64)
+        }
+
+        async fn load(tx: &mut Tx, target: &Ref) -> Result<Option<(u64, pb::Resource)>> {
+            let row = sqlx::query("SELECT revision, body FROM resources WHERE kind = $1 AND name = $2")
+                .bind(target.kind.as_str())
+                .bind(&target.name)
+                .fetch_optional(&mut **tx)
+                .await?;
+            row.map(|row| {
+                let rev: i64 = row.get(0);
+                let body: Vec<u8> = row.get(1);
+                Ok((rev as u64, sql::decode(&body)?))
+            })
+            .transpose()
+        }
+
+        async fn exists(tx: &mut Tx, target: &Ref) -> Result<bool> {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT revision FROM resources WHERE kind = $1 AND name = $2")
+                    .bind(target.kind.as_str())
+                    .bind(&target.name)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            Ok(found.is_some())
+        }
+
+        async fn log(tx: &mut Tx, revision: u64, seq: usize, target: &Ref, body: Option<&[u8]>) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO changes (revision, seq, kind, name, op, body) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(revision as i64)
+            .bind(seq as i32)
+            .bind(target.kind.as_str())
+            .bind(&target.name)
+            .bind(if body.is_some() { "upsert" } else { "delete" })
+            .bind(body)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn clear_refs(tx: &mut Tx, from: &Ref) -> Result<()> {
+            sqlx::query("DELETE FROM refs WHERE from_kind = $1 AND from_name = $2")
+                .bind(from.kind.as_str())
+                .bind(&from.name)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        fn check_expected(target: &Ref, expected: Option<u64>, actual: Option<u64>) -> Result<()> {
+            match expected {
+                Some(0) if actual.is_none() => Ok(()),
+                Some(e) if actual != Some(e) || e == 0 => Err(Error::Conflict {
+                    target: target.clone(),
+                    expected: e,
+                    actual,
+                }),
+                _ => Ok(()),
+            }
+        }
+
+        async fn finish(tx: Tx, dry_run: bool) -> Result<()> {
+            if dry_run {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
+            Ok(())
+        }
+
+        impl Store for $store {
+            async fn apply(&self, writes: Vec<Write>, dry_run: bool) -> Result<Applied> {
+                sql::no_repeats(writes.iter().map(|w| (&w.target, w.field.as_str())))?;
+                let mut tx: Tx = self.pool.begin().await?;
+                let revision = bump(&mut tx).await?;
+                let mut results = Vec::with_capacity(writes.len());
+                let mut written = 0usize;
+                for w in &writes {
+                    let stored = load(&mut tx, &w.target).await?;
+                    check_expected(&w.target, w.expected_revision, stored.as_ref().map(|s| s.0))?;
+                    let Some(next) = sql::next_body(&w.resource, stored.as_ref().map(|s| &s.1), revision)
+                    else {
+                        let rev = stored.as_ref().map_or(0, |s| s.0);
+                        results.push((w.target.clone(), Action::Unchanged, rev));
+                        continue;
+                    };
+                    let body = next.encode_to_vec();
+                    sqlx::query(
+                        "INSERT INTO resources (kind, name, revision, body) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision, body = excluded.body",
+                    )
+                    .bind(w.target.kind.as_str())
+                    .bind(&w.target.name)
+                    .bind(revision as i64)
+                    .bind(&body)
+                    .execute(&mut *tx)
+                    .await?;
+                    clear_refs(&mut tx, &w.target).await?;
+                    for (to, _) in &w.refs {
+                        sqlx::query(
+                            "INSERT INTO refs (from_kind, from_name, to_kind, to_name) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(w.target.kind.as_str())
+                        .bind(&w.target.name)
+                        .bind(to.kind.as_str())
+                        .bind(&to.name)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    log(&mut tx, revision, written, &w.target, Some(&body)).await?;
+                    written += 1;
+                    let action = if stored.is_some() { Action::Configured } else { Action::Created };
+                    results.push((w.target.clone(), action, revision));
+                }
+                // References are checked against the state after the whole
+                // batch, so a batch may create a service and its endpoints.
+                let mut missing = Vec::new();
+                for w in &writes {
+                    for (to, field) in &w.refs {
+                        if !exists(&mut tx, to).await? {
+                            missing.push((format!("{}.{field}", w.field), to.clone()));
+                        }
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(sql::missing(missing));
+                }
+                if written == 0 {
+                    tx.rollback().await?;
+                    return Ok(Applied { revision: revision - 1, results });
+                }
+                finish(tx, dry_run).await?;
+                let revision = if dry_run { revision - 1 } else { revision };
+                Ok(Applied { revision, results })
+            }
+
+            async fn delete(&self, removals: Vec<Removal>, dry_run: bool) -> Result<u64> {
+                sql::no_repeats(removals.iter().map(|r| (&r.target, r.field.as_str())))?;
+                let mut tx: Tx = self.pool.begin().await?;
+                let revision = bump(&mut tx).await?;
+                for (seq, r) in removals.iter().enumerate() {
+                    let actual: Option<i64> = sqlx::query_scalar(
+                        "DELETE FROM resources WHERE kind = $1 AND name = $2 RETURNING revision",
+                    )
+                    .bind(r.target.kind.as_str())
+                    .bind(&r.target.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(actual) = actual else {
+                        return Err(Error::NotFound(r.target.clone()));
+                    };
+                    check_expected(&r.target, r.expected_revision, Some(actual as u64))?;
+                    clear_refs(&mut tx, &r.target).await?;
+                    log(&mut tx, revision, seq, &r.target, None).await?;
+                }
+                for r in &removals {
+                    let rows = sqlx::query(
+                        "SELECT from_kind, from_name FROM refs WHERE to_kind = $1 AND to_name = $2 \
+                         ORDER BY from_kind, from_name LIMIT 10",
+                    )
+                    .bind(r.target.kind.as_str())
+                    .bind(&r.target.name)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if !rows.is_empty() {
+                        let by = rows
+                            .iter()
+                            .filter_map(|row| {
+                                Some(Ref::new(Kind::parse(row.get::<&str, _>(0))?, row.get::<String, _>(1)))
+                            })
+                            .collect();
+                        return Err(Error::Referenced { target: r.target.clone(), by });
+                    }
+                }
+                finish(tx, dry_run).await?;
+                Ok(if dry_run { revision - 1 } else { revision })
+            }
+
+            async fn get(&self, target: &Ref) -> Result<Option<pb::Resource>> {
+                let body: Option<Vec<u8>> =
+                    sqlx::query_scalar("SELECT body FROM resources WHERE kind = $1 AND name = $2")
+                        .bind(target.kind.as_str())
+                        .bind(&target.name)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                body.as_deref().map(sql::decode).transpose()
+            }
+
+            async fn list(&self, kind: Kind, after: &str, limit: usize) -> Result<Page> {
+                let mut tx = self.begin_read().await?;
+                let revision: i64 = sqlx::query_scalar("SELECT revision FROM meta WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT body FROM resources WHERE kind = $1 AND name > $2 ORDER BY name LIMIT $3",
+                )
+                .bind(kind.as_str())
+                .bind(after)
+                .bind(limit as i64 + 1)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                let more = bodies.len() > limit;
+                let resources = bodies
+                    .iter()
+                    .take(limit)
+                    .map(|b| sql::decode(b))
+                    .collect::<Result<_>>()?;
+                Ok(Page { resources, revision: revision as u64, more })
+            }
+
+            async fn changes(&self, after: u64, max_revisions: u64) -> Result<Vec<Change>> {
+                let upto = after.saturating_add(max_revisions.clamp(1, sql::MAX_CHANGE_REVISIONS));
+                let mut tx = self.begin_read().await?;
+                let horizon: i64 = sqlx::query_scalar("SELECT horizon FROM meta WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if after < horizon as u64 {
+                    tx.rollback().await?;
+                    return Err(Error::Compacted { requested: after, horizon: horizon as u64 });
+                }
+                let rows = sqlx::query(
+                    "SELECT revision, kind, name, op, body FROM changes \
+                     WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq",
+                )
+                .bind(after as i64)
+                .bind(upto.min(i64::MAX as u64) as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                rows.into_iter()
+                    .map(|row| {
+                        sql::change(
+                            row.get(0),
+                            row.get::<&str, _>(1),
+                            row.get(2),
+                            row.get::<&str, _>(3),
+                            row.get(4),
+                        )
+                    })
+                    .collect()
+            }
+
+            async fn revision(&self) -> Result<u64> {
+                let rev: i64 = sqlx::query_scalar("SELECT revision FROM meta WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(rev as u64)
+            }
+
+            async fn compact(&self, keep: u64) -> Result<u64> {
+                let mut tx: Tx = self.pool.begin().await?;
+                // Lock the counter so no writer commits while the horizon moves.
+                let (revision, horizon): (i64, i64) = sqlx::query_as(
+                    "UPDATE meta SET horizon = horizon WHERE id = 1 RETURNING revision, horizon",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let target = (revision as u64).saturating_sub(keep);
+                if target <= horizon as u64 {
+                    tx.rollback().await?;
+                    return Ok(horizon as u64);
+                }
+                sqlx::query("DELETE FROM changes WHERE revision <= $1")
+                    .bind(target as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE meta SET horizon = $1 WHERE id = 1")
+                    .bind(target as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(target)
+            }
+
+            async fn nodes(&self) -> Result<Vec<pb::Node>> {
+                let rows = sqlx::query(
+                    "SELECT id, labels, agent_version, applied_revision, connected, replica, \
+                     last_seen_ms, nack_revision, nack_error, nack_at_ms FROM nodes ORDER BY id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                let ts = |ms: i64| prost_types::Timestamp {
+                    seconds: ms.div_euclid(1000),
+                    nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+                };
+                Ok(rows
+                    .into_iter()
+                    .map(|row| {
+                        let nack_revision: Option<i64> = row.get(7);
+                        pb::Node {
+                            id: row.get(0),
+                            labels: sql::labels_from_text(row.get::<&str, _>(1)),
+                            agent_version: row.get(2),
+                            applied_revision: row.get::<i64, _>(3) as u64,
+                            connected: row.get(4),
+                            replica: row.get(5),
+                            last_seen: Some(ts(row.get(6))),
+                            last_nack: nack_revision.map(|rev| pb::NodeNack {
+                                revision: rev as u64,
+                                error: row.get::<Option<String>, _>(8).unwrap_or_default(),
+                                at: row.get::<Option<i64>, _>(9).map(ts),
+                            }),
+                        }
+                    })
+                    .collect())
+            }
+        }
+    };
+}
+
+pub(super) use impl_store;

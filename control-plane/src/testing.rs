@@ -1,0 +1,208 @@
+//! Test helpers: throwaway databases (a fresh Postgres database or SQLite
+//! file per test) and in-process servers on loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::Connection;
+use switchyard::pb::operator_service_client::OperatorServiceClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{self, Config};
+use crate::store;
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The Postgres server tests use: `DATABASE_URL`, or the local default.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub enum TestDb {
+    /// A fresh Postgres database, dropped with the value.
+    Postgres {
+        /// Its URL.
+        url: String,
+        /// Its name.
+        name: String,
+    },
+    /// An SQLite file in a directory removed with the value.
+    Sqlite {
+        /// Its URL.
+        url: String,
+        /// The directory.
+        dir: TempDir,
+    },
+}
+
+impl TestDb {
+    /// Creates a fresh database on the test Postgres server.
+    pub async fn postgres() -> TestDb {
+        let name = unique("sy_test");
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("tests need Postgres at DATABASE_URL ({}): {e}", admin_url())
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        admin.close().await.ok();
+        let base = admin_url();
+        let url = match base.rfind('/') {
+            Some(i) if base[..i].contains("//") && !base[i..].contains('@') => {
+                let (head, tail) = base.split_at(i);
+                let query = tail.find('?').map(|q| &tail[q..]).unwrap_or("");
+                format!("{head}/{name}{query}")
+            }
+            _ => format!("{base}/{name}"),
+        };
+        TestDb::Postgres { url, name }
+    }
+
+    /// Creates a fresh SQLite file.
+    pub fn sqlite() -> TestDb {
+        let dir = TempDir::new();
+        let url = format!("sqlite://{}", dir.path().join("switchyard.db").display());
+        TestDb::Sqlite { url, dir }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Postgres { url, .. } | TestDb::Sqlite { url, .. } => url,
+        }
+    }
+
+    /// Opens a store on it.
+    pub async fn store(&self) -> store::Any {
+        store::Any::connect(self.url()).await.expect("open store")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { name, .. } = self {
+            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            // Drop cannot await; a short-lived thread with its own runtime
+            // removes the database so test runs leave nothing behind.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.ok()?;
+                    sqlx::query(&sql).execute(&mut admin).await.ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// A directory removed when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system's temporary directory.
+    pub fn new() -> TempDir {
+        let path = std::env::temp_dir().join(unique("switchyard"));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A control-plane server running in this process on a loopback port.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), server::Error>>>,
+}
+
+impl TestServer {
+    /// Starts a server on `127.0.0.1:0` over the database at `url`; it is
+    /// ready to serve when this returns.
+    pub async fn start(url: &str) -> TestServer {
+        let store = store::Any::connect(url).await.expect("open store");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let config = Config {
+            database_url: url.into(),
+            ..Config::default()
+        };
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let result = server::serve(listener, store.clone(), &config, token).await;
+            store.close().await;
+            result
+        });
+        TestServer {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A connected operator client.
+    pub async fn client(&self) -> OperatorServiceClient<tonic::transport::Channel> {
+        OperatorServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    /// Shuts the server down and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,109 @@
+use super::*;
+
+fn route_with_regex(re: &str) -> pb::Route {
+    pb::Route {
+        name: "web".into(),
+        rules: vec![pb::RouteRule {
+            matches: vec![pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: Some(pb::path_match::Kind::Regex(re.into())),
+                }),
+                ..Default::default()
+            }],
+            action: Some(pb::RouteAction {
+                destinations: vec![pb::WeightedDestination {
+                    service: "api".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn valid_route_gets_defaults_and_compiled_regex() {
+    let r = Route::from_pb(&route_with_regex("/v[0-9]+/.*"), "route").unwrap();
+    let rule = &r.rules[0];
+    assert_eq!(
+        rule.action.destinations[0].weight, 1,
+        "unset weights mean 1"
+    );
+    assert_eq!(rule.action.timeout, Some(Duration::from_secs(15)));
+    match &rule.matches[0].path {
+        Some(PathMatch::Regex(re)) => assert!(re.is_match("/v2/users")),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        Resource::Route(r).references(),
+        vec![(
+            Ref::new(Kind::Service, "api"),
+            "rules[0].action.destinations[0].service".to_string()
+        )]
+    );
+}
+
+#[test]
+fn bad_regex_names_its_path() {
+    let err = Route::from_pb(&route_with_regex("(["), "routes[0]").unwrap_err();
+    assert_eq!(err.violations.len(), 1);
+    assert_eq!(
+        err.violations[0].field,
+        "routes[0].rules[0].matches[0].path.regex"
+    );
+    assert!(err.violations[0].reason.starts_with("invalid regex"));
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let e = pb::Endpoint {
+        name: "Bad Name".into(),
+        service: "".into(),
+        address: "not an address!".into(),
+        port: 0,
+        weight: 20_000,
+        ..Default::default()
+    };
+    let err = Endpoint::from_pb(&e, "e").unwrap_err();
+    let fields: Vec<_> = err.violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["e.name", "e.service", "e.address", "e.port", "e.weight"]
+    );
+}
+
+#[test]
+fn listener_target_must_fit_protocol() {
+    let l = pb::Listener {
+        name: "l".into(),
+        port: 8080,
+        protocol: pb::Protocol::Tcp as i32,
+        target: Some(pb::listener::Target::Route("r".into())),
+        ..Default::default()
+    };
+    let err = Listener::from_pb(&l, "l").unwrap_err();
+    assert_eq!(err.violations[0].field, "l.route");
+}
+
+#[test]
+fn ring_hash_requires_a_hash_policy() {
+    let s = pb::Service {
+        name: "s".into(),
+        lb_policy: pb::LbPolicy::RingHash as i32,
+        ..Default::default()
+    };
+    let err = Service::from_pb(&s, "s").unwrap_err();
+    assert_eq!(err.violations[0].field, "s.hash_policy");
+    let s = pb::Service {
+        hash_policy: Some(pb::HashPolicy {
+            source: Some(pb::hash_policy::Source::Header("X-User".into())),
+        }),
+        ..s
+    };
+    let svc = Service::from_pb(&s, "s").unwrap();
+    assert_eq!(
+        svc.balance,
+        Balance::RingHash(HashOn::Header("x-user".into()))
+    );
+}

@@ -90,7 +90,10 @@ pub async fn serve<S: Store>(
 ) -> Result<(), Error> {
     let store = Arc::new(store);
     let head = Head::new(store.revision().await?);
-    let addr = listener.local_addr().ok();
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -107,7 +110,7 @@ pub async fn serve<S: Store>(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
 
-    info!(addr = ?addr, revision = *head.subscribe().borrow(), "listening");
+    info!(%addr, revision = *head.subscribe().borrow(), "listening");
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

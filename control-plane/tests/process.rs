@@ -1,0 +1,293 @@
+//! The `switchyard-cp` binary as a real process: crash safety under
+//! `kill -9`, graceful shutdown on SIGTERM, and a clear error on bad flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use switchyard::pb;
+use switchyard::pb::operator_service_client::OperatorServiceClient;
+use switchyard_control_plane::store::Store;
+use switchyard_control_plane::testing::TestDb;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running `switchyard-cp` and the address it reported.
+struct Cp {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Cp {
+    /// Starts the binary on a free loopback port and waits for its
+    /// "listening" log line.
+    async fn start(database_url: &str) -> Cp {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard-cp"))
+            .args(["--listen", "127.0.0.1:0", "--database-url", database_url])
+            .env("SWITCHYARD_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchyard-cp");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("\"listening\"") {
+                    let start = line.find("\"addr\":\"").expect("addr field") + 8;
+                    let end = start + line[start..].find('"').unwrap();
+                    return line[start..end].parse().unwrap();
+                }
+            }
+            panic!("switchyard-cp exited before listening");
+        })
+        .await
+        .expect("switchyard-cp did not start in time");
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Cp { child, addr }
+    }
+
+    async fn client(&self) -> OperatorServiceClient<tonic::transport::Channel> {
+        OperatorServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+}
+
+fn endpoint_item(name: &str, port: u32) -> pb::ApplyItem {
+    pb::ApplyItem {
+        resource: Some(pb::Resource {
+            kind: Some(pb::resource::Kind::Endpoint(pb::Endpoint {
+                name: name.into(),
+                service: "web".into(),
+                address: "127.0.0.1".into(),
+                port,
+                ..Default::default()
+            })),
+        }),
+        expected_revision: None,
+    }
+}
+
+const BATCH: usize = 5;
+
+/// Writers apply batches of five endpoints while the server is killed with
+/// SIGKILL. After a restart every acknowledged batch is whole, no batch is
+/// partial, and revisions continue gap-free.
+async fn kill_9_keeps_acknowledged_batches_whole(db: TestDb) {
+    let cp = Cp::start(db.url()).await;
+    let mut client = cp.client().await;
+    client
+        .apply(pb::ApplyRequest {
+            items: vec![pb::ApplyItem {
+                resource: Some(pb::Resource {
+                    kind: Some(pb::resource::Kind::Service(pb::Service {
+                        name: "web".into(),
+                        ..Default::default()
+                    })),
+                }),
+                expected_revision: None,
+            }],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let stop = stop.clone();
+            let addr = cp.addr;
+            tokio::spawn(async move {
+                let mut client = OperatorServiceClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+                let mut acked = vec![];
+                for b in 0..10_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let items = (0..BATCH)
+                        .map(|i| endpoint_item(&format!("w{w}-b{b}-{i}"), 1000 + b as u32))
+                        .collect();
+                    match client
+                        .apply(pb::ApplyRequest {
+                            items,
+                            dry_run: false,
+                        })
+                        .await
+                    {
+                        Ok(resp) => acked.push((format!("w{w}-b{b}"), resp.into_inner().revision)),
+                        Err(_) => break, // The server is gone.
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+
+    // Let a good number of batches land, then kill mid-stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let probe = db.store().await;
+    while probe.revision().await.unwrap() < 40 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    probe.close().await;
+    let mut cp = cp;
+    cp.child.start_kill().unwrap();
+    cp.child.wait().await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<(String, u64)> = futures::future::join_all(writers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    assert!(
+        acked.len() >= 20,
+        "only {} batches were acknowledged before the kill",
+        acked.len()
+    );
+
+    // Restart on the same database and look at what survived.
+    let cp = Cp::start(db.url()).await;
+    let mut client = cp.client().await;
+    let list = client
+        .list(pb::ListRequest {
+            kind: pb::Kind::Endpoint as i32,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut per_batch: BTreeMap<String, usize> = BTreeMap::new();
+    let mut token = list.next_page_token.clone();
+    let mut resources = list.resources;
+    while !token.is_empty() {
+        let page = client
+            .list(pb::ListRequest {
+                kind: pb::Kind::Endpoint as i32,
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        resources.extend(page.resources);
+        token = page.next_page_token;
+    }
+    for r in &resources {
+        let name = switchyard::resource::pb_ref(r).unwrap().name;
+        let batch = name.rsplit_once('-').unwrap().0.to_string();
+        *per_batch.entry(batch).or_default() += 1;
+    }
+    for (batch, count) in &per_batch {
+        assert_eq!(*count, BATCH, "batch {batch} is partial");
+    }
+    for (batch, _) in &acked {
+        assert!(
+            per_batch.contains_key(batch),
+            "acknowledged batch {batch} was lost"
+        );
+    }
+    // Revisions continue: the next write takes exactly one more than the
+    // newest surviving revision, and the change log has no gap.
+    let store = db.store().await;
+    let before = store.revision().await.unwrap();
+    assert_eq!(
+        before as usize,
+        1 + per_batch.len(),
+        "one revision per surviving batch"
+    );
+    let max_acked = acked.iter().map(|a| a.1).max().unwrap();
+    assert!(before >= max_acked);
+    let mut revisions: Vec<u64> = vec![];
+    loop {
+        let log = store
+            .changes(revisions.last().copied().unwrap_or(0), 1024)
+            .await
+            .unwrap();
+        if log.is_empty() {
+            break;
+        }
+        revisions.extend(log.iter().map(|c| c.revision));
+        revisions.dedup();
+    }
+    assert_eq!(revisions, (1..=before).collect::<Vec<_>>());
+    store.close().await;
+    let next = client
+        .apply(pb::ApplyRequest {
+            items: vec![endpoint_item("after-restart", 1)],
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.revision, before + 1);
+}
+
+/// SIGTERM while a Watch stream is open and a call is in flight: the server
+/// ends the stream and exits 0.
+async fn sigterm_exits_cleanly(db: TestDb) {
+    let mut cp = Cp::start(db.url()).await;
+    let mut client = cp.client().await;
+    let mut watch = client
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let pid = cp.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), cp.child.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap();
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+}
+
+#[tokio::test]
+async fn bad_database_url_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard-cp"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", "mysql://x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("database_url"), "{stderr}");
+}
+
+mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kill_9_keeps_acknowledged_batches_whole() {
+        super::kill_9_keeps_acknowledged_batches_whole(super::TestDb::postgres().await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_exits_cleanly() {
+        super::sigterm_exits_cleanly(super::TestDb::postgres().await).await
+    }
+}
+
+mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kill_9_keeps_acknowledged_batches_whole() {
+        super::kill_9_keeps_acknowledged_batches_whole(super::TestDb::sqlite()).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_exits_cleanly() {
+        super::sigterm_exits_cleanly(super::TestDb::sqlite()).await
+    }
+}

@@ -1,0 +1,777 @@
+//! The operator API over real gRPC: a control plane on a loopback port, a
+//! real store (Postgres and SQLite), a generated client.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use switchyard::pb;
+use switchyard::pb::operator_service_client::OperatorServiceClient;
+use switchyard_control_plane::testing::{TestDb, TestServer};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+type Client = OperatorServiceClient<Channel>;
+
+fn res(kind: pb::resource::Kind) -> pb::Resource {
+    pb::Resource { kind: Some(kind) }
+}
+
+fn service(name: &str) -> pb::Service {
+    pb::Service {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn endpoint(name: &str, service: &str, port: u32) -> pb::Endpoint {
+    pb::Endpoint {
+        name: name.into(),
+        service: service.into(),
+        address: "127.0.0.1".into(),
+        port,
+        ..Default::default()
+    }
+}
+
+fn route(name: &str, service: &str) -> pb::Route {
+    pb::Route {
+        name: name.into(),
+        rules: vec![pb::RouteRule {
+            matches: vec![pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: Some(pb::path_match::Kind::Prefix("/".into())),
+                }),
+                ..Default::default()
+            }],
+            action: Some(pb::RouteAction {
+                destinations: vec![pb::WeightedDestination {
+                    service: service.into(),
+                    weight: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+fn listener(name: &str, route: &str) -> pb::Listener {
+    pb::Listener {
+        name: name.into(),
+        address: "127.0.0.1".into(),
+        port: 15001,
+        target: Some(pb::listener::Target::Route(route.into())),
+        ..Default::default()
+    }
+}
+
+fn item(kind: pb::resource::Kind) -> pb::ApplyItem {
+    pb::ApplyItem {
+        resource: Some(res(kind)),
+        expected_revision: None,
+    }
+}
+
+fn svc(s: pb::Service) -> pb::ApplyItem {
+    item(pb::resource::Kind::Service(s))
+}
+fn ep(e: pb::Endpoint) -> pb::ApplyItem {
+    item(pb::resource::Kind::Endpoint(e))
+}
+fn rt(r: pb::Route) -> pb::ApplyItem {
+    item(pb::resource::Kind::Route(r))
+}
+fn lst(l: pb::Listener) -> pb::ApplyItem {
+    item(pb::resource::Kind::Listener(l))
+}
+
+async fn apply(
+    client: &mut Client,
+    items: Vec<pb::ApplyItem>,
+) -> Result<pb::ApplyResponse, tonic::Status> {
+    client
+        .apply(pb::ApplyRequest {
+            items,
+            dry_run: false,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn names(client: &mut Client, kind: pb::Kind) -> BTreeSet<String> {
+    let list = client
+        .list(pb::ListRequest {
+            kind: kind as i32,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    list.resources
+        .iter()
+        .map(|r| switchyard::resource::pb_ref(r).unwrap().name)
+        .collect()
+}
+
+fn dur(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos })
+}
+
+/// Invalid inputs, each with the field path the error must name.
+fn invalid_cases() -> Vec<(&'static str, pb::ApplyItem, &'static str)> {
+    use pb::resource::Kind as K;
+    let mut cases = vec![];
+    let mut add = |what, item, field| cases.push((what, item, field));
+    add(
+        "empty name",
+        svc(service("")),
+        "items[1].resource.service.name",
+    );
+    add(
+        "upper-case name",
+        svc(service("Web")),
+        "items[1].resource.service.name",
+    );
+    add(
+        "name too long",
+        svc(service(&"a".repeat(254))),
+        "items[1].resource.service.name",
+    );
+    let mut s = service("s1");
+    s.labels.insert("bad key!".into(), "v".into());
+    add(
+        "bad label key",
+        svc(s),
+        "items[1].resource.service.labels[\"bad key!\"]",
+    );
+    let mut s = service("s2");
+    for i in 0..65 {
+        s.labels.insert(format!("k{i}"), "v".into());
+    }
+    add(
+        "too many labels",
+        svc(s),
+        "items[1].resource.service.labels",
+    );
+    add(
+        "unknown lb policy",
+        svc(pb::Service {
+            lb_policy: 99,
+            ..service("s3")
+        }),
+        "items[1].resource.service.lb_policy",
+    );
+    add(
+        "ring hash without hash policy",
+        svc(pb::Service {
+            lb_policy: pb::LbPolicy::RingHash as i32,
+            ..service("s4")
+        }),
+        "items[1].resource.service.hash_policy",
+    );
+    let check = |interval, timeout, min, max| pb::HealthCheck {
+        interval,
+        timeout,
+        check: Some(pb::health_check::Check::Http(pb::HttpHealthCheck {
+            expected_status_min: min,
+            expected_status_max: max,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    add(
+        "health timeout above interval",
+        svc(pb::Service {
+            health_check: Some(check(dur(1, 0), dur(2, 0), 0, 0)),
+            ..service("s5")
+        }),
+        "items[1].resource.service.health_check.timeout",
+    );
+    add(
+        "health interval too short",
+        svc(pb::Service {
+            health_check: Some(check(dur(0, 10_000_000), None, 0, 0)),
+            ..service("s6")
+        }),
+        "items[1].resource.service.health_check.interval",
+    );
+    add(
+        "status range reversed",
+        svc(pb::Service {
+            health_check: Some(check(None, None, 500, 200)),
+            ..service("s7")
+        }),
+        "items[1].resource.service.health_check.http.expected_status_max",
+    );
+    add(
+        "negative connect timeout",
+        svc(pb::Service {
+            connect_timeout: dur(-1, 0),
+            ..service("s8")
+        }),
+        "items[1].resource.service.connect_timeout",
+    );
+    add(
+        "ejection share above 100%",
+        svc(pb::Service {
+            outlier_detection: Some(pb::OutlierDetection {
+                max_ejection_percent: 150,
+                ..Default::default()
+            }),
+            ..service("s9")
+        }),
+        "items[1].resource.service.outlier_detection.max_ejection_percent",
+    );
+    add(
+        "port 0",
+        ep(endpoint("e1", "web", 0)),
+        "items[1].resource.endpoint.port",
+    );
+    add(
+        "port above 65535",
+        ep(endpoint("e2", "web", 70_000)),
+        "items[1].resource.endpoint.port",
+    );
+    add(
+        "weight too large",
+        ep(pb::Endpoint {
+            weight: 20_000,
+            ..endpoint("e3", "web", 80)
+        }),
+        "items[1].resource.endpoint.weight",
+    );
+    add(
+        "bad address",
+        ep(pb::Endpoint {
+            address: "not an address".into(),
+            ..endpoint("e4", "web", 80)
+        }),
+        "items[1].resource.endpoint.address",
+    );
+    add(
+        "endpoint of a missing service",
+        ep(endpoint("e5", "missing", 80)),
+        "items[1].resource.endpoint.service",
+    );
+    add(
+        "route without rules",
+        rt(pb::Route {
+            rules: vec![],
+            ..route("r1", "web")
+        }),
+        "items[1].resource.route.rules",
+    );
+    let mut r = route("r2", "web");
+    r.rules[0].matches[0].path = Some(pb::PathMatch {
+        kind: Some(pb::path_match::Kind::Regex("/v[0-9".into())),
+    });
+    add(
+        "bad regex",
+        rt(r),
+        "items[1].resource.route.rules[0].matches[0].path.regex",
+    );
+    let mut r = route("r3", "web");
+    r.rules[0].matches[0].path = Some(pb::PathMatch {
+        kind: Some(pb::path_match::Kind::Prefix("api".into())),
+    });
+    add(
+        "relative path prefix",
+        rt(r),
+        "items[1].resource.route.rules[0].matches[0].path.prefix",
+    );
+    let mut r = route("r4", "web");
+    r.rules[0].matches[0].headers.push(pb::HeaderMatch {
+        name: "bad header".into(),
+        value: Some(pb::StringMatch {
+            kind: Some(pb::string_match::Kind::Exact("x".into())),
+        }),
+        invert: false,
+    });
+    add(
+        "bad header name",
+        rt(r),
+        "items[1].resource.route.rules[0].matches[0].headers[0].name",
+    );
+    add(
+        "route to a missing service",
+        rt(route("r5", "missing")),
+        "items[1].resource.route.rules[0].action.destinations[0].service",
+    );
+    let mut r = route("r6", "web");
+    r.rules[0].action.as_mut().unwrap().retry = Some(pb::RetryPolicy {
+        attempts: 11,
+        ..Default::default()
+    });
+    add(
+        "too many retries",
+        rt(r),
+        "items[1].resource.route.rules[0].action.retry.attempts",
+    );
+    let mut r = route("r7", "web");
+    r.rules[0].action.as_mut().unwrap().retry = Some(pb::RetryPolicy {
+        attempts: 2,
+        ..Default::default()
+    });
+    add(
+        "retries without a condition",
+        rt(r),
+        "items[1].resource.route.rules[0].action.retry.retry_on",
+    );
+    let mut r = route("r8", "web");
+    r.rules = (0..257).map(|_| r.rules[0].clone()).collect();
+    add("too many rules", rt(r), "items[1].resource.route.rules");
+    let mut r = route("r9", "web");
+    r.rules[0].matches[0].path = Some(pb::PathMatch {
+        kind: Some(pb::path_match::Kind::Exact("/a".into())),
+    });
+    r.rules[0].action.as_mut().unwrap().prefix_rewrite = "/b".into();
+    add(
+        "rewrite without a prefix match",
+        rt(r),
+        "items[1].resource.route.rules[0].action.prefix_rewrite",
+    );
+    add(
+        "listener address not an IP",
+        lst(pb::Listener {
+            address: "localhost".into(),
+            ..listener("l1", "base")
+        }),
+        "items[1].resource.listener.address",
+    );
+    add(
+        "tcp listener naming a route",
+        lst(pb::Listener {
+            protocol: pb::Protocol::Tcp as i32,
+            ..listener("l2", "base")
+        }),
+        "items[1].resource.listener.route",
+    );
+    add(
+        "listener of a missing route",
+        lst(listener("l3", "missing")),
+        "items[1].resource.listener.route",
+    );
+    add(
+        "resource with no kind",
+        pb::ApplyItem {
+            resource: Some(pb::Resource { kind: None }),
+            expected_revision: None,
+        },
+        "items[1].resource",
+    );
+    add(
+        "item with no resource",
+        pb::ApplyItem {
+            resource: None,
+            expected_revision: None,
+        },
+        "items[1].resource",
+    );
+    add(
+        "same resource twice",
+        svc(service("fresh")),
+        "items[1].resource.service",
+    );
+    let _ = K::Service;
+    cases
+}
+
+async fn invalid_inputs_name_the_field_and_change_nothing(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    let base = apply(
+        &mut client,
+        vec![
+            svc(service("web")),
+            ep(endpoint("web-1", "web", 8080)),
+            rt(route("base", "web")),
+            lst(listener("base", "base")),
+        ],
+    )
+    .await
+    .unwrap();
+    let cases = invalid_cases();
+    assert!(cases.len() >= 20);
+    for (what, bad, field) in cases {
+        // A valid resource rides along in every batch: it must not land either.
+        let err = apply(&mut client, vec![svc(service("fresh")), bad])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains(&format!("{field}: ")),
+            "{what}: {field} not named in {:?}",
+            err.message()
+        );
+        let details = err
+            .get_details_bad_request()
+            .unwrap_or_else(|| panic!("{what}: no BadRequest detail"));
+        assert!(
+            details.field_violations.iter().any(|v| v.field == field),
+            "{what}: {details:?}"
+        );
+    }
+    // Nothing was written: the revision did not move and no stray resource exists.
+    let list = client
+        .list(pb::ListRequest {
+            kind: pb::Kind::Service as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(list.get_ref().revision, base.revision);
+    assert_eq!(
+        names(&mut client, pb::Kind::Service).await,
+        BTreeSet::from(["web".to_string()])
+    );
+    assert_eq!(
+        names(&mut client, pb::Kind::Route).await,
+        BTreeSet::from(["base".to_string()])
+    );
+
+    // Every violation of one request is reported at once.
+    let err = apply(
+        &mut client,
+        vec![ep(pb::Endpoint {
+            weight: 20_000,
+            ..endpoint("Bad", "web", 0)
+        })],
+    )
+    .await
+    .unwrap_err();
+    let fields: Vec<_> = err
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "items[0].resource.endpoint.name",
+            "items[0].resource.endpoint.port",
+            "items[0].resource.endpoint.weight"
+        ]
+    );
+    server.stop().await;
+}
+
+async fn errors_have_their_codes(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    let first = apply(
+        &mut client,
+        vec![svc(service("web")), ep(endpoint("web-1", "web", 1))],
+    )
+    .await
+    .unwrap();
+
+    // Stale optimistic concurrency: ABORTED, nothing written.
+    let mut stale = ep(endpoint("web-1", "web", 2));
+    stale.expected_revision = Some(first.revision + 5);
+    let err = apply(&mut client, vec![stale]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    let got = client
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Endpoint as i32,
+                name: "web-1".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match got.resource.unwrap().kind.unwrap() {
+        pb::resource::Kind::Endpoint(e) => assert_eq!((e.port, e.revision), (1, first.revision)),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Deleting a referenced service: FAILED_PRECONDITION naming who refers to it.
+    let del = |kind: pb::Kind, name: &str| pb::DeleteRequest {
+        items: vec![pb::DeleteItem {
+            r#ref: Some(pb::ResourceRef {
+                kind: kind as i32,
+                name: name.into(),
+            }),
+            expected_revision: None,
+        }],
+        dry_run: false,
+    };
+    let err = client
+        .delete(del(pb::Kind::Service, "web"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("endpoint/web-1"),
+        "{}",
+        err.message()
+    );
+
+    let err = client
+        .delete(del(pb::Kind::Route, "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Service as i32,
+                name: "nope".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .list(pb::ListRequest {
+            kind: pb::Kind::Service as i32,
+            label_selector: "a=b,=c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("label_selector"),
+        "{}",
+        err.message()
+    );
+    let err = client.list(pb::ListRequest::default()).await.unwrap_err();
+    assert!(err.message().contains("kind"), "{}", err.message());
+    server.stop().await;
+}
+
+async fn list_filters_by_labels_and_pages(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    let mut items = vec![];
+    for i in 0..25 {
+        let mut s = service(&format!("svc-{i:02}"));
+        s.labels
+            .insert("team".into(), if i % 2 == 0 { "a" } else { "b" }.into());
+        items.push(svc(s));
+    }
+    let applied = apply(&mut client, items).await.unwrap();
+    let mut seen = vec![];
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListRequest {
+                kind: pb::Kind::Service as i32,
+                label_selector: "team=a".into(),
+                page_size: 4,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.resources.len() <= 4);
+        assert_eq!(page.revision, applied.revision);
+        seen.extend(
+            page.resources
+                .iter()
+                .map(|r| switchyard::resource::pb_ref(r).unwrap().name),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let expected: Vec<_> = (0..25).step_by(2).map(|i| format!("svc-{i:02}")).collect();
+    assert_eq!(seen, expected);
+    server.stop().await;
+}
+
+/// Many concurrent writers through two replicas on one database; a watcher
+/// sees every revision exactly once, in order, none skipped, each carrying
+/// what its writer wrote.
+async fn concurrent_writers_watcher_sees_every_revision_once(db: TestDb, replicas: usize) {
+    const WRITERS: usize = 8;
+    const WRITES: usize = 40;
+    let servers: Vec<TestServer> =
+        futures::future::join_all((0..replicas).map(|_| TestServer::start(db.url()))).await;
+    let mut client = servers[0].client().await;
+    apply(&mut client, vec![svc(service("web"))]).await.unwrap();
+    let mut watch = client
+        .watch(pb::WatchRequest {
+            from_revision: 0,
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let writers = (0..WRITERS).map(|w| {
+        let addr = servers[w % replicas].addr;
+        tokio::spawn(async move {
+            let mut client = OperatorServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut acked = vec![];
+            for i in 0..WRITES {
+                let port = (w * 1000 + i + 1) as u32;
+                let resp = apply(
+                    &mut client,
+                    vec![ep(endpoint(&format!("w{w}"), "web", port))],
+                )
+                .await
+                .unwrap();
+                acked.push((resp.revision, port));
+            }
+            acked
+        })
+    });
+    let acked: Vec<(u64, u32)> = futures::future::join_all(writers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let total = 1 + (WRITERS * WRITES) as u64;
+
+    let mut seen = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.last().map_or(true, |(rev, _)| *rev < total) {
+        let resp = tokio::time::timeout_at(deadline, watch.message())
+            .await
+            .expect("watch timed out")
+            .unwrap()
+            .unwrap();
+        for change in resp.changes {
+            let port = match change.resource.and_then(|r| r.kind) {
+                Some(pb::resource::Kind::Endpoint(e)) => e.port,
+                _ => 0,
+            };
+            seen.push((change.revision, port));
+        }
+    }
+    let revisions: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(
+        revisions,
+        (1..=total).collect::<Vec<_>>(),
+        "every revision once, in order"
+    );
+    for (rev, port) in acked {
+        assert_eq!(
+            seen[(rev - 1) as usize],
+            (rev, port),
+            "revision {rev} carries its writer's change"
+        );
+    }
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+async fn watch_follows_changes_and_filters_kinds(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    let first = apply(&mut client, vec![svc(service("web"))]).await.unwrap();
+    let mut watch = client
+        .watch(pb::WatchRequest {
+            from_revision: first.revision,
+            kinds: vec![pb::Kind::Endpoint as i32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    apply(&mut client, vec![svc(service("api"))]).await.unwrap();
+    let second = apply(&mut client, vec![ep(endpoint("web-1", "web", 80))])
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.revision, second.revision);
+    assert_eq!(resp.changes.len(), 1, "the service change is filtered out");
+    assert_eq!(resp.changes[0].op, pb::ChangeOp::Upsert as i32);
+    client
+        .delete(pb::DeleteRequest {
+            items: vec![pb::DeleteItem {
+                r#ref: Some(pb::ResourceRef {
+                    kind: pb::Kind::Endpoint as i32,
+                    name: "web-1".into(),
+                }),
+                expected_revision: Some(second.revision),
+            }],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.changes[0].op, pb::ChangeOp::Delete as i32);
+    assert!(resp.changes[0].resource.is_none());
+    // The server's shutdown ends the open stream instead of hanging.
+    server.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap();
+    assert!(!matches!(end, Ok(Some(_))), "stream ended: {end:?}");
+}
+
+async fn dry_run_reports_without_writing(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    apply(&mut client, vec![svc(service("web"))]).await.unwrap();
+    let resp = client
+        .apply(pb::ApplyRequest {
+            items: vec![svc(service("web")), svc(service("api"))],
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let actions: Vec<_> = resp.results.iter().map(|r| r.action).collect();
+    assert_eq!(
+        actions,
+        [
+            pb::ApplyAction::Unchanged as i32,
+            pb::ApplyAction::Created as i32
+        ]
+    );
+    assert_eq!(resp.revision, 1);
+    assert_eq!(
+        names(&mut client, pb::Kind::Service).await,
+        BTreeSet::from(["web".to_string()])
+    );
+    server.stop().await;
+}
+
+macro_rules! both {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $test() { super::$test(super::TestDb::postgres().await).await })*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_writers_on_two_replicas() {
+                super::concurrent_writers_watcher_sees_every_revision_once(super::TestDb::postgres().await, 2).await
+            }
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $test() { super::$test(super::TestDb::sqlite()).await })*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_writers() {
+                super::concurrent_writers_watcher_sees_every_revision_once(super::TestDb::sqlite(), 1).await
+            }
+        }
+    };
+}
+
+both!(
+    invalid_inputs_name_the_field_and_change_nothing,
+    errors_have_their_codes,
+    list_filters_by_labels_and_pages,
+    watch_follows_changes_and_filters_kinds,
+    dry_run_reports_without_writing,
+);

@@ -635,7 +635,7 @@ async fn concurrent_writers_watcher_sees_every_revision_once(db: TestDb, replica
 
     let mut seen = vec![];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.last().map_or(true, |(rev, _)| *rev < total) {
+    while seen.last().is_none_or(|(rev, _)| *rev < total) {
         let resp = tokio::time::timeout_at(deadline, watch.message())
             .await
             .expect("watch timed out")

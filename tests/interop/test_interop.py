@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Interop test: a Python gRPC client generated from proto/ against the real
+`switchyard-cp` server.
+
+It checks that the public contract works for a client in another language:
+the stubs are generated from proto/ at run time (nothing generated is kept),
+the server is started with an SQLite store in a temporary directory, and the
+test talks to it through OperatorService and the standard gRPC health service.
+
+Run by scripts/test. To run it alone (needs the packages in requirements.txt):
+
+    cargo build --workspace --bin switchyard-cp
+    python3 tests/interop/test_interop.py
+
+Environment:
+    SWITCHYARD_CP_BIN   server binary (default: target/debug/switchyard-cp)
+"""
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+import grpc
+import grpc_tools
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PROTO_DIR = os.path.join(REPO_ROOT, "proto")
+PROTO_FILES = [
+    "switchyard/v1/resources.proto",
+    "switchyard/v1/operator.proto",
+    "switchyard/v1/agent.proto",
+]
+
+# The whole test, server start included, must finish within this many seconds.
+OVERALL_TIMEOUT_S = 75
+SERVER_READY_TIMEOUT_S = 30
+RPC_TIMEOUT_S = 10
+WATCH_WAIT_S = 5
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond, message):
+    if not cond:
+        raise CheckFailed(message)
+
+
+def check_eq(actual, expected, what):
+    if actual != expected:
+        raise CheckFailed(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+def default_server_bin():
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO_ROOT, "target"))
+    if not os.path.isabs(target):
+        target = os.path.join(REPO_ROOT, target)
+    return os.path.join(target, "debug", "switchyard-cp")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def generate_stubs(out_dir):
+    """Generates the Python modules for proto/ into out_dir and imports them."""
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    os.makedirs(out_dir, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *PROTO_FILES,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise CheckFailed(f"protoc failed ({proc.returncode}):\n{proc.stderr}")
+    sys.path.insert(0, out_dir)
+    from switchyard.v1 import operator_pb2, operator_pb2_grpc, resources_pb2
+
+    return resources_pb2, operator_pb2, operator_pb2_grpc
+
+
+class Server:
+    """The real switchyard-cp, on a free port, with an SQLite store."""
+
+    def __init__(self, binary, work_dir):
+        self.binary = binary
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.db_url = f"sqlite://{work_dir}/switchyard.db"
+        self.log_path = os.path.join(work_dir, "server.log")
+        self.proc = None
+        self._log = None
+
+    def start(self):
+        if not os.access(self.binary, os.X_OK):
+            raise CheckFailed(
+                f"server binary {self.binary} not found; run `cargo build --workspace --bin switchyard-cp`"
+            )
+        self._log = open(self.log_path, "wb")
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_BACKTRACE", "1")
+        self.proc = subprocess.Popen(
+            [self.binary, "--listen", self.addr, "--database-url", self.db_url],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def wait_ready(self, channel, timeout_s):
+        """Polls grpc.health.v1.Health/Check("") until SERVING."""
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout_s
+        last_error = None
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                raise CheckFailed(f"server exited with status {code} before it was ready")
+            try:
+                resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last_error = f"health status {health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)}"
+            except grpc.RpcError as e:
+                last_error = f"{e.code().name}: {e.details()}"
+            time.sleep(0.1)
+        raise CheckFailed(f"server not SERVING within {timeout_s}s (last: {last_error})")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return "(no server log)"
+        text = data.decode("utf-8", "replace")
+        if len(text) > 20000:
+            text = "...\n" + text[-20000:]
+        return text
+
+
+class InteropTest:
+    def __init__(self, pb, stub):
+        self.r, self.op, _ = pb
+        self.stub = stub
+        self.rev1 = None
+        self.rev2 = None
+
+    # -- resources -----------------------------------------------------------
+
+    def service_web(self):
+        r = self.r
+        hc = r.HealthCheck(
+            healthy_threshold=2,
+            unhealthy_threshold=3,
+            http=r.HttpHealthCheck(path="/healthz", expected_status_min=200, expected_status_max=299),
+        )
+        hc.interval.FromMilliseconds(5000)
+        hc.timeout.FromMilliseconds(1000)
+        return r.Service(
+            name="web",
+            labels={"team": "edge"},
+            protocol=r.PROTOCOL_HTTP,
+            lb_policy=r.LB_POLICY_LEAST_REQUEST,
+            health_check=hc,
+        )
+
+    def endpoint(self, name, port, version):
+        return self.r.Endpoint(
+            name=name,
+            service="web",
+            address="127.0.0.1",
+            port=port,
+            labels={"version": version},
+        )
+
+    def route_web(self):
+        r = self.r
+        return r.Route(
+            name="web-route",
+            rules=[
+                r.RouteRule(
+                    matches=[r.RouteMatch(path=r.PathMatch(prefix="/"))],
+                    action=r.RouteAction(
+                        destinations=[
+                            r.WeightedDestination(service="web", weight=90, subset={"version": "v1"}),
+                            r.WeightedDestination(service="web", weight=10, subset={"version": "v2"}),
+                        ]
+                    ),
+                )
+            ],
+        )
+
+    def apply(self, resources):
+        items = [self.op.ApplyItem(resource=res) for res in resources]
+        return self.stub.Apply(self.op.ApplyRequest(items=items), timeout=RPC_TIMEOUT_S)
+
+    def list_kind(self, kind):
+        return self.stub.List(self.op.ListRequest(kind=kind), timeout=RPC_TIMEOUT_S)
+
+    # -- steps ---------------------------------------------------------------
+
+    def test_apply_creates(self):
+        r, op = self.r, self.op
+        resp = self.apply(
+            [
+                r.Resource(service=self.service_web()),
+                r.Resource(endpoint=self.endpoint("web-v1", 8081, "v1")),
+                r.Resource(endpoint=self.endpoint("web-v2", 8082, "v2")),
+                r.Resource(route=self.route_web()),
+            ]
+        )
+        check(resp.revision > 0, f"Apply revision must be > 0, got {resp.revision}")
+        expected = [
+            (r.KIND_SERVICE, "web"),
+            (r.KIND_ENDPOINT, "web-v1"),
+            (r.KIND_ENDPOINT, "web-v2"),
+            (r.KIND_ROUTE, "web-route"),
+        ]
+        check_eq(len(resp.results), len(expected), "number of Apply results")
+        for res, (kind, name) in zip(resp.results, expected):
+            check_eq((res.ref.kind, res.ref.name), (kind, name), "Apply result ref (request order)")
+            check_eq(
+                op.ApplyAction.Name(res.action),
+                "APPLY_ACTION_CREATED",
+                f"action for {r.Kind.Name(kind)} {name}",
+            )
+            check_eq(res.revision, resp.revision, f"revision of result {name}")
+        self.rev1 = resp.revision
+
+    def test_list_services(self):
+        r = self.r
+        resp = self.list_kind(r.KIND_SERVICE)
+        check(resp.revision >= self.rev1, f"List revision {resp.revision} < Apply revision {self.rev1}")
+        services = [res.service for res in resp.resources]
+        check_eq([s.name for s in services], ["web"], "service names")
+        for res in resp.resources:
+            check_eq(res.WhichOneof("kind"), "service", "resource kind in service list")
+        web = services[0]
+        check_eq(r.LbPolicy.Name(web.lb_policy), "LB_POLICY_LEAST_REQUEST", "web.lb_policy")
+        check_eq(dict(web.labels), {"team": "edge"}, "web.labels")
+        check(web.HasField("health_check"), "web.health_check is missing")
+        check_eq(web.health_check.WhichOneof("check"), "http", "web.health_check kind")
+        check_eq(web.health_check.http.path, "/healthz", "web.health_check.http.path")
+        check_eq(web.health_check.interval.ToMilliseconds(), 5000, "web.health_check.interval")
+        check_eq(web.revision, self.rev1, "web.revision")
+
+    def test_list_endpoints(self):
+        r = self.r
+        resp = self.list_kind(r.KIND_ENDPOINT)
+        for res in resp.resources:
+            check_eq(res.WhichOneof("kind"), "endpoint", "resource kind in endpoint list")
+        eps = [res.endpoint for res in resp.resources]
+        check_eq([e.name for e in eps], ["web-v1", "web-v2"], "endpoint names (name order)")
+        for ep, port, version in zip(eps, [8081, 8082], ["v1", "v2"]):
+            check_eq(ep.service, "web", f"{ep.name}.service")
+            check_eq(ep.address, "127.0.0.1", f"{ep.name}.address")
+            check_eq(ep.port, port, f"{ep.name}.port")
+            check_eq(dict(ep.labels), {"version": version}, f"{ep.name}.labels")
+            check_eq(ep.revision, self.rev1, f"{ep.name}.revision")
+
+    def test_list_routes(self):
+        r = self.r
+        resp = self.list_kind(r.KIND_ROUTE)
+        for res in resp.resources:
+            check_eq(res.WhichOneof("kind"), "route", "resource kind in route list")
+        routes = [res.route for res in resp.resources]
+        check_eq([rt.name for rt in routes], ["web-route"], "route names")
+        route = routes[0]
+        check_eq(route.revision, self.rev1, "web-route.revision")
+        check_eq(len(route.rules), 1, "number of rules")
+        rule = route.rules[0]
+        check_eq(len(rule.matches), 1, "number of matches")
+        check_eq(rule.matches[0].path.WhichOneof("kind"), "prefix", "path match kind")
+        check_eq(rule.matches[0].path.prefix, "/", "path prefix")
+        dests = [(d.service, d.weight, dict(d.subset)) for d in rule.action.destinations]
+        check_eq(
+            dests,
+            [("web", 90, {"version": "v1"}), ("web", 10, {"version": "v2"})],
+            "destinations (service, weight, subset)",
+        )
+
+    def test_watch_delivers_change(self):
+        r, op = self.r, self.op
+        changes = queue.Queue()
+        call = self.stub.Watch(op.WatchRequest(from_revision=self.rev1), timeout=WATCH_WAIT_S + 20)
+
+        def consume():
+            try:
+                for resp in call:
+                    changes.put(("response", resp))
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.CANCELLED:
+                    changes.put(("error", f"{e.code().name}: {e.details()}"))
+            except Exception as e:  # noqa: BLE001 - reported to the main thread
+                changes.put(("error", repr(e)))
+
+        consumer = threading.Thread(target=consume, name="watch", daemon=True)
+        consumer.start()
+        try:
+            resp = self.apply([r.Resource(endpoint=self.endpoint("web-v1", 8083, "v1"))])
+            check_eq(len(resp.results), 1, "number of Apply results")
+            check_eq(
+                op.ApplyAction.Name(resp.results[0].action),
+                "APPLY_ACTION_CONFIGURED",
+                "action for the changed endpoint",
+            )
+            check(resp.revision > self.rev1, f"second Apply revision {resp.revision} <= {self.rev1}")
+            self.rev2 = resp.revision
+
+            deadline = time.monotonic() + WATCH_WAIT_S
+            seen = []
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CheckFailed(
+                        f"no Watch change for endpoint web-v1 at revision {self.rev2} "
+                        f"within {WATCH_WAIT_S}s; got {seen}"
+                    )
+                try:
+                    what, item = changes.get(timeout=left)
+                except queue.Empty:
+                    continue
+                if what == "error":
+                    raise CheckFailed(f"Watch failed: {item}")
+                check(
+                    item.revision >= max((c.revision for c in item.changes), default=0),
+                    f"WatchResponse.revision {item.revision} below its changes",
+                )
+                for ch in item.changes:
+                    check(
+                        ch.revision > self.rev1,
+                        f"Watch from {self.rev1} sent a change at revision {ch.revision}",
+                    )
+                    seen.append((ch.revision, op.ChangeOp.Name(ch.op), r.Kind.Name(ch.ref.kind), ch.ref.name))
+                    if ch.ref.kind == r.KIND_ENDPOINT and ch.ref.name == "web-v1":
+                        check_eq(op.ChangeOp.Name(ch.op), "CHANGE_OP_UPSERT", "change op")
+                        check_eq(ch.revision, self.rev2, "change revision")
+                        check_eq(ch.resource.WhichOneof("kind"), "endpoint", "change resource kind")
+                        check_eq(ch.resource.endpoint.port, 8083, "changed endpoint port")
+                        check_eq(ch.resource.endpoint.revision, self.rev2, "changed endpoint revision")
+                        return
+        finally:
+            call.cancel()
+            consumer.join(timeout=5)
+
+    def test_invalid_apply(self):
+        r = self.r
+        bad = r.Endpoint(name="bad", service="missing", address="127.0.0.1", port=0)
+        try:
+            resp = self.apply([r.Resource(endpoint=bad)])
+        except grpc.RpcError as e:
+            check_eq(e.code(), grpc.StatusCode.INVALID_ARGUMENT, "status code")
+            details = e.details() or ""
+            check("port" in details, f"error details should name the field `port`: {details!r}")
+        else:
+            raise CheckFailed(f"Apply of an invalid endpoint succeeded: {resp}")
+        # A failed Apply writes nothing.
+        listed = self.list_kind(r.KIND_ENDPOINT)
+        names = [res.endpoint.name for res in listed.resources]
+        check("bad" not in names, f"invalid endpoint was stored: {names}")
+        if self.rev2 is not None:
+            check_eq(listed.revision, self.rev2, "store revision after a failed Apply")
+
+    def steps(self):
+        return [
+            ("Apply creates a service, endpoints and a route", self.test_apply_creates),
+            ("List services", self.test_list_services),
+            ("List endpoints", self.test_list_endpoints),
+            ("List routes", self.test_list_routes),
+            ("Watch delivers the next change", self.test_watch_delivers_change),
+            ("invalid Apply is INVALID_ARGUMENT naming the field", self.test_invalid_apply),
+        ]
+
+
+def main():
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"interop test exceeded {OVERALL_TIMEOUT_S}s")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(OVERALL_TIMEOUT_S)
+
+    binary = os.environ.get("SWITCHYARD_CP_BIN") or default_server_bin()
+    work_dir = tempfile.mkdtemp(prefix="switchyard-interop.")
+    server = Server(binary, work_dir)
+    passed, failed, skipped = 0, 0, 0
+    show_log = False
+    channel = None
+    try:
+        try:
+            pb = generate_stubs(os.path.join(work_dir, "gen"))
+            server.start()
+            channel = grpc.insecure_channel(server.addr)
+            server.wait_ready(channel, SERVER_READY_TIMEOUT_S)
+            print(f"interop: server ready at {server.addr}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL setup: {e}", flush=True)
+            if not isinstance(e, CheckFailed):
+                traceback.print_exc()
+            failed += 1
+            show_log = True
+            steps = []
+        else:
+            t = InteropTest(pb, pb[2].OperatorServiceStub(channel))
+            steps = t.steps()
+
+        for i, (name, step) in enumerate(steps):
+            start = time.monotonic()
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001
+                failed += 1
+                show_log = True
+                if isinstance(e, grpc.RpcError):
+                    msg = f"RPC failed: {e.code().name}: {e.details()}"
+                else:
+                    msg = str(e) if isinstance(e, CheckFailed) else repr(e)
+                print(f"FAIL {name}: {msg}", flush=True)
+                if not isinstance(e, (CheckFailed, grpc.RpcError)):
+                    traceback.print_exc()
+                if i == 0:
+                    # Every later step reads what the first one wrote.
+                    skipped = len(steps) - 1
+                    break
+                continue
+            passed += 1
+            print(f"ok   {name} ({time.monotonic() - start:.2f}s)", flush=True)
+    finally:
+        signal.alarm(0)
+        if channel is not None:
+            channel.close()
+        server.stop()
+        if show_log and server.proc is not None:
+            print("---- switchyard-cp output ----", flush=True)
+            print(server.log_text(), flush=True)
+            print("---- end of switchyard-cp output ----", flush=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    summary = f"interop: {passed} passed, {failed} failed"
+    if skipped:
+        summary += f", {skipped} skipped"
+    print(summary, flush=True)
+    return 0 if failed == 0 and skipped == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -352,13 +352,22 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
         let req = request.into_inner();
         let selector = selector("label_selector", &req.label_selector)?;
         let revision = self.store.revision().await.map_err(status)?;
-        let nodes = self.store.nodes().await.map_err(status)?;
+        let nodes: Vec<pb::Node> = self
+            .store
+            .nodes()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .filter(|n| selector.matches(&n.labels))
+            .collect();
+        let at = nodes
+            .iter()
+            .filter(|n| n.applied_revision >= req.rollout_revision)
+            .count();
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: nodes
-                .into_iter()
-                .filter(|n| selector.matches(&n.labels))
-                .collect(),
+            nodes,
             revision,
+            nodes_at_revision: at as u32,
         }))
     }
 }

@@ -641,6 +641,18 @@ pub fn pb_labels(r: &pb::Resource) -> Option<&Labels> {
     })
 }
 
+/// The store-managed `revision` field of a protobuf resource.
+pub fn pb_revision(r: &pb::Resource) -> u64 {
+    use pb::resource::Kind as K;
+    match &r.kind {
+        Some(K::Service(s)) => s.revision,
+        Some(K::Endpoint(e)) => e.revision,
+        Some(K::Route(r)) => r.revision,
+        Some(K::Listener(l)) => l.revision,
+        None => 0,
+    }
+}
+
 /// Sets the store-managed `revision` field of a protobuf resource.
 pub fn set_pb_revision(r: &mut pb::Resource, revision: u64) {
     use pb::resource::Kind as K;

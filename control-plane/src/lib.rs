@@ -1,9 +1,13 @@
-//! Switchyard's control plane: the revisioned store, the operator gRPC API
-//! and the server that ties them together.
+//! Switchyard's control plane: the revisioned store, the operator gRPC API,
+//! the agent sync stream with its in-memory fan-out, and the server that
+//! ties them together.
 
+pub mod fanout;
 pub mod grpc;
+pub mod nodes;
 pub mod server;
 pub mod store;
+pub mod sync;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

@@ -11,8 +11,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::fanout;
 use crate::grpc::{Head, Operator};
+use crate::nodes::Registry;
 use crate::store::{self, Store};
+use crate::sync::Agents;
 
 /// Largest request a client may send (an Apply of many resources).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -30,6 +33,12 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How often the store's revision is re-read, to notice other replicas' writes.
     pub poll_interval: Duration,
+    /// This replica's name in node status; empty means its listen address.
+    pub replica: String,
+    /// A node silent for this long is marked disconnected.
+    pub node_lease: Duration,
+    /// How agent pushes are batched.
+    pub fanout: fanout::Timing,
 }
 
 impl Default for Config {
@@ -40,6 +49,9 @@ impl Default for Config {
             change_log_retention: 100_000,
             compaction_interval: Duration::from_secs(60),
             poll_interval: Duration::from_millis(500),
+            replica: String::new(),
+            node_lease: Duration::from_secs(30),
+            fanout: fanout::Timing::default(),
         }
     }
 }
@@ -99,6 +111,9 @@ pub async fn serve<S: Store>(
     health
         .set_serving::<pb::operator_service_server::OperatorServiceServer<Operator<S>>>()
         .await;
+    health
+        .set_serving::<pb::agent_service_server::AgentServiceServer<Agents<S>>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -110,6 +125,21 @@ pub async fn serve<S: Store>(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
 
+    let state = tokio::sync::watch::Sender::new(Arc::new(fanout::load(store.as_ref()).await?));
+    let replica = if config.replica.is_empty() {
+        addr.to_string()
+    } else {
+        config.replica.clone()
+    };
+    let registry = Arc::new(Registry::new(replica, config.node_lease));
+    let agents = pb::agent_service_server::AgentServiceServer::new(Agents::new(
+        store.clone(),
+        state.subscribe(),
+        registry.clone(),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+
     info!(%addr, revision = *head.subscribe().borrow(), "listening");
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -117,13 +147,18 @@ pub async fn serve<S: Store>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(operator)
+        .add_service(agents)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
 
     let upkeep = upkeep(store.as_ref(), &head, config, &shutdown);
-    let (result, ()) = tokio::join!(server, upkeep);
+    let follow = fanout::follow(store.as_ref(), &state, &head, config.fanout, &shutdown);
+    let nodes = registry.run(store.as_ref(), &shutdown);
+    let (result, (), (), ()) = tokio::join!(server, upkeep, follow, nodes);
+    // Sessions recorded their nodes as disconnected when their streams ended.
+    registry.flush(store.as_ref()).await;
     info!("stopped");
     Ok(result?)
 }

@@ -175,6 +175,40 @@ pub struct Page {
     pub more: bool,
 }
 
+/// Everything in the store at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Dump {
+    /// The revision read.
+    pub revision: u64,
+    /// The change-log horizon at that revision.
+    pub horizon: u64,
+    /// Every resource, of every kind.
+    pub resources: Vec<pb::Resource>,
+}
+
+/// The status of one node, as a control-plane session last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Node id.
+    pub id: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its agent's version.
+    pub agent_version: String,
+    /// The revision its configuration is current at.
+    pub applied_revision: u64,
+    /// Whether its stream is open.
+    pub connected: bool,
+    /// The replica holding (or that last held) its stream.
+    pub replica: String,
+    /// When it was last heard from, in Unix milliseconds.
+    pub last_seen_ms: i64,
+    /// Identifies the stream; a disconnect only applies to the current one.
+    pub session: u64,
+    /// The last configuration it refused: revision, error, Unix milliseconds.
+    pub nack: Option<(u64, String, i64)>,
+}
+
 /// The configuration store. Implemented by [`Postgres`] and [`Sqlite`], and
 /// by [`Any`], which the server uses to pick one at start.
 pub trait Store: Send + Sync + 'static {
@@ -225,6 +259,55 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every node the control plane knows, in id order.
     fn nodes(&self) -> impl Future<Output = Result<Vec<pb::Node>>> + Send;
+
+    /// Every resource, read in one snapshot.
+    fn dump(&self) -> impl Future<Output = Result<Dump>> + Send;
+
+    /// The change-log horizon: revisions at or below it are compacted.
+    fn horizon(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Writes node rows in one transaction. A row that says "disconnected"
+    /// only replaces one written by the same session.
+    fn record_nodes(&self, rows: Vec<NodeRow>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Marks connected nodes not heard from since `before_ms` disconnected
+    /// (their replica died or lost them). Returns how many.
+    fn expire_nodes(&self, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Starts listening for other replicas' commits (Postgres NOTIFY).
+    fn notifications(&self) -> impl Future<Output = Result<Notifications>> + Send;
+}
+
+/// Wake-ups on commits made through any replica.
+///
+/// A notification is a hint: it may be lost (e.g. while the listening
+/// connection is re-established), so readers also poll the change log.
+#[derive(Debug)]
+pub enum Notifications {
+    /// Postgres `LISTEN`.
+    Postgres(Box<sqlx::postgres::PgListener>),
+    /// No other writer can exist (SQLite).
+    None,
+}
+
+/// The channel commits are announced on.
+pub(crate) const NOTIFY_CHANNEL: &str = "switchyard_revision";
+
+impl Notifications {
+    /// Resolves when a commit may have happened: on a notification, or when
+    /// the listening connection was lost and notifications may have been missed.
+    pub async fn next(&mut self) {
+        match self {
+            Notifications::Postgres(listener) => match listener.try_recv().await {
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "listening for commits");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            },
+            Notifications::None => std::future::pending().await,
+        }
+    }
 }
 
 /// Either backend, chosen from a database URL at run time.
@@ -302,5 +385,20 @@ impl Store for Any {
     }
     async fn nodes(&self) -> Result<Vec<pb::Node>> {
         delegate!(self, s => s.nodes())
+    }
+    async fn dump(&self) -> Result<Dump> {
+        delegate!(self, s => s.dump())
+    }
+    async fn horizon(&self) -> Result<u64> {
+        delegate!(self, s => s.horizon())
+    }
+    async fn record_nodes(&self, rows: Vec<NodeRow>) -> Result<()> {
+        delegate!(self, s => s.record_nodes(rows))
+    }
+    async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {
+        delegate!(self, s => s.expire_nodes(before_ms))
+    }
+    async fn notifications(&self) -> Result<Notifications> {
+        delegate!(self, s => s.notifications())
     }
 }

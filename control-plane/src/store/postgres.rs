@@ -27,6 +27,25 @@ impl Postgres {
         self.pool.close().await
     }
 
+    /// Queues a notification of `revision`; Postgres delivers it at commit.
+    async fn announce(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        revision: u64,
+    ) -> super::Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::NOTIFY_CHANNEL)
+            .bind(revision.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen(&self) -> super::Result<super::Notifications> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(super::NOTIFY_CHANNEL).await?;
+        Ok(super::Notifications::Postgres(Box::new(listener)))
+    }
+
     /// A transaction whose statements all read one snapshot.
     async fn begin_read(&self) -> super::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         let mut tx = self.pool.begin().await?;

@@ -101,8 +101,8 @@ pub(super) fn missing(list: Vec<(String, Ref)>) -> Error {
     })
 }
 
-/// Encodes node labels as `key=value` lines (keys cannot hold `=`, values
-/// cannot hold control characters, so this is unambiguous).
+/// Decodes node labels stored as `key=value` lines (keys cannot hold `=`,
+/// values cannot hold control characters, so this is unambiguous).
 pub(super) fn labels_from_text(text: &str) -> std::collections::BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
@@ -110,9 +110,15 @@ pub(super) fn labels_from_text(text: &str) -> std::collections::BTreeMap<String,
         .collect()
 }
 
+/// Encodes node labels as `key=value` lines.
+pub(super) fn labels_to_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
 /// Implements [`super::Store`] for `$store`, whose `pool` field is a
 /// `sqlx::Pool<$db>` and which provides `begin_read` (a transaction whose
-/// reads all see one snapshot).
+/// reads all see one snapshot), `announce` (tells other replicas, at commit,
+/// that a revision was written) and `listen` (hears those announcements).
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         use prost::Message as _;
@@ -121,7 +127,8 @@ macro_rules! impl_store {
         use switchyard::resource::{Kind, Ref};
         use $crate::store::sql;
         use $crate::store::{
-            Action, Applied, Change, Error, Page, Removal, Result, Store, Write,
+            Action, Applied, Change, Dump, Error, NodeRow, Notifications, Page, Removal, Result,
+            Store, Write,
         };
 
         type Tx = sqlx::Transaction<'static, $db>;
@@ -267,6 +274,7 @@ macro_rules! impl_store {
                     tx.rollback().await?;
                     return Ok(Applied { revision: revision - 1, results });
                 }
+                <$store>::announce(&mut tx, revision).await?;
                 finish(tx, dry_run).await?;
                 let revision = if dry_run { revision - 1 } else { revision };
                 Ok(Applied { revision, results })
@@ -310,6 +318,7 @@ macro_rules! impl_store {
                         return Err(Error::Referenced { target: r.target.clone(), by });
                     }
                 }
+                <$store>::announce(&mut tx, revision).await?;
                 finish(tx, dry_run).await?;
                 Ok(if dry_run { revision - 1 } else { revision })
             }
@@ -442,6 +451,78 @@ macro_rules! impl_store {
                         }
                     })
                     .collect())
+            }
+
+            async fn dump(&self) -> Result<Dump> {
+                let mut tx = self.begin_read().await?;
+                let (revision, horizon): (i64, i64) =
+                    sqlx::query_as("SELECT revision, horizon FROM meta WHERE id = 1")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let bodies: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM resources")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+                Ok(Dump {
+                    revision: revision as u64,
+                    horizon: horizon as u64,
+                    resources: bodies.iter().map(|b| sql::decode(b)).collect::<Result<_>>()?,
+                })
+            }
+
+            async fn horizon(&self) -> Result<u64> {
+                let horizon: i64 = sqlx::query_scalar("SELECT horizon FROM meta WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(horizon as u64)
+            }
+
+            async fn record_nodes(&self, rows: Vec<NodeRow>) -> Result<()> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut tx: Tx = self.pool.begin().await?;
+                for row in &rows {
+                    sqlx::query(
+                        "INSERT INTO nodes (id, labels, agent_version, applied_revision, connected, replica, \
+                         last_seen_ms, nack_revision, nack_error, nack_at_ms, session) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
+                         agent_version = excluded.agent_version, applied_revision = excluded.applied_revision, \
+                         connected = excluded.connected, replica = excluded.replica, \
+                         last_seen_ms = excluded.last_seen_ms, nack_revision = excluded.nack_revision, \
+                         nack_error = excluded.nack_error, nack_at_ms = excluded.nack_at_ms, \
+                         session = excluded.session \
+                         WHERE excluded.connected OR nodes.session = excluded.session",
+                    )
+                    .bind(&row.id)
+                    .bind(sql::labels_to_text(&row.labels))
+                    .bind(&row.agent_version)
+                    .bind(row.applied_revision as i64)
+                    .bind(row.connected)
+                    .bind(&row.replica)
+                    .bind(row.last_seen_ms)
+                    .bind(row.nack.as_ref().map(|n| n.0 as i64))
+                    .bind(row.nack.as_ref().map(|n| n.1.as_str()))
+                    .bind(row.nack.as_ref().map(|n| n.2))
+                    .bind(row.session as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {
+                let done = sqlx::query("UPDATE nodes SET connected = FALSE WHERE connected AND last_seen_ms < $1")
+                    .bind(before_ms)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn notifications(&self) -> Result<Notifications> {
+                self.listen().await
             }
         }
     };

@@ -37,6 +37,18 @@ impl Sqlite {
         self.pool.close().await
     }
 
+    /// Nothing to announce: an SQLite file has one replica.
+    async fn announce(
+        _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        _revision: u64,
+    ) -> super::Result<()> {
+        Ok(())
+    }
+
+    async fn listen(&self) -> super::Result<super::Notifications> {
+        Ok(super::Notifications::None)
+    }
+
     /// A transaction whose statements all read one snapshot (in WAL mode a
     /// read transaction sees the database as of its first read).
     async fn begin_read(&self) -> super::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {

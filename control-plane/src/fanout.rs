@@ -1,0 +1,338 @@
+//! The replica's in-memory configuration and how it follows the store.
+//!
+//! Each replica holds the whole configuration as an immutable [`State`]
+//! behind an `Arc`, replaced (never mutated) per batch of revisions and
+//! published on a `watch` channel. Agent sessions read the newest `Arc` when
+//! they can send, so a burst of writes costs each session one push, and a
+//! session that cannot send holds nothing but its `Arc` (coalescing, not
+//! queueing).
+//!
+//! [`follow`] keeps the state current: it wakes on local writes, on other
+//! replicas' notifications and on a poll timer, waits briefly for a burst to
+//! settle (debounce), then reads the change log from its revision.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::label::matches_all;
+use switchyard::pb;
+use switchyard::resource::{Kind, Labels, Ref, pb_ref, pb_revision};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::grpc::Head;
+use crate::store::{self, Op, Store};
+
+/// The whole configuration at one revision, with the indexes scoping needs.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The newest revision applied.
+    pub revision: u64,
+    resources: BTreeMap<Ref, Arc<pb::Resource>>,
+    /// Service name → names of its endpoints.
+    by_service: HashMap<String, BTreeSet<String>>,
+    /// Node id → names of the endpoints it owns.
+    by_node: HashMap<String, BTreeSet<String>>,
+}
+
+/// A node's view: every resource in its scope, with its revision.
+pub type View = BTreeMap<Ref, u64>;
+
+impl State {
+    /// Builds the state from a full read of the store.
+    pub fn from_dump(dump: store::Dump) -> State {
+        let mut state = State {
+            revision: dump.revision,
+            ..State::default()
+        };
+        for r in dump.resources {
+            state.upsert(r);
+        }
+        state
+    }
+
+    /// One resource.
+    pub fn get(&self, target: &Ref) -> Option<&Arc<pb::Resource>> {
+        self.resources.get(target)
+    }
+
+    /// How many resources the state holds.
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// Whether the state holds no resource.
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    fn upsert(&mut self, r: pb::Resource) {
+        let Some(target) = pb_ref(&r) else { return };
+        self.unindex(&target);
+        if let Some(pb::resource::Kind::Endpoint(e)) = &r.kind {
+            self.by_service
+                .entry(e.service.clone())
+                .or_default()
+                .insert(e.name.clone());
+            if !e.node.is_empty() {
+                self.by_node
+                    .entry(e.node.clone())
+                    .or_default()
+                    .insert(e.name.clone());
+            }
+        }
+        self.resources.insert(target, Arc::new(r));
+    }
+
+    fn remove(&mut self, target: &Ref) {
+        self.unindex(target);
+        self.resources.remove(target);
+    }
+
+    fn unindex(&mut self, target: &Ref) {
+        let Some(old) = self.resources.get(target) else {
+            return;
+        };
+        if let Some(pb::resource::Kind::Endpoint(e)) = &old.kind {
+            let (service, node, name) = (e.service.clone(), e.node.clone(), e.name.clone());
+            for (index, key) in [(&mut self.by_service, service), (&mut self.by_node, node)] {
+                if let Some(set) = index.get_mut(&key) {
+                    set.remove(&name);
+                    if set.is_empty() {
+                        index.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies change-log entries (in revision order) to a copy of this state.
+    pub fn apply(&self, changes: Vec<store::Change>) -> State {
+        let mut next = self.clone();
+        for c in changes {
+            match (c.op, c.resource) {
+                (Op::Upsert, Some(r)) => next.upsert(r),
+                _ => next.remove(&c.target),
+            }
+            next.revision = next.revision.max(c.revision);
+        }
+        next
+    }
+
+    /// What a node needs: the listeners whose selector matches its labels,
+    /// the routes and services they reach, those services' endpoints, and the
+    /// endpoints the node owns with their services (for health checking).
+    pub fn scope(&self, node_id: &str, labels: &Labels) -> View {
+        let mut view = View::new();
+        let mut services = BTreeSet::new();
+        let add = |view: &mut View, target: Ref| {
+            if let Some(r) = self.resources.get(&target) {
+                view.insert(target, pb_revision(r));
+                true
+            } else {
+                false
+            }
+        };
+        let listeners = self
+            .resources
+            .range(Ref::new(Kind::Listener, "")..)
+            .take_while(|(r, _)| r.kind == Kind::Listener);
+        for (target, r) in listeners {
+            let Some(pb::resource::Kind::Listener(l)) = &r.kind else {
+                continue;
+            };
+            if !matches_all(&l.node_selector, labels) {
+                continue;
+            }
+            view.insert(target.clone(), l.revision);
+            match &l.target {
+                Some(pb::listener::Target::Service(s)) => {
+                    services.insert(s.clone());
+                }
+                Some(pb::listener::Target::Route(route)) => {
+                    let target = Ref::new(Kind::Route, route);
+                    if let Some(pb::resource::Kind::Route(rt)) =
+                        self.resources.get(&target).and_then(|r| r.kind.as_ref())
+                    {
+                        view.insert(target, rt.revision);
+                        for rule in &rt.rules {
+                            for d in rule.action.iter().flat_map(|a| &a.destinations) {
+                                services.insert(d.service.clone());
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        for name in self.by_node.get(node_id).into_iter().flatten() {
+            let target = Ref::new(Kind::Endpoint, name);
+            if let Some(pb::resource::Kind::Endpoint(e)) =
+                self.resources.get(&target).and_then(|r| r.kind.as_ref())
+            {
+                services.insert(e.service.clone());
+                view.insert(target, e.revision);
+            }
+        }
+        for service in services {
+            if add(&mut view, Ref::new(Kind::Service, &service)) {
+                for name in self.by_service.get(&service).into_iter().flatten() {
+                    add(&mut view, Ref::new(Kind::Endpoint, name));
+                }
+            }
+        }
+        view
+    }
+
+    /// The resources of `view`, as sent to an agent.
+    pub fn snapshot(&self, view: &View) -> pb::Snapshot {
+        let mut snap = pb::Snapshot {
+            revision: self.revision,
+            ..Default::default()
+        };
+        for target in view.keys() {
+            let Some(r) = self.resources.get(target) else {
+                continue;
+            };
+            match r.kind.clone() {
+                Some(pb::resource::Kind::Service(s)) => snap.services.push(s),
+                Some(pb::resource::Kind::Endpoint(e)) => snap.endpoints.push(e),
+                Some(pb::resource::Kind::Route(r)) => snap.routes.push(r),
+                Some(pb::resource::Kind::Listener(l)) => snap.listeners.push(l),
+                None => {}
+            }
+        }
+        snap
+    }
+
+    /// The Delta that turns `from` (what an agent holds, at `from_revision`)
+    /// into `to` (its scope now), or `None` when they are equal.
+    pub fn delta(&self, from_revision: u64, from: &View, to: &View) -> Option<pb::Delta> {
+        let upserts: Vec<pb::Resource> = to
+            .iter()
+            .filter(|(target, rev)| from.get(target) != Some(rev))
+            .filter_map(|(target, _)| self.resources.get(target).map(|r| (**r).clone()))
+            .collect();
+        let removals: Vec<pb::ResourceRef> = from
+            .keys()
+            .filter(|target| !to.contains_key(target))
+            .map(Ref::to_pb)
+            .collect();
+        (!upserts.is_empty() || !removals.is_empty()).then(|| pb::Delta {
+            from_revision,
+            to_revision: self.revision,
+            upserts,
+            removals,
+        })
+    }
+}
+
+/// How [`follow`] batches and polls.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// A burst is over when nothing new arrived for this long.
+    pub quiet: Duration,
+    /// A burst is cut after this long, however busy.
+    pub max_delay: Duration,
+    /// The change log is read at least this often, notified or not.
+    pub poll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            quiet: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Loads the whole configuration from the store.
+pub async fn load<S: Store>(store: &S) -> store::Result<State> {
+    Ok(State::from_dump(store.dump().await?))
+}
+
+/// Keeps `state` following the store until `shutdown`.
+pub async fn follow<S: Store>(
+    store: &S,
+    state: &watch::Sender<Arc<State>>,
+    head: &Head,
+    timing: Timing,
+    shutdown: &CancellationToken,
+) {
+    let mut local = head.subscribe();
+    let mut notes = match store.notifications().await {
+        Ok(n) => n,
+        Err(error) => {
+            warn!(%error, "cannot listen for other replicas' commits; polling only");
+            store::Notifications::None
+        }
+    };
+    let mut poll = tokio::time::interval(timing.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = local.changed() => debounce(&mut local, timing).await,
+            _ = notes.next() => {}
+            _ = poll.tick() => {}
+        }
+        if let Err(error) = catch_up(store, state).await {
+            warn!(%error, "reading the change log");
+        }
+    }
+}
+
+/// Waits until writes stop arriving for `quiet`, or `max_delay` passed.
+async fn debounce(local: &mut watch::Receiver<u64>, timing: Timing) {
+    let deadline = Instant::now() + timing.max_delay;
+    loop {
+        let quiet = (Instant::now() + timing.quiet).min(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(quiet) => return,
+            changed = local.changed() => if changed.is_err() || Instant::now() >= deadline { return },
+        }
+    }
+}
+
+/// Reads every change after the published state's revision and publishes
+/// the result once.
+pub async fn catch_up<S: Store>(store: &S, state: &watch::Sender<Arc<State>>) -> store::Result<()> {
+    let mut next: Option<State> = None;
+    loop {
+        let current = next
+            .as_ref()
+            .map_or(state.borrow().revision, |s| s.revision);
+        match store.changes(current, 1024).await {
+            Ok(changes) if changes.is_empty() => break,
+            Ok(changes) => {
+                let base = next.take().unwrap_or_else(|| (**state.borrow()).clone());
+                next = Some(base.apply(changes));
+            }
+            Err(store::Error::Compacted { horizon, .. }) => {
+                info!(
+                    from = current,
+                    horizon, "fell behind the change log; reloading"
+                );
+                next = Some(load(store).await?);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(next) = next {
+        debug!(
+            revision = next.revision,
+            resources = next.len(),
+            "state advanced"
+        );
+        state.send_replace(Arc::new(next));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+use super::*;
+
+fn res(kind: pb::resource::Kind) -> pb::Resource {
+    pb::Resource { kind: Some(kind) }
+}
+
+fn service(name: &str, revision: u64) -> pb::Resource {
+    res(pb::resource::Kind::Service(pb::Service {
+        name: name.into(),
+        revision,
+        ..Default::default()
+    }))
+}
+
+fn endpoint(name: &str, service: &str, node: &str, revision: u64) -> pb::Resource {
+    res(pb::resource::Kind::Endpoint(pb::Endpoint {
+        name: name.into(),
+        service: service.into(),
+        node: node.into(),
+        revision,
+        ..Default::default()
+    }))
+}
+
+fn route(name: &str, services: &[&str], revision: u64) -> pb::Resource {
+    res(pb::resource::Kind::Route(pb::Route {
+        name: name.into(),
+        revision,
+        rules: vec![pb::RouteRule {
+            matches: vec![],
+            action: Some(pb::RouteAction {
+                destinations: services
+                    .iter()
+                    .map(|s| pb::WeightedDestination {
+                        service: s.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }))
+}
+
+fn listener(name: &str, route: &str, selector: &[(&str, &str)], revision: u64) -> pb::Resource {
+    res(pb::resource::Kind::Listener(pb::Listener {
+        name: name.into(),
+        revision,
+        target: Some(pb::listener::Target::Route(route.into())),
+        node_selector: selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }))
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn state() -> State {
+    State::from_dump(store::Dump {
+        revision: 9,
+        horizon: 0,
+        resources: vec![
+            service("web", 1),
+            service("api", 2),
+            service("db", 3),
+            endpoint("web-1", "web", "n1", 4),
+            endpoint("api-1", "api", "n2", 5),
+            endpoint("db-1", "db", "n3", 6),
+            route("front", &["web", "api"], 7),
+            listener("edge", "front", &[("role", "edge")], 8),
+        ],
+    })
+}
+
+fn names(view: &View) -> Vec<String> {
+    view.keys().map(Ref::to_string).collect()
+}
+
+#[test]
+fn selected_node_gets_listener_route_services_and_endpoints() {
+    let view = state().scope("n9", &labels(&[("role", "edge")]));
+    assert_eq!(
+        names(&view),
+        [
+            "service/api",
+            "service/web",
+            "endpoint/api-1",
+            "endpoint/web-1",
+            "route/front",
+            "listener/edge"
+        ]
+    );
+    assert_eq!(view[&Ref::new(Kind::Route, "front")], 7);
+}
+
+#[test]
+fn unselected_node_gets_only_what_it_owns() {
+    let view = state().scope("n3", &labels(&[("role", "db")]));
+    assert_eq!(names(&view), ["service/db", "endpoint/db-1"]);
+    assert!(state().scope("n4", &Labels::new()).is_empty());
+}
+
+#[test]
+fn delta_has_changed_upserts_and_removals() {
+    let before = state();
+    let from = before.scope("n9", &labels(&[("role", "edge")]));
+    // The route drops "api" and an endpoint of web changes.
+    let changes = vec![
+        store::Change {
+            revision: 10,
+            op: Op::Upsert,
+            target: Ref::new(Kind::Route, "front"),
+            resource: Some(route("front", &["web"], 10)),
+        },
+        store::Change {
+            revision: 10,
+            op: Op::Upsert,
+            target: Ref::new(Kind::Endpoint, "web-1"),
+            resource: Some(endpoint("web-1", "web", "n1", 10)),
+        },
+        store::Change {
+            revision: 11,
+            op: Op::Upsert,
+            target: Ref::new(Kind::Endpoint, "db-1"),
+            resource: Some(endpoint("db-1", "db", "n3", 11)),
+        },
+    ];
+    let after = before.apply(changes);
+    assert_eq!(after.revision, 11);
+    let to = after.scope("n9", &labels(&[("role", "edge")]));
+    let delta = after.delta(9, &from, &to).unwrap();
+    assert_eq!((delta.from_revision, delta.to_revision), (9, 11));
+    let upserts: Vec<_> = delta
+        .upserts
+        .iter()
+        .map(|r| pb_ref(r).unwrap().to_string())
+        .collect();
+    assert_eq!(upserts, ["endpoint/web-1", "route/front"]);
+    let removals: Vec<_> = delta.removals.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(removals, ["api", "api-1"]);
+    // Nothing in scope changed: no delta at all.
+    assert!(after.delta(11, &to, &to).is_none());
+}
+
+#[test]
+fn moving_an_endpoint_reindexes_it() {
+    let s = state().apply(vec![store::Change {
+        revision: 10,
+        op: Op::Upsert,
+        target: Ref::new(Kind::Endpoint, "web-1"),
+        resource: Some(endpoint("web-1", "api", "n2", 10)),
+    }]);
+    let n1 = s.scope("n1", &Labels::new());
+    assert!(n1.is_empty(), "n1 no longer owns web-1: {n1:?}");
+    let n2 = s.scope("n2", &Labels::new());
+    assert_eq!(
+        names(&n2),
+        ["service/api", "endpoint/api-1", "endpoint/web-1"]
+    );
+    let gone = s.apply(vec![store::Change {
+        revision: 11,
+        op: Op::Delete,
+        target: Ref::new(Kind::Endpoint, "api-1"),
+        resource: None,
+    }]);
+    assert_eq!(
+        names(&gone.scope("n2", &Labels::new())),
+        ["service/api", "endpoint/web-1"]
+    );
+}

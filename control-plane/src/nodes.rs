@@ -1,0 +1,141 @@
+//! Node status: what sessions learn about their agents, written to the store
+//! in batches, and the lease that marks silent nodes disconnected.
+//!
+//! Sessions never wait on the database: they drop their node's newest row
+//! into a map (one entry per node, so memory is bounded by the fleet, not by
+//! the rate of acks), and [`Registry::run`] writes the map out periodically
+//! in one transaction.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::{NodeRow, Store};
+
+/// How often pending node rows are written.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Pending node rows and push counters of one replica.
+#[derive(Debug)]
+pub struct Registry {
+    /// This replica's name, written into the rows of its sessions.
+    pub replica: String,
+    /// Nodes not heard from for this long are marked disconnected.
+    pub lease: Duration,
+    // A std mutex: held only to insert or swap the map, never across .await.
+    pending: Mutex<HashMap<String, NodeRow>>,
+    sent: Mutex<HashMap<String, u64>>,
+    /// Snapshots and deltas sent by this replica.
+    pub pushes: AtomicU64,
+    /// Encoded bytes of those pushes.
+    pub push_bytes: AtomicU64,
+    next_session: AtomicU64,
+}
+
+impl Registry {
+    /// A registry for `replica`.
+    pub fn new(replica: String, lease: Duration) -> Self {
+        Self {
+            replica,
+            lease,
+            pending: Mutex::default(),
+            sent: Mutex::default(),
+            pushes: AtomicU64::new(0),
+            push_bytes: AtomicU64::new(0),
+            next_session: AtomicU64::new(0),
+        }
+    }
+
+    /// A session id unique across replicas and restarts (time and a counter,
+    /// mixed so that ids from different replicas do not line up).
+    pub fn session_id(&self) -> u64 {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut x = (now_ms() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ n
+            ^ (std::process::id() as u64) << 40;
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (x ^ (x >> 29)) & (i64::MAX as u64)
+    }
+
+    /// Queues `row` to be written; a newer row for the same node replaces it.
+    pub fn record(&self, row: NodeRow) {
+        self.pending
+            .lock()
+            .expect("node rows")
+            .insert(row.id.clone(), row);
+    }
+
+    /// Counts one push of `bytes` to `node`.
+    pub fn count_push(&self, node: &str, bytes: usize) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+        self.push_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        *self
+            .sent
+            .lock()
+            .expect("push counts")
+            .entry(node.to_owned())
+            .or_default() += 1;
+    }
+
+    /// How many snapshots and deltas this replica has sent to `node`.
+    pub fn pushes_to(&self, node: &str) -> u64 {
+        self.sent
+            .lock()
+            .expect("push counts")
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes every pending row. On failure the rows are kept for the next
+    /// try, unless a newer one for the same node arrived meanwhile.
+    pub async fn flush<S: Store>(&self, store: &S) {
+        let rows: Vec<NodeRow> = std::mem::take(&mut *self.pending.lock().expect("node rows"))
+            .into_values()
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(error) = store.record_nodes(rows.clone()).await {
+            warn!(%error, nodes = rows.len(), "writing node status");
+            let mut pending = self.pending.lock().expect("node rows");
+            for row in rows {
+                pending.entry(row.id.clone()).or_insert(row);
+            }
+        }
+    }
+
+    /// Writes node rows and expires silent nodes until `shutdown`.
+    pub async fn run<S: Store>(&self, store: &S, shutdown: &CancellationToken) {
+        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+        let mut sweep = tokio::time::interval(self.lease / 2);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = flush.tick() => self.flush(store).await,
+                _ = sweep.tick() => {
+                    let before = now_ms() - self.lease.as_millis() as i64;
+                    match store.expire_nodes(before).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(nodes = n, "lease expired; marked disconnected"),
+                        Err(error) => warn!(%error, "expiring node leases"),
+                    }
+                }
+            }
+        }
+    }
+}

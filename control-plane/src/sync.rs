@@ -1,0 +1,343 @@
+//! `AgentService.Sync`: one session per agent stream.
+//!
+//! A session remembers what its agent holds (a [`View`]: each resource in
+//! scope with its revision) and at most one push in flight. When it may send
+//! (nothing in flight) and the replica's [`State`] is newer than what it last
+//! checked, it computes the node's scope and sends the difference as one
+//! Delta, or nothing when the node's scope did not change. Changes made while
+//! a push is in flight coalesce into the next one, so a slow or stuck agent
+//! costs one message and one `Arc<State>`, whatever the write rate.
+//!
+//! The session is the response stream itself (an `unfold`), so it runs only
+//! while tonic polls it and is dropped with the stream: no task to leak.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use switchyard::pb;
+use switchyard::resource::{Labels, Ref};
+use switchyard::validate::{Violations, join};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::fanout::{State, View};
+use crate::grpc::{invalid_argument, status};
+use crate::nodes::{Registry, now_ms};
+use crate::store::{NodeRow, Store};
+
+/// How long a new stream may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `AgentService` implementation.
+#[derive(Debug)]
+pub struct Agents<S> {
+    store: Arc<S>,
+    state: watch::Receiver<Arc<State>>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+}
+
+impl<S: Store> Agents<S> {
+    /// Serves agents from `state`, recording their status in `registry`.
+    pub fn new(
+        store: Arc<S>,
+        state: watch::Receiver<Arc<State>>,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            state,
+            registry,
+            shutdown,
+        }
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
+    type SyncStream = SyncStream;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<pb::SyncRequest>>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10s"))??;
+        let hello = match first.and_then(|m| m.message) {
+            Some(pb::sync_request::Message::Hello(hello)) => hello,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a Sync stream must be a hello",
+                ));
+            }
+        };
+        let mut v = Violations::new();
+        switchyard::validate::name(&mut v, "hello.node_id", &hello.node_id);
+        switchyard::validate::labels(&mut v, "hello.labels", hello.labels.iter());
+        let mut view = View::new();
+        for (i, r) in hello.resources.iter().enumerate() {
+            let field = format!("hello.resources[{i}].ref");
+            match r.r#ref.as_ref().map(|x| Ref::from_pb(x, &field)) {
+                Some(Ok(target)) => {
+                    view.insert(target, r.revision);
+                }
+                Some(Err(e)) => v.extend(e),
+                None => v.push(field, "required"),
+            }
+        }
+        v.finish(()).map_err(invalid_argument)?;
+
+        // An agent behind the change-log horizon, or with nothing, starts
+        // over from a snapshot; any other resumes from what it holds.
+        let horizon = self.store.horizon().await.map_err(status)?;
+        let fresh = hello.last_applied_revision == 0 || hello.last_applied_revision < horizon;
+        let id = self.registry.session_id();
+        let session = Session {
+            labels: hello.labels.clone(),
+            inbound,
+            state: self.state.clone(),
+            registry: self.registry.clone(),
+            shutdown: self.shutdown.clone(),
+            view: if fresh { View::new() } else { view },
+            revision: hello.last_applied_revision,
+            checked: None,
+            in_flight: None,
+            want_snapshot: fresh,
+            nacked: None,
+            greeted: false,
+            deadline: Instant::now() + self.registry.lease,
+            row: NodeRow {
+                id: hello.node_id.clone(),
+                labels: hello.labels,
+                agent_version: hello.agent_version,
+                applied_revision: hello.last_applied_revision,
+                connected: true,
+                replica: self.registry.replica.clone(),
+                last_seen_ms: now_ms(),
+                session: id,
+                nack: None,
+            },
+            recorded_at: Instant::now(),
+        };
+        session.registry.record(session.row.clone());
+        info!(node = %session.row.id, revision = session.revision, fresh, "agent connected");
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            session,
+            Session::next,
+        ))))
+    }
+}
+
+/// A push waiting for its Ack or Nack.
+#[derive(Debug)]
+struct InFlight {
+    /// The revision the agent will be at once it applies the push.
+    revision: u64,
+    /// What the agent will hold then.
+    view: View,
+}
+
+/// One agent stream.
+struct Session {
+    labels: Labels,
+    inbound: Streaming<pb::SyncRequest>,
+    state: watch::Receiver<Arc<State>>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    /// What the agent holds (as of its last Ack).
+    view: View,
+    /// The revision the agent holds.
+    revision: u64,
+    /// The state revision the view was last compared with, if any.
+    checked: Option<u64>,
+    in_flight: Option<InFlight>,
+    /// The agent asked for (or needs) a full snapshot.
+    want_snapshot: bool,
+    /// The last revision the agent refused; not pushed again until the
+    /// state moves past it.
+    nacked: Option<u64>,
+    /// Whether anything was pushed on this stream yet.
+    greeted: bool,
+    /// The session ends if the agent stays silent past this.
+    deadline: Instant,
+    row: NodeRow,
+    recorded_at: Instant,
+}
+
+impl Session {
+    async fn next(mut self) -> Option<(Result<pb::SyncResponse, Status>, Session)> {
+        loop {
+            if self.in_flight.is_none() {
+                if let Some(message) = self.push() {
+                    return Some((Ok(message), self));
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    warn!(node = %self.row.id, "agent silent past its lease; closing its stream");
+                    return None;
+                }
+                // Without a push in flight, a new state may mean a new push.
+                changed = self.state.changed(), if self.in_flight.is_none() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                message = self.inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        if let Err(status) = self.receive(message) {
+                            return Some((Err(status), self));
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(error) => {
+                        debug!(node = %self.row.id, %error, "agent stream failed");
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The next push, if the agent needs one.
+    fn push(&mut self) -> Option<pb::SyncResponse> {
+        let state = self.state.borrow_and_update().clone();
+        if self.checked == Some(state.revision) && !self.want_snapshot {
+            return None;
+        }
+        // A replica behind the agent (it failed over from a faster one)
+        // waits until it has caught up.
+        if state.revision < self.revision {
+            return None;
+        }
+        if self.nacked.is_some_and(|n| state.revision <= n) {
+            return None;
+        }
+        self.checked = Some(state.revision);
+        let scope = state.scope(&self.row.id, &self.labels);
+        let message = if self.want_snapshot {
+            self.want_snapshot = false;
+            pb::sync_response::Message::Snapshot(state.snapshot(&scope))
+        } else {
+            // The first push of a resumed session is sent even when empty:
+            // it tells the agent it is current.
+            let first = !self.greeted;
+            match state.delta(self.revision, &self.view, &scope) {
+                Some(delta) => pb::sync_response::Message::Delta(delta),
+                None if first => pb::sync_response::Message::Delta(pb::Delta {
+                    from_revision: self.revision,
+                    to_revision: state.revision,
+                    ..Default::default()
+                }),
+                None => {
+                    // Nothing in scope changed: the node is current at this
+                    // revision without any message.
+                    self.current_at(state.revision);
+                    return None;
+                }
+            }
+        };
+        self.greeted = true;
+        self.in_flight = Some(InFlight {
+            revision: state.revision,
+            view: scope,
+        });
+        let message = pb::SyncResponse {
+            message: Some(message),
+        };
+        self.registry
+            .count_push(&self.row.id, message.encoded_len());
+        Some(message)
+    }
+
+    fn receive(&mut self, message: pb::SyncRequest) -> Result<(), Status> {
+        use pb::sync_request::Message as M;
+        self.deadline = Instant::now() + self.registry.lease;
+        self.row.last_seen_ms = now_ms();
+        match message.message {
+            Some(M::Ack(ack)) => match self.in_flight.take() {
+                Some(pushed) if pushed.revision == ack.revision => {
+                    self.view = pushed.view;
+                    self.revision = ack.revision;
+                    self.nacked = None;
+                    self.row.nack = None;
+                    self.current_at(ack.revision);
+                }
+                other => {
+                    debug!(node = %self.row.id, ack = ack.revision, "ack for nothing in flight");
+                    self.in_flight = other;
+                }
+            },
+            Some(M::Nack(nack)) => match self.in_flight.take() {
+                Some(pushed) if pushed.revision == nack.revision => {
+                    warn!(node = %self.row.id, revision = nack.revision, error = %nack.error, "agent refused configuration");
+                    self.nacked = Some(nack.revision);
+                    // A refused snapshot leaves the agent's holdings unknown:
+                    // the next push is a snapshot again.
+                    if self.view.is_empty() {
+                        self.want_snapshot = true;
+                    }
+                    let error: String = nack.error.chars().take(4096).collect();
+                    self.row.nack = Some((nack.revision, error, now_ms()));
+                    self.record();
+                }
+                other => self.in_flight = other,
+            },
+            Some(M::Resync(resync)) => {
+                info!(node = %self.row.id, have = resync.have_revision, reason = %resync.reason, "agent asked for a snapshot");
+                self.in_flight = None;
+                self.nacked = None;
+                self.view = View::new();
+                self.want_snapshot = true;
+            }
+            Some(M::Heartbeat(_)) => {
+                if self.recorded_at.elapsed() > self.registry.lease / 3 {
+                    self.record();
+                }
+            }
+            Some(M::Health(_)) => {
+                debug!(node = %self.row.id, "health reports are not handled by this control plane version");
+            }
+            Some(M::Hello(_)) => {
+                return Err(invalid_argument(switchyard::validate::Invalid::one(
+                    join("message", "hello"),
+                    "hello may only be the first message",
+                )));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Records that the node's configuration is current at `revision`.
+    fn current_at(&mut self, revision: u64) {
+        self.row.applied_revision = self.row.applied_revision.max(revision);
+        self.record();
+    }
+
+    fn record(&mut self) {
+        self.recorded_at = Instant::now();
+        self.registry.record(self.row.clone());
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        info!(node = %self.row.id, revision = self.revision, "agent disconnected");
+        self.row.connected = false;
+        self.row.last_seen_ms = now_ms();
+        self.registry.record(self.row.clone());
+    }
+}

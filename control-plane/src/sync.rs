@@ -101,6 +101,14 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         // An agent behind the change-log horizon, or with nothing, starts
         // over from a snapshot; any other resumes from what it holds.
         let horizon = self.store.horizon().await.map_err(status)?;
+        // The first push waits until this replica's state has every write
+        // committed before the agent arrived (it trails by a debounce).
+        let floor = self
+            .store
+            .revision()
+            .await
+            .map_err(status)?
+            .max(hello.last_applied_revision);
         let fresh = hello.last_applied_revision == 0 || hello.last_applied_revision < horizon;
         let id = self.registry.session_id();
         let session = Session {
@@ -111,6 +119,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             shutdown: self.shutdown.clone(),
             view: if fresh { View::new() } else { view },
             revision: hello.last_applied_revision,
+            floor,
             checked: None,
             in_flight: None,
             want_snapshot: fresh,
@@ -159,6 +168,10 @@ struct Session {
     view: View,
     /// The revision the agent holds.
     revision: u64,
+    /// Nothing is pushed from a state older than this: the store's revision
+    /// when the agent connected, or the agent's own if newer (it failed
+    /// over from a replica that was ahead of this one).
+    floor: u64,
     /// The state revision the view was last compared with, if any.
     checked: Option<u64>,
     in_flight: Option<InFlight>,
@@ -217,9 +230,7 @@ impl Session {
         if self.checked == Some(state.revision) && !self.want_snapshot {
             return None;
         }
-        // A replica behind the agent (it failed over from a faster one)
-        // waits until it has caught up.
-        if state.revision < self.revision {
+        if state.revision < self.floor {
             return None;
         }
         if self.nacked.is_some_and(|n| state.revision <= n) {

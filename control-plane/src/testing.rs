@@ -164,13 +164,24 @@ impl TestServer {
     /// Starts a server on `127.0.0.1:0` over the database at `url`; it is
     /// ready to serve when this returns.
     pub async fn start(url: &str) -> TestServer {
+        Self::start_with(url, Config::default()).await
+    }
+
+    /// Like [`TestServer::start`], with `config`; its `listen` address is
+    /// used unless it is the default, which becomes `127.0.0.1:0`.
+    pub async fn start_with(url: &str, config: Config) -> TestServer {
         let store = store::Any::connect(url).await.expect("open store");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listen = if config.listen == Config::default().listen {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            config.listen
+        };
+        let listener = TcpListener::bind(listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let config = Config {
             database_url: url.into(),
-            ..Config::default()
+            ..config
         };
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -192,6 +203,11 @@ impl TestServer {
             .expect("connect")
     }
 
+    /// The server's address as an `http://` URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Shuts the server down and waits until it has stopped.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -204,5 +220,93 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A `switchyard-cp` process, for tests that need a real crash (`kill -9`)
+/// or a real signal.
+#[derive(Debug)]
+pub struct CpProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    // Drains the process's log so it never blocks on a full pipe; ends with it.
+    _log: JoinHandle<()>,
+}
+
+/// The `switchyard-cp` binary next to the running test's directory
+/// (`target/<profile>/`), built by `cargo test` / `cargo nextest` for the workspace.
+pub fn cp_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("switchyard-cp");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --workspace --bins`",
+        bin.display()
+    );
+    bin
+}
+
+impl CpProcess {
+    /// Starts `switchyard-cp` over `database_url` on `listen` (port 0 picks a
+    /// free one) with `extra` flags, and waits for its "listening" log line.
+    pub async fn start(database_url: &str, listen: SocketAddr, extra: &[&str]) -> CpProcess {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(cp_binary())
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--database-url",
+                database_url,
+            ])
+            .args(extra)
+            .env("SWITCHYARD_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn switchyard-cp");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read log") {
+                if line.contains("\"listening\"") {
+                    let start = line.find("\"addr\":\"").expect("addr field") + 8;
+                    let end = start + line[start..].find('"').expect("addr end");
+                    return line[start..end].parse().expect("addr");
+                }
+            }
+            panic!("switchyard-cp exited before listening");
+        })
+        .await
+        .expect("switchyard-cp did not start in time");
+        let log = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        CpProcess {
+            child,
+            addr,
+            _log: log,
+        }
+    }
+
+    /// Its address as an `http://` URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected operator client.
+    pub async fn client(&self) -> OperatorServiceClient<tonic::transport::Channel> {
+        OperatorServiceClient::connect(self.url())
+            .await
+            .expect("connect")
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("kill");
+        self.child.wait().await.expect("wait");
     }
 }

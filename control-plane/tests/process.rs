@@ -2,8 +2,6 @@
 //! `kill -9`, graceful shutdown on SIGTERM, and a clear error on bad flags.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,51 +9,11 @@ use std::time::Duration;
 use switchyard::pb;
 use switchyard::pb::operator_service_client::OperatorServiceClient;
 use switchyard_control_plane::store::Store;
-use switchyard_control_plane::testing::TestDb;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use switchyard_control_plane::testing::{CpProcess, TestDb};
+use tokio::process::Command;
 
-/// A running `switchyard-cp` and the address it reported.
-struct Cp {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Cp {
-    /// Starts the binary on a free loopback port and waits for its
-    /// "listening" log line.
-    async fn start(database_url: &str) -> Cp {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard-cp"))
-            .args(["--listen", "127.0.0.1:0", "--database-url", database_url])
-            .env("SWITCHYARD_LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn switchyard-cp");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("\"listening\"") {
-                    let start = line.find("\"addr\":\"").expect("addr field") + 8;
-                    let end = start + line[start..].find('"').unwrap();
-                    return line[start..end].parse().unwrap();
-                }
-            }
-            panic!("switchyard-cp exited before listening");
-        })
-        .await
-        .expect("switchyard-cp did not start in time");
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Cp { child, addr }
-    }
-
-    async fn client(&self) -> OperatorServiceClient<tonic::transport::Channel> {
-        OperatorServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
+async fn start(database_url: &str) -> CpProcess {
+    CpProcess::start(database_url, "127.0.0.1:0".parse().unwrap(), &[]).await
 }
 
 fn endpoint_item(name: &str, port: u32) -> pb::ApplyItem {
@@ -79,7 +37,7 @@ const BATCH: usize = 5;
 /// SIGKILL. After a restart every acknowledged batch is whole, no batch is
 /// partial, and revisions continue gap-free.
 async fn kill_9_keeps_acknowledged_batches_whole(db: TestDb) {
-    let cp = Cp::start(db.url()).await;
+    let cp = start(db.url()).await;
     let mut client = cp.client().await;
     client
         .apply(pb::ApplyRequest {
@@ -137,9 +95,7 @@ async fn kill_9_keeps_acknowledged_batches_whole(db: TestDb) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     probe.close().await;
-    let mut cp = cp;
-    cp.child.start_kill().unwrap();
-    cp.child.wait().await.unwrap();
+    cp.kill().await;
     stop.store(true, Ordering::Relaxed);
     let acked: Vec<(String, u64)> = futures::future::join_all(writers)
         .await
@@ -153,7 +109,7 @@ async fn kill_9_keeps_acknowledged_batches_whole(db: TestDb) {
     );
 
     // Restart on the same database and look at what survived.
-    let cp = Cp::start(db.url()).await;
+    let cp = start(db.url()).await;
     let mut client = cp.client().await;
     let list = client
         .list(pb::ListRequest {
@@ -234,7 +190,7 @@ async fn kill_9_keeps_acknowledged_batches_whole(db: TestDb) {
 /// SIGTERM while a Watch stream is open and a call is in flight: the server
 /// ends the stream and exits 0.
 async fn sigterm_exits_cleanly(db: TestDb) {
-    let mut cp = Cp::start(db.url()).await;
+    let mut cp = start(db.url()).await;
     let mut client = cp.client().await;
     let mut watch = client
         .watch(pb::WatchRequest::default())

@@ -1,0 +1,422 @@
+//! The agent stream seen from a hand-driven gRPC client: exactly what the
+//! control plane sends, when, and what it records about the node.
+
+use std::time::Duration;
+
+use switchyard::pb;
+use switchyard::pb::agent_service_client::AgentServiceClient;
+use switchyard_control_plane::server::Config;
+use switchyard_control_plane::testing::{TestDb, TestServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+fn res(kind: pb::resource::Kind) -> pb::ApplyItem {
+    pb::ApplyItem {
+        resource: Some(pb::Resource { kind: Some(kind) }),
+        expected_revision: None,
+    }
+}
+
+fn base_config() -> Vec<pb::ApplyItem> {
+    use pb::resource::Kind as K;
+    vec![
+        res(K::Service(pb::Service {
+            name: "web".into(),
+            ..Default::default()
+        })),
+        res(K::Endpoint(pb::Endpoint {
+            name: "web-0".into(),
+            service: "web".into(),
+            address: "127.0.0.1".into(),
+            port: 1000,
+            ..Default::default()
+        })),
+        res(K::Route(pb::Route {
+            name: "web".into(),
+            rules: vec![pb::RouteRule {
+                matches: vec![],
+                action: Some(pb::RouteAction {
+                    destinations: vec![pb::WeightedDestination {
+                        service: "web".into(),
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        })),
+        res(K::Listener(pb::Listener {
+            name: "web".into(),
+            address: "127.0.0.1".into(),
+            port: 18080,
+            target: Some(pb::listener::Target::Route("web".into())),
+            ..Default::default()
+        })),
+    ]
+}
+
+fn endpoint_port(port: u32) -> pb::ApplyItem {
+    res(pb::resource::Kind::Endpoint(pb::Endpoint {
+        name: "web-0".into(),
+        service: "web".into(),
+        address: "127.0.0.1".into(),
+        port,
+        ..Default::default()
+    }))
+}
+
+/// A hand-driven agent stream.
+struct RawAgent {
+    tx: mpsc::Sender<pb::SyncRequest>,
+    rx: Streaming<pb::SyncResponse>,
+}
+
+impl RawAgent {
+    async fn connect(
+        url: String,
+        node: &str,
+        revision: u64,
+        resources: Vec<pb::ResourceVersion>,
+    ) -> RawAgent {
+        let mut client = AgentServiceClient::connect(url).await.unwrap();
+        let (tx, out) = mpsc::channel(16);
+        let hello = pb::Hello {
+            node_id: node.into(),
+            agent_version: "test".into(),
+            last_applied_revision: revision,
+            resources,
+            ..Default::default()
+        };
+        tx.send(pb::SyncRequest {
+            message: Some(pb::sync_request::Message::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let rx = client
+            .sync(ReceiverStream::new(out))
+            .await
+            .unwrap()
+            .into_inner();
+        RawAgent { tx, rx }
+    }
+
+    async fn recv(&mut self) -> pb::sync_response::Message {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("no message in time")
+            .unwrap()
+            .unwrap()
+            .message
+            .unwrap()
+    }
+
+    /// Whether a message arrives within `wait`.
+    async fn quiet_for(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.rx.message()).await.is_err()
+    }
+
+    async fn send(&self, m: pb::sync_request::Message) {
+        self.tx
+            .send(pb::SyncRequest { message: Some(m) })
+            .await
+            .unwrap();
+    }
+
+    async fn ack(&self, revision: u64) {
+        self.send(pb::sync_request::Message::Ack(pb::Ack { revision }))
+            .await;
+    }
+
+    /// Reads and acks pushes until the agent holds `revision` or newer; the
+    /// replica's in-memory state may trail a write by a few milliseconds.
+    /// Returns the kinds of push received ("snapshot"/"delta").
+    async fn converge(&mut self, revision: u64) -> Vec<&'static str> {
+        let mut kinds = vec![];
+        loop {
+            let (kind, at) = match self.recv().await {
+                pb::sync_response::Message::Snapshot(s) => ("snapshot", s.revision),
+                pb::sync_response::Message::Delta(d) => ("delta", d.to_revision),
+                pb::sync_response::Message::Heartbeat(_) => continue,
+            };
+            kinds.push(kind);
+            self.ack(at).await;
+            if at >= revision {
+                return kinds;
+            }
+        }
+    }
+}
+
+async fn apply(server: &TestServer, items: Vec<pb::ApplyItem>) -> u64 {
+    server
+        .client()
+        .await
+        .apply(pb::ApplyRequest {
+            items,
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+async fn nodes(server: &TestServer, rollout: u64) -> pb::ListNodesResponse {
+    server
+        .client()
+        .await
+        .list_nodes(pb::ListNodesRequest {
+            rollout_revision: rollout,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls ListNodes until `done` holds (node status is written in batches).
+async fn wait_nodes(
+    server: &TestServer,
+    rollout: u64,
+    done: impl Fn(&pb::ListNodesResponse) -> bool,
+) -> pb::ListNodesResponse {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = nodes(server, rollout).await;
+        if done(&resp) {
+            return resp;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node status never reached the expected state: {resp:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An agent that stops reading and acking while 100 writes land: the
+/// control plane queues nothing for it (one push stays in flight), and when
+/// it reads again it gets exactly one coalesced delta to the newest revision.
+async fn stuck_agent_gets_one_coalesced_delta(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let first = apply(&server, base_config()).await;
+    let mut agent = RawAgent::connect(server.url(), "slow", 0, vec![]).await;
+    assert_eq!(agent.converge(first).await[0], "snapshot");
+
+    // The first write is pushed; then the agent neither reads nor acks while
+    // the writes continue.
+    let mut client = server.client().await;
+    let mut last = 0;
+    for port in 2000..2100 {
+        let items = vec![endpoint_port(port)];
+        last = client
+            .apply(pb::ApplyRequest {
+                items,
+                dry_run: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
+    }
+    let pushed = match agent.recv().await {
+        pb::sync_response::Message::Delta(d) => d,
+        other => panic!("expected a delta, got {other:?}"),
+    };
+    assert_eq!(pushed.from_revision, first);
+    assert!(
+        agent.quiet_for(Duration::from_millis(300)).await,
+        "nothing may be pushed while a push is in flight"
+    );
+
+    // Reading again: one delta from the acked revision to the newest.
+    agent.ack(pushed.to_revision).await;
+    let delta = match agent.recv().await {
+        pb::sync_response::Message::Delta(d) => d,
+        other => panic!("expected a delta, got {other:?}"),
+    };
+    assert_eq!(
+        (delta.from_revision, delta.to_revision),
+        (pushed.to_revision, last)
+    );
+    assert_eq!(delta.upserts.len(), 1, "only the endpoint changed");
+    match delta.upserts[0].kind.as_ref().unwrap() {
+        pb::resource::Kind::Endpoint(e) => assert_eq!(e.port, 2099),
+        other => panic!("unexpected {other:?}"),
+    }
+    agent.ack(delta.to_revision).await;
+    assert!(
+        agent.quiet_for(Duration::from_millis(300)).await,
+        "converged: nothing more to send"
+    );
+    let status = wait_nodes(&server, last, |r| r.nodes_at_revision == 1).await;
+    assert_eq!(status.nodes[0].applied_revision, last);
+    server.stop().await;
+}
+
+/// Writes outside a node's scope send it nothing, yet its rollout status
+/// follows; a resumed agent gets a delta (never a snapshot); a Nack is
+/// recorded and not answered by re-sending the same configuration.
+async fn scope_resume_and_nack(db: TestDb) {
+    use pb::resource::Kind as K;
+    let server = TestServer::start(db.url()).await;
+    let first = apply(&server, base_config()).await;
+    let mut agent = RawAgent::connect(server.url(), "edge-1", 0, vec![]).await;
+    agent.converge(first).await;
+
+    // A service no listener reaches: nothing is sent, but the node counts
+    // as current at the new revision.
+    let unrelated = apply(
+        &server,
+        vec![res(K::Service(pb::Service {
+            name: "batch".into(),
+            ..Default::default()
+        }))],
+    )
+    .await;
+    let extra = tokio::time::timeout(Duration::from_millis(300), agent.rx.message()).await;
+    assert!(
+        extra.is_err(),
+        "out-of-scope write must send nothing: {extra:?}"
+    );
+    wait_nodes(&server, unrelated, |r| r.nodes_at_revision == 1).await;
+
+    // The agent goes away and comes back holding what it had.
+    drop(agent);
+    wait_nodes(&server, 0, |r| r.nodes.iter().all(|n| !n.connected)).await;
+    let changed = apply(&server, vec![endpoint_port(3000)]).await;
+    let inventory = [
+        (pb::Kind::Service, "web"),
+        (pb::Kind::Endpoint, "web-0"),
+        (pb::Kind::Route, "web"),
+        (pb::Kind::Listener, "web"),
+    ]
+    .iter()
+    .map(|(kind, name)| pb::ResourceVersion {
+        r#ref: Some(pb::ResourceRef {
+            kind: *kind as i32,
+            name: name.to_string(),
+        }),
+        revision: first,
+    })
+    .collect();
+    let mut agent = RawAgent::connect(server.url(), "edge-1", first, inventory).await;
+    let delta = match agent.recv().await {
+        pb::sync_response::Message::Delta(d) => d,
+        other => panic!("a resumed agent must get a delta, got {other:?}"),
+    };
+    assert_eq!((delta.from_revision, delta.to_revision), (first, changed));
+    assert_eq!(delta.upserts.len(), 1);
+    assert!(delta.removals.is_empty());
+
+    // The agent refuses it: recorded, and not sent again until the
+    // configuration moves on.
+    agent
+        .send(pb::sync_request::Message::Nack(pb::Nack {
+            revision: changed,
+            error: "port 3000 is taken".into(),
+        }))
+        .await;
+    assert!(
+        agent.quiet_for(Duration::from_millis(300)).await,
+        "a nack is not answered by the same push"
+    );
+    let status = wait_nodes(&server, 0, |r| {
+        r.nodes.first().is_some_and(|n| n.last_nack.is_some())
+    })
+    .await;
+    let nack = status.nodes[0].last_nack.clone().unwrap();
+    assert_eq!(
+        (nack.revision, nack.error.as_str()),
+        (changed, "port 3000 is taken")
+    );
+    assert_eq!(
+        status.nodes[0].applied_revision, first,
+        "the refused revision is not counted as applied"
+    );
+
+    // The next change is pushed from the revision the agent still holds.
+    let fixed = apply(&server, vec![endpoint_port(3001)]).await;
+    let delta = match agent.recv().await {
+        pb::sync_response::Message::Delta(d) => d,
+        other => panic!("expected a delta, got {other:?}"),
+    };
+    assert_eq!((delta.from_revision, delta.to_revision), (first, fixed));
+    agent.ack(fixed).await;
+    let status = wait_nodes(&server, fixed, |r| r.nodes_at_revision == 1).await;
+    assert!(
+        status.nodes[0].last_nack.is_none(),
+        "an ack clears the nack"
+    );
+    assert!(status.nodes[0].connected);
+    server.stop().await;
+}
+
+/// A node that stops talking is disconnected after its lease.
+async fn silent_agent_loses_its_lease(db: TestDb) {
+    let config = Config {
+        node_lease: Duration::from_millis(600),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(db.url(), config).await;
+    apply(&server, base_config()).await;
+    let mut agent = RawAgent::connect(server.url(), "mute", 0, vec![]).await;
+    let snapshot = agent.recv().await;
+    assert!(matches!(snapshot, pb::sync_response::Message::Snapshot(_)));
+    wait_nodes(&server, 0, |r| r.nodes.first().is_some_and(|n| n.connected)).await;
+    // It acks nothing and sends no heartbeat: the stream is closed.
+    let end = tokio::time::timeout(Duration::from_secs(10), agent.rx.message())
+        .await
+        .expect("stream closed in time");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    wait_nodes(&server, 0, |r| {
+        r.nodes.first().is_some_and(|n| !n.connected)
+    })
+    .await;
+    server.stop().await;
+}
+
+/// Bad first messages are refused with a clear status.
+async fn hello_is_validated(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = AgentServiceClient::connect(server.url()).await.unwrap();
+    let hello = pb::Hello {
+        node_id: "Not A Name".into(),
+        ..Default::default()
+    };
+    let first = pb::SyncRequest {
+        message: Some(pb::sync_request::Message::Hello(hello)),
+    };
+    let err = client.sync(tokio_stream::iter([first])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("hello.node_id"), "{}", err.message());
+    let ack = pb::SyncRequest {
+        message: Some(pb::sync_request::Message::Ack(pb::Ack { revision: 1 })),
+    };
+    let err = client.sync(tokio_stream::iter([ack])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("hello"), "{}", err.message());
+    server.stop().await;
+}
+
+macro_rules! both {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $test() { super::$test(super::TestDb::postgres().await).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $test() { super::$test(super::TestDb::sqlite()).await })*
+        }
+    };
+}
+
+both!(
+    stuck_agent_gets_one_coalesced_delta,
+    scope_resume_and_nack,
+    silent_agent_loses_its_lease,
+    hello_is_validated
+);

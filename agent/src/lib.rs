@@ -1,0 +1,14 @@
+//! Switchyard's node agent: keeps a node's configuration in step with the
+//! control plane over the `AgentService.Sync` stream, validates each
+//! configuration before it goes live, and keeps the last applied one on disk
+//! so the node serves it even while every control plane is unreachable.
+
+pub mod persist;
+pub mod state;
+pub mod sync;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use state::NodeConfig;
+pub use sync::{Agent, Config, Stats};

@@ -1,0 +1,153 @@
+//! `switchyard-agent`: the Switchyard node agent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use switchyard_agent::{Agent, Config, persist};
+use tokio_util::sync::CancellationToken;
+
+/// How long the agent may take to stop after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Switchyard node agent: keeps this node's proxy configuration in step with
+/// the control plane, and serves the last one it applied while the control
+/// plane is unreachable.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// This node's id (default: the host name, lower-cased).
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
+    node_id: Option<String>,
+    /// A label of this node, `key=value`; repeat for several (the variable
+    /// takes a comma-separated list).
+    #[arg(long = "label", env = "SWITCHYARD_LABELS", value_delimiter = ',',
+          value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// A control-plane address; repeat for several, tried in order (the
+    /// variable takes a comma-separated list).
+    #[arg(
+        long = "control-plane",
+        env = "SWITCHYARD_CONTROL_PLANES",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7700"
+    )]
+    control_planes: Vec<String>,
+    /// Where the last applied configuration is kept.
+    #[arg(
+        long,
+        env = "SWITCHYARD_DATA_DIR",
+        default_value = "/var/lib/switchyard-agent"
+    )]
+    data_dir: PathBuf,
+    /// Log format.
+    #[arg(
+        long,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Print the configuration saved in the data directory and exit, without
+    /// connecting.
+    #[arg(long)]
+    dump: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    Ok((key.trim().to_owned(), value.trim().to_owned()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.dump {
+        let mut out = std::io::stdout().lock();
+        return persist::dump(&args.data_dir, &mut out)
+            .with_context(|| format!("--data-dir {}", args.data_dir.display()));
+    }
+
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => host_name().context("--node-id is not set and the host name is unreadable")?,
+    };
+    let config = Config {
+        node_id,
+        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        control_planes: args.control_planes,
+        data_dir: args.data_dir,
+        ..Config::default()
+    };
+    if let Err(invalid) = config.validate() {
+        let problems: Vec<String> = invalid
+            .violations
+            .iter()
+            .map(|v| format!("{}: {}", flag(&v.field), v.reason))
+            .collect();
+        anyhow::bail!("invalid configuration: {}", problems.join("; "));
+    }
+
+    let shutdown = CancellationToken::new();
+    let agent = Agent::start(config, shutdown.clone())
+        .await
+        .context("starting the agent")?;
+    terminated().await.context("installing signal handlers")?;
+    tracing::info!("shutting down");
+    match tokio::time::timeout(GRACE, agent.stop()).await {
+        Ok(result) => result.context("agent failed"),
+        Err(_) => anyhow::bail!("the agent did not stop within {GRACE:?}"),
+    }
+}
+
+/// The flag that sets a configuration field, for error messages.
+fn flag(field: &str) -> String {
+    let flags = [
+        ("node_id", "--node-id"),
+        ("labels", "--label"),
+        ("control_planes", "--control-plane"),
+        ("data_dir", "--data-dir"),
+    ];
+    for (prefix, flag) in flags {
+        if let Some(rest) = field.strip_prefix(prefix) {
+            return format!("{flag}{rest}");
+        }
+    }
+    field.to_owned()
+}
+
+/// The host name, lower-cased (host names are case-insensitive; node ids
+/// are lower case).
+fn host_name() -> std::io::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_lowercase())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminated() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

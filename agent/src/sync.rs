@@ -1,0 +1,581 @@
+//! The sync client: one `AgentService.Sync` stream to one control plane at a
+//! time, failing over between several.
+//!
+//! The agent publishes the configuration it serves on a `watch` channel. At
+//! start it publishes the one saved on disk, before connecting anywhere, so
+//! a node restarted while every control plane is down still serves (static
+//! stability). Each Snapshot or Delta is validated as a whole, saved, then
+//! published and acknowledged; a refused one is `Nack`ed and the previous
+//! configuration stays live.
+
+mod backoff;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use switchyard::pb;
+use switchyard::pb::agent_service_client::AgentServiceClient;
+use switchyard::pb::sync_request::Message as Out;
+use switchyard::pb::sync_response::Message as In;
+use switchyard::validate::{self, Invalid, Violations};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, info, warn};
+
+use crate::persist;
+use crate::state::{self, Candidate, NodeConfig, Store};
+
+pub use backoff::Backoff;
+
+/// Messages waiting to go out on one stream. A handful is plenty: the agent
+/// answers one Snapshot/Delta at a time and otherwise only sends heartbeats;
+/// the bound keeps a control plane that stops reading from growing it.
+const OUTBOUND_BUFFER: usize = 16;
+/// HTTP/2 PING interval and timeout: they detect a dead control plane (or
+/// path to it) on an otherwise quiet stream.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message accepted from a control plane: a Snapshot of a big node.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Longest `Nack.error` sent; a configuration with thousands of problems is
+/// reported by its first ones.
+const MAX_NACK_ERROR: usize = 8 << 10;
+
+/// Everything the agent needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id (same rules as resource names).
+    pub node_id: String,
+    /// This node's labels, matched against listeners' node selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Control-plane addresses, e.g. `http://127.0.0.1:7700`, tried in order.
+    pub control_planes: Vec<String>,
+    /// Where the last applied configuration is kept.
+    pub data_dir: PathBuf,
+    /// Shortest delay between two attempts to reach a control plane.
+    pub backoff_base: Duration,
+    /// Longest delay between two attempts.
+    pub backoff_max: Duration,
+    /// How often the agent sends a heartbeat on its stream.
+    pub heartbeat_interval: Duration,
+    /// How long opening a connection to a control plane may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            labels: BTreeMap::new(),
+            control_planes: vec!["http://127.0.0.1:7700".into()],
+            data_dir: PathBuf::from("/var/lib/switchyard-agent"),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field, reporting every problem at once.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut v = Violations::new();
+        validate::name(&mut v, "node_id", &self.node_id);
+        validate::labels(&mut v, "labels", self.labels.iter());
+        if self.control_planes.is_empty() {
+            v.push("control_planes", "at least one control plane is required");
+        }
+        for (i, addr) in self.control_planes.iter().enumerate() {
+            if let Err(reason) = check_address(addr) {
+                v.push(format!("control_planes[{i}]"), reason);
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            v.push("data_dir", "must not be empty");
+        }
+        for (field, d) in [
+            ("backoff_base", self.backoff_base),
+            ("backoff_max", self.backoff_max),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if d.is_zero() {
+                v.push(field, "must be positive");
+            }
+        }
+        if self.backoff_max < self.backoff_base {
+            v.push("backoff_max", "must not be below backoff_base");
+        }
+        v.finish(())
+    }
+}
+
+/// Checks a control-plane address: an `http://host:port` URI.
+fn check_address(addr: &str) -> Result<(), String> {
+    let uri: tonic::transport::Uri = addr
+        .parse()
+        .map_err(|e| format!("{addr:?} is not a URI: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("{addr:?}: TLS is not supported yet; use http://")),
+        _ => return Err(format!("{addr:?} must start with http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{addr:?} has no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("{addr:?} must not have a path"));
+    }
+    Ok(())
+}
+
+/// What went wrong starting the agent or on one stream.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] Invalid),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No connection to the control plane could be opened. The message
+    /// spells out the causes: tonic's own says only "transport error".
+    #[error("connecting: {}", causes(.0))]
+    Connect(tonic::transport::Error),
+    /// The control plane refused or failed the stream.
+    #[error("stream: {}: {}", .0.code(), .0.message())]
+    Stream(#[source] tonic::Status),
+    /// The control plane ended the stream.
+    #[error("the control plane ended the stream")]
+    Ended,
+    /// The sync task panicked or was aborted.
+    #[error("sync task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    /// Whether trying again (another control plane, later) may work; errors
+    /// of the agent's own configuration and task will not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Connect(_) | Error::Stream(_) | Error::Ended)
+    }
+}
+
+/// An error and its causes, `outer: inner: innermost`.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    let mut last = out.clone();
+    while let Some(e) = next {
+        // Layers often repeat their inner error's words; say them once.
+        let text = e.to_string();
+        if text != last {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        next = e.source();
+    }
+    out
+}
+
+/// Counters of what the agent did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Streams opened.
+    pub connects: AtomicU64,
+    /// Snapshots received.
+    pub snapshots: AtomicU64,
+    /// Deltas received.
+    pub deltas: AtomicU64,
+    /// Configurations applied (Acks sent or being sent).
+    pub acks: AtomicU64,
+    /// Configurations refused (Nacks sent or being sent).
+    pub nacks: AtomicU64,
+    /// Snapshots asked for after a gap (Resyncs sent or being sent).
+    pub resyncs: AtomicU64,
+    /// Held only to read or replace the value, never across an `.await`.
+    connected_to: Mutex<Option<String>>,
+}
+
+impl Stats {
+    /// The control plane the agent has a stream with, if any.
+    pub fn connected_to(&self) -> Option<String> {
+        self.connected_to
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_connected_to(&self, addr: Option<&str>) {
+        *self.connected_to.lock().unwrap_or_else(|e| e.into_inner()) = addr.map(str::to_owned);
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A running agent: its sync task and what it publishes.
+#[derive(Debug)]
+pub struct Agent {
+    config: watch::Receiver<Arc<NodeConfig>>,
+    stats: Arc<Stats>,
+    /// A child of the caller's token: cancelling the caller's stops the
+    /// agent, and [`Agent::stop`] stops only the agent.
+    shutdown: CancellationToken,
+    /// Cancels `shutdown` when the agent is dropped, so the sync task never
+    /// outlives its owner.
+    _guard: DropGuard,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Loads the saved configuration, publishes it, and starts syncing with
+    /// the control planes until `shutdown` is cancelled.
+    ///
+    /// A missing saved configuration starts empty at revision 0, and so does
+    /// an unreadable or invalid one (with a warning): the control plane will
+    /// send a Snapshot.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Agent, Error> {
+        config.validate()?;
+        // Blocking file system calls: acceptable once, at start.
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = load(&config);
+        info!(
+            node = %config.node_id,
+            revision = store.revision(),
+            resources = store.len(),
+            "loaded saved configuration"
+        );
+        let (publish, subscribe) = watch::channel(store.config());
+        let stats = Arc::new(Stats::default());
+        let shutdown = shutdown.child_token();
+        let client = Client {
+            config,
+            store,
+            publish,
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(client.run());
+        Ok(Agent {
+            config: subscribe,
+            stats,
+            _guard: shutdown.clone().drop_guard(),
+            shutdown,
+            task,
+        })
+    }
+
+    /// The configuration the node serves; it changes with each applied one.
+    pub fn config(&self) -> watch::Receiver<Arc<NodeConfig>> {
+        self.config.clone()
+    }
+
+    /// The agent's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Stops syncing and waits until the sync task has ended.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the sync task ends, i.e. until the token given to
+    /// [`Agent::start`] is cancelled. Dropping this future stops the agent.
+    pub async fn wait(self) -> Result<(), Error> {
+        let Agent { task, _guard, .. } = self;
+        Ok(task.await?)
+    }
+}
+
+/// The saved configuration, or an empty one when there is none or it cannot
+/// be used.
+fn load(config: &Config) -> Store {
+    let mut store = Store::new();
+    let snapshot = match persist::load(&config.data_dir) {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return store,
+        Err(error) => {
+            warn!(%error, "ignoring the saved configuration");
+            return store;
+        }
+    };
+    let revision = snapshot.revision;
+    if let Err(error) = store.apply_snapshot(snapshot) {
+        warn!(revision, %error, "ignoring the saved configuration: invalid");
+    }
+    store
+}
+
+/// What [`Client::session`] ended with.
+struct Outcome {
+    /// Whether the control plane sent at least one message.
+    delivered: bool,
+    /// `Ok` on shutdown.
+    result: Result<(), Error>,
+}
+
+/// The sync task's state.
+struct Client {
+    config: Config,
+    store: Store,
+    /// The proxy (and anything else) watches this for the configuration to
+    /// serve; a watch keeps only the newest, which is all a reader needs.
+    publish: watch::Sender<Arc<NodeConfig>>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+}
+
+impl Client {
+    /// Runs streams one after another, failing over between control planes,
+    /// until shutdown.
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.backoff_base, self.config.backoff_max);
+        let addresses = self.config.control_planes.clone();
+        for addr in addresses.iter().cycle() {
+            let outcome = self.session(addr).await;
+            self.stats.set_connected_to(None);
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            match outcome.result {
+                Ok(()) => {}
+                Err(error) => warn!(%addr, %error, "sync failed"),
+            }
+            if outcome.delivered {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            debug!(?delay, "backing off");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        info!(revision = self.store.revision(), "sync stopped");
+    }
+
+    /// One stream to `addr`, from connecting to its end.
+    async fn session(&mut self, addr: &str) -> Outcome {
+        let mut delivered = false;
+        let result = self.stream(addr, &mut delivered).await;
+        Outcome { delivered, result }
+    }
+
+    async fn stream(&mut self, addr: &str, delivered: &mut bool) -> Result<(), Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+            .map_err(Error::Connect)?
+            .connect_timeout(self.config.connect_timeout)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            channel = endpoint.connect() => channel.map_err(Error::Connect)?,
+        };
+        let mut client =
+            AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let hello = pb::Hello {
+            node_id: self.config.node_id.clone(),
+            labels: self.config.labels.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            last_applied_revision: self.store.revision(),
+            resources: self.store.inventory(),
+        };
+        // The channel is empty and its receiver alive: this cannot fail.
+        let _ = tx.try_send(request(Out::Hello(hello)));
+        let mut inbound = tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            response = client.sync(ReceiverStream::new(rx)) => {
+                response.map_err(Error::Stream)?.into_inner()
+            }
+        };
+        Stats::bump(&self.stats.connects);
+        self.stats.set_connected_to(Some(addr));
+        info!(%addr, revision = self.store.revision(), "connected");
+
+        let out = Outbound {
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
+        let period = self.config.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set by a Resync until a Snapshot arrives, so that Deltas already
+        // on the way do not each ask again.
+        let mut resyncing = false;
+        loop {
+            let message = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = heartbeat.tick() => {
+                    out.send(Out::Heartbeat(heartbeat_now())).await?;
+                    continue;
+                }
+                message = inbound.message() => message.map_err(Error::Stream)?,
+            };
+            let Some(message) = message else {
+                return Err(Error::Ended);
+            };
+            *delivered = true;
+            match message.message {
+                Some(In::Snapshot(snapshot)) => {
+                    Stats::bump(&self.stats.snapshots);
+                    resyncing = false;
+                    let revision = snapshot.revision;
+                    debug!(revision, "received snapshot");
+                    let candidate = self.store.prepare_snapshot(snapshot);
+                    self.answer(&out, revision, candidate).await?;
+                }
+                Some(In::Delta(delta)) => {
+                    Stats::bump(&self.stats.deltas);
+                    let (from, to) = (delta.from_revision, delta.to_revision);
+                    debug!(from, to, "received delta");
+                    match self.store.prepare_delta(delta) {
+                        Err(state::Error::Gap { have, from }) if resyncing => {
+                            debug!(have, from, "ignoring delta while resyncing");
+                        }
+                        Err(error @ state::Error::Gap { have, .. }) => {
+                            info!(have, from, to, "resyncing: delta does not apply");
+                            Stats::bump(&self.stats.resyncs);
+                            out.send(Out::Resync(pb::Resync {
+                                have_revision: have,
+                                reason: error.to_string(),
+                            }))
+                            .await?;
+                            resyncing = true;
+                        }
+                        candidate => {
+                            resyncing = false;
+                            self.answer(&out, to, candidate).await?;
+                        }
+                    }
+                }
+                Some(In::Heartbeat(_)) => debug!(%addr, "heartbeat"),
+                // A newer control plane's message this agent does not know.
+                None => debug!(%addr, "ignoring unknown message"),
+            }
+        }
+    }
+
+    /// Applies a valid candidate (saved, published, acknowledged) or refuses
+    /// an invalid one; `revision` is the one the control plane sent.
+    async fn answer(
+        &mut self,
+        out: &Outbound,
+        revision: u64,
+        candidate: Result<Candidate, state::Error>,
+    ) -> Result<(), Error> {
+        match candidate {
+            Ok(candidate) => {
+                self.save(&candidate).await;
+                let config = self.store.commit(candidate);
+                let resources = self.store.len();
+                self.publish.send_replace(config);
+                info!(revision, resources, "applied configuration");
+                Stats::bump(&self.stats.acks);
+                out.send(Out::Ack(pb::Ack { revision })).await?;
+            }
+            Err(error) => {
+                warn!(revision, %error, "refused configuration");
+                Stats::bump(&self.stats.nacks);
+                out.send(Out::Nack(pb::Nack {
+                    revision,
+                    error: truncate(error.to_string(), MAX_NACK_ERROR),
+                }))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a configuration about to go live.
+    ///
+    /// A failure to save does not hold the configuration back: the node
+    /// should serve what the control plane sent; only a restart without any
+    /// control plane would fall back to the older saved one, which is
+    /// consistent in itself. The save is not cancelled by shutdown either: it
+    /// is short, and cutting it off would only waste it.
+    async fn save(&self, candidate: &Candidate) {
+        let dir = self.config.data_dir.clone();
+        let snapshot = candidate.snapshot();
+        let revision = snapshot.revision;
+        let saved = tokio::task::spawn_blocking(move || persist::save(&dir, &snapshot)).await;
+        match saved {
+            Ok(Ok(())) => debug!(revision, "saved configuration"),
+            Ok(Err(error)) => warn!(
+                revision,
+                %error,
+                dir = %self.config.data_dir.display(),
+                "saving the configuration failed"
+            ),
+            Err(error) => warn!(revision, %error, "saving the configuration failed"),
+        }
+    }
+}
+
+/// The sending half of one stream.
+struct Outbound {
+    tx: mpsc::Sender<pb::SyncRequest>,
+    shutdown: CancellationToken,
+}
+
+impl Outbound {
+    /// Queues a message; waits while the buffer is full, unless shut down.
+    async fn send(&self, message: Out) -> Result<(), Error> {
+        tokio::select! {
+            // Shutdown drops the stream anyway; what was not sent is moot.
+            _ = self.shutdown.cancelled() => Ok(()),
+            sent = self.tx.send(request(message)) => sent.map_err(|_| Error::Ended),
+        }
+    }
+}
+
+fn request(message: Out) -> pb::SyncRequest {
+    pb::SyncRequest {
+        message: Some(message),
+    }
+}
+
+fn heartbeat_now() -> pb::Heartbeat {
+    pb::Heartbeat {
+        sent_at: Some(SystemTime::now().into()),
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary, saying so.
+fn truncate(mut s: String, max: usize) -> String {
+    const MORE: &str = " …(truncated)";
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max - MORE.len();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(MORE);
+    s
+}
+
+#[cfg(test)]
+mod tests;

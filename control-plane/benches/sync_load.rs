@@ -1,0 +1,442 @@
+//! Load tool for the agent stream: N simulated agents on real gRPC streams
+//! against one `switchyard-cp` process, a stream of endpoint changes, and a
+//! control-plane restart.
+//!
+//! Reports propagation latency (write acknowledged → delta received at every
+//! agent), control-plane RSS per connected agent, bytes pushed per change,
+//! and the time for every agent to resync after a `kill -9` and restart.
+//!
+//! Run through `scripts/bench-sync` (builds the release binary, finds
+//! Postgres), or directly:
+//! `cargo bench -p switchyard-control-plane --bench sync_load -- --agents 10000`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use switchyard::pb;
+use switchyard::pb::agent_service_client::AgentServiceClient;
+use switchyard_control_plane::testing::{CpProcess, TestDb};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+struct Args {
+    agents: usize,
+    changes: usize,
+    rate: f64,
+    connections: usize,
+    filler: usize,
+    sqlite: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        agents: 1000,
+        changes: 100,
+        rate: 20.0,
+        connections: 64,
+        filler: 0,
+        sqlite: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--agents" => a.agents = value().parse().expect("--agents"),
+            "--changes" => a.changes = value().parse().expect("--changes"),
+            "--rate" => a.rate = value().parse().expect("--rate"),
+            "--connections" => a.connections = value().parse().expect("--connections"),
+            "--filler" => a.filler = value().parse().expect("--filler"),
+            "--sqlite" => a.sqlite = true,
+            "--bench" => {}
+            other => panic!(
+                "unknown flag {other}; flags: --agents --changes --rate --connections --filler --sqlite"
+            ),
+        }
+    }
+    a
+}
+
+fn item(kind: pb::resource::Kind) -> pb::ApplyItem {
+    pb::ApplyItem {
+        resource: Some(pb::Resource { kind: Some(kind) }),
+        expected_revision: None,
+    }
+}
+
+fn endpoint(name: &str, service: &str, port: u32) -> pb::ApplyItem {
+    item(pb::resource::Kind::Endpoint(pb::Endpoint {
+        name: name.into(),
+        service: service.into(),
+        address: "10.0.0.1".into(),
+        port,
+        ..Default::default()
+    }))
+}
+
+/// The configuration every agent sees (one listener for all nodes, a route,
+/// a service with ten endpoints) plus `filler` services with ten endpoints
+/// each that no node reaches: they grow the configuration, not the scope.
+fn configuration(filler: usize) -> Vec<Vec<pb::ApplyItem>> {
+    use pb::resource::Kind as K;
+    let mut base = vec![item(K::Service(pb::Service {
+        name: "web".into(),
+        ..Default::default()
+    }))];
+    base.extend((0..10).map(|i| endpoint(&format!("web-{i}"), "web", 8000 + i)));
+    base.push(item(K::Route(pb::Route {
+        name: "web".into(),
+        rules: vec![pb::RouteRule {
+            matches: vec![],
+            action: Some(pb::RouteAction {
+                destinations: vec![pb::WeightedDestination {
+                    service: "web".into(),
+                    weight: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    })));
+    base.push(item(K::Listener(pb::Listener {
+        name: "web".into(),
+        address: "127.0.0.1".into(),
+        port: 15001,
+        target: Some(pb::listener::Target::Route("web".into())),
+        ..Default::default()
+    })));
+    let mut batches = vec![base];
+    let mut batch = vec![];
+    for s in 0..filler {
+        let name = format!("filler-{s}");
+        batch.push(item(K::Service(pb::Service {
+            name: name.clone(),
+            ..Default::default()
+        })));
+        batch.extend((0..10).map(|i| endpoint(&format!("{name}-{i}"), &name, 9000 + i)));
+        if batch.len() >= 900 {
+            batches.push(std::mem::take(&mut batch));
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What every simulated agent reports.
+#[derive(Default)]
+struct Shared {
+    /// (revision reached, when) per agent, appended on every push.
+    reached: Mutex<Vec<Vec<(u64, Instant)>>>,
+    bytes: AtomicU64,
+    pushes: AtomicU64,
+    snapshots: AtomicU64,
+    /// Agents that received the first push of their current stream.
+    synced: AtomicU64,
+}
+
+/// One simulated agent: holds its view like a real agent, acks every push,
+/// and reconnects (with its revision and inventory) when the stream breaks.
+async fn agent(id: usize, channel: Channel, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut revision = 0u64;
+    let mut inventory: BTreeMap<(i32, String), u64> = BTreeMap::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let hello = pb::Hello {
+            node_id: format!("node-{id}"),
+            agent_version: "load".into(),
+            last_applied_revision: revision,
+            resources: inventory
+                .iter()
+                .map(|((kind, name), rev)| pb::ResourceVersion {
+                    r#ref: Some(pb::ResourceRef {
+                        kind: *kind,
+                        name: name.clone(),
+                    }),
+                    revision: *rev,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let _ = tx
+            .send(pb::SyncRequest {
+                message: Some(pb::sync_request::Message::Hello(hello)),
+            })
+            .await;
+        let mut client = AgentServiceClient::new(channel.clone());
+        let mut stream = match client.sync(ReceiverStream::new(rx)).await {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50 + (id % 100) as u64)).await;
+                continue;
+            }
+        };
+        let mut first = true;
+        loop {
+            let msg = tokio::select! {
+                _ = stop.changed() => return,
+                m = stream.message() => m,
+            };
+            let Ok(Some(msg)) = msg else { break };
+            let now = Instant::now();
+            shared
+                .bytes
+                .fetch_add(msg.encoded_len() as u64, Ordering::Relaxed);
+            shared.pushes.fetch_add(1, Ordering::Relaxed);
+            let to = match msg.message {
+                Some(pb::sync_response::Message::Snapshot(s)) => {
+                    shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                    inventory.clear();
+                    let kinds = [
+                        (
+                            pb::Kind::Service,
+                            s.services
+                                .iter()
+                                .map(|x| (x.name.clone(), x.revision))
+                                .collect::<Vec<_>>(),
+                        ),
+                        (
+                            pb::Kind::Endpoint,
+                            s.endpoints
+                                .iter()
+                                .map(|x| (x.name.clone(), x.revision))
+                                .collect(),
+                        ),
+                        (
+                            pb::Kind::Route,
+                            s.routes
+                                .iter()
+                                .map(|x| (x.name.clone(), x.revision))
+                                .collect(),
+                        ),
+                        (
+                            pb::Kind::Listener,
+                            s.listeners
+                                .iter()
+                                .map(|x| (x.name.clone(), x.revision))
+                                .collect(),
+                        ),
+                    ];
+                    for (kind, list) in kinds {
+                        for (name, rev) in list {
+                            inventory.insert((kind as i32, name), rev);
+                        }
+                    }
+                    s.revision
+                }
+                Some(pb::sync_response::Message::Delta(d)) => {
+                    for r in &d.upserts {
+                        if let Some(target) = switchyard::resource::pb_ref(r) {
+                            inventory.insert(
+                                (target.kind.to_pb() as i32, target.name),
+                                switchyard::resource::pb_revision(r),
+                            );
+                        }
+                    }
+                    for r in &d.removals {
+                        inventory.remove(&(r.kind, r.name.clone()));
+                    }
+                    d.to_revision
+                }
+                _ => continue,
+            };
+            revision = to;
+            if first {
+                first = false;
+                shared.synced.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.reached.lock().await[id].push((to, now));
+            let ack = pb::SyncRequest {
+                message: Some(pb::sync_request::Message::Ack(pb::Ack { revision: to })),
+            };
+            if tx.send(ack).await.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20 + (id % 50) as u64)).await;
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let db = if a.sqlite {
+        TestDb::sqlite()
+    } else {
+        TestDb::postgres().await
+    };
+    let backend = if a.sqlite { "sqlite" } else { "postgres" };
+    let cp = CpProcess::start(db.url(), "127.0.0.1:0".parse().unwrap(), &[]).await;
+    let addr = cp.addr;
+    let mut operator = cp.client().await;
+    for batch in configuration(a.filler) {
+        operator
+            .apply(pb::ApplyRequest {
+                items: batch,
+                dry_run: false,
+            })
+            .await
+            .expect("apply configuration");
+    }
+    let pid = cp.child.id().expect("pid");
+    let idle_rss = rss_kib(pid);
+
+    let channels: Vec<Channel> = {
+        let mut v = vec![];
+        for _ in 0..a.connections {
+            v.push(
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .http2_adaptive_window(false)
+                    .connect_lazy(),
+            );
+        }
+        v
+    };
+    let shared = Arc::new(Shared {
+        reached: Mutex::new(vec![vec![]; a.agents]),
+        ..Shared::default()
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in 0..a.agents {
+        tasks.spawn(agent(
+            id,
+            channels[id % channels.len()].clone(),
+            shared.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let s = shared.clone();
+    let connect = wait_for("initial sync", Duration::from_secs(120), || {
+        s.synced.load(Ordering::Relaxed) as usize >= a.agents
+    })
+    .await;
+    let _ = started;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connected_rss = rss_kib(pid);
+
+    // The change stream: one endpoint's port, at a fixed rate.
+    let bytes_before = shared.bytes.load(Ordering::Relaxed);
+    let mut commits = vec![];
+    let interval = Duration::from_secs_f64(1.0 / a.rate);
+    let mut tick = tokio::time::interval(interval);
+    for i in 0..a.changes {
+        tick.tick().await;
+        let resp = operator
+            .apply(pb::ApplyRequest {
+                items: vec![endpoint("web-0", "web", 20_000 + i as u32)],
+                dry_run: false,
+            })
+            .await
+            .expect("apply change")
+            .into_inner();
+        commits.push((resp.revision, Instant::now()));
+    }
+    let last = commits.last().map(|c| c.0).unwrap_or(0);
+    let s = shared.clone();
+    wait_for(
+        "propagation of the last change",
+        Duration::from_secs(60),
+        || {
+            s.reached
+                .try_lock()
+                .is_ok_and(|r| r.iter().all(|a| a.last().is_some_and(|x| x.0 >= last)))
+        },
+    )
+    .await;
+    let change_bytes = shared.bytes.load(Ordering::Relaxed) - bytes_before;
+
+    let mut latencies = vec![];
+    {
+        let reached = shared.reached.lock().await;
+        for per_agent in reached.iter() {
+            for (rev, at) in &commits {
+                if let Some((_, got)) = per_agent.iter().find(|(r, _)| r >= rev) {
+                    latencies.push(got.saturating_duration_since(*at));
+                }
+            }
+        }
+    }
+    latencies.sort();
+
+    // Restart: kill -9 the control plane, start it again on the same port
+    // and database, and time until every agent has resynced.
+    let snapshots_before = shared.snapshots.load(Ordering::Relaxed);
+    cp.kill().await;
+    shared.synced.store(0, Ordering::Relaxed);
+    let restart = Instant::now();
+    let cp = CpProcess::start(db.url(), addr, &[]).await;
+    let s = shared.clone();
+    wait_for("resync after restart", Duration::from_secs(120), || {
+        s.synced.load(Ordering::Relaxed) as usize >= a.agents
+    })
+    .await;
+    let resync = restart.elapsed();
+    let resync_snapshots = shared.snapshots.load(Ordering::Relaxed) - snapshots_before;
+    let _ = stop_tx.send(true);
+    tasks.shutdown().await;
+    cp.kill().await;
+
+    let per_agent = (connected_rss.saturating_sub(idle_rss)) as f64 * 1024.0 / a.agents as f64;
+    println!(
+        "sync_load: backend={backend} agents={} changes={} rate={}/s filler_services={}",
+        a.agents, a.changes, a.rate, a.filler
+    );
+    println!("  initial sync of all agents:     {connect:?}");
+    println!(
+        "  propagation (commit -> agent):  p50 {:?}  p99 {:?}  max {:?}  ({} samples)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+        latencies.len()
+    );
+    println!(
+        "  control-plane RSS:              idle {idle_rss} KiB, with agents {connected_rss} KiB, {per_agent:.0} B per agent"
+    );
+    println!(
+        "  bytes pushed per change:        {:.0} B per agent per change ({} B total)",
+        change_bytes as f64 / (a.agents * a.changes) as f64,
+        change_bytes
+    );
+    println!("  resync after kill -9 + restart: {resync:?} (snapshots sent: {resync_snapshots})");
+}

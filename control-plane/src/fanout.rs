@@ -221,7 +221,7 @@ impl State {
             .filter(|target| !to.contains_key(target))
             .map(Ref::to_pb)
             .collect();
-        (!upserts.is_empty() || !removals.is_empty()).then(|| pb::Delta {
+        (!upserts.is_empty() || !removals.is_empty()).then_some(pb::Delta {
             from_revision,
             to_revision: self.revision,
             upserts,

@@ -191,10 +191,10 @@ struct Session {
 impl Session {
     async fn next(mut self) -> Option<(Result<pb::SyncResponse, Status>, Session)> {
         loop {
-            if self.in_flight.is_none() {
-                if let Some(message) = self.push() {
-                    return Some((Ok(message), self));
-                }
+            if self.in_flight.is_none()
+                && let Some(message) = self.push()
+            {
+                return Some((Ok(message), self));
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
@@ -313,11 +313,10 @@ impl Session {
                 self.view = View::new();
                 self.want_snapshot = true;
             }
-            Some(M::Heartbeat(_)) => {
-                if self.recorded_at.elapsed() > self.registry.lease / 3 {
-                    self.record();
-                }
+            Some(M::Heartbeat(_)) if self.recorded_at.elapsed() > self.registry.lease / 3 => {
+                self.record();
             }
+            Some(M::Heartbeat(_)) => {}
             Some(M::Health(_)) => {
                 debug!(node = %self.row.id, "health reports are not handled by this control plane version");
             }

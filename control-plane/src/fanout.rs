@@ -36,6 +36,20 @@ pub struct State {
     by_service: HashMap<String, BTreeSet<String>>,
     /// Node id → names of the endpoints it owns.
     by_node: HashMap<String, BTreeSet<String>>,
+    /// The label-selected part of scopes, computed once per label set.
+    memo: Memo,
+}
+
+/// Scopes by node labels for one state. Nodes of a fleet share a few label
+/// sets, so thousands of sessions reading a new state compute a handful of
+/// scopes and share one `Arc<View>` each. A clone (a new state) starts empty.
+#[derive(Debug, Default)]
+struct Memo(std::sync::Mutex<HashMap<Labels, Arc<View>>>);
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
 }
 
 /// A node's view: every resource in its scope, with its revision.
@@ -125,17 +139,33 @@ impl State {
     /// What a node needs: the listeners whose selector matches its labels,
     /// the routes and services they reach, those services' endpoints, and the
     /// endpoints the node owns with their services (for health checking).
-    pub fn scope(&self, node_id: &str, labels: &Labels) -> View {
+    pub fn scope(&self, node_id: &str, labels: &Labels) -> Arc<View> {
+        let selected = self.selected(labels);
+        let Some(owned) = self.by_node.get(node_id) else {
+            return selected;
+        };
+        let mut view = (*selected).clone();
+        let mut services = BTreeSet::new();
+        for name in owned {
+            let target = Ref::new(Kind::Endpoint, name);
+            if let Some(pb::resource::Kind::Endpoint(e)) =
+                self.resources.get(&target).and_then(|r| r.kind.as_ref())
+            {
+                services.insert(e.service.clone());
+                view.insert(target, e.revision);
+            }
+        }
+        self.add_services(&mut view, services);
+        Arc::new(view)
+    }
+
+    /// The part of a scope that depends on labels only (memoized).
+    fn selected(&self, labels: &Labels) -> Arc<View> {
+        if let Some(view) = self.memo.0.lock().expect("scope memo").get(labels) {
+            return view.clone();
+        }
         let mut view = View::new();
         let mut services = BTreeSet::new();
-        let add = |view: &mut View, target: Ref| {
-            if let Some(r) = self.resources.get(&target) {
-                view.insert(target, pb_revision(r));
-                true
-            } else {
-                false
-            }
-        };
         let listeners = self
             .resources
             .range(Ref::new(Kind::Listener, "")..)
@@ -168,23 +198,32 @@ impl State {
                 None => {}
             }
         }
-        for name in self.by_node.get(node_id).into_iter().flatten() {
-            let target = Ref::new(Kind::Endpoint, name);
-            if let Some(pb::resource::Kind::Endpoint(e)) =
-                self.resources.get(&target).and_then(|r| r.kind.as_ref())
-            {
-                services.insert(e.service.clone());
-                view.insert(target, e.revision);
+        self.add_services(&mut view, services);
+        let view = Arc::new(view);
+        self.memo
+            .0
+            .lock()
+            .expect("scope memo")
+            .insert(labels.clone(), view.clone());
+        view
+    }
+
+    /// Adds each existing service of `services` and all its endpoints.
+    fn add_services(&self, view: &mut View, services: BTreeSet<String>) {
+        let mut add = |target: Ref| match self.resources.get(&target) {
+            Some(r) => {
+                view.insert(target, pb_revision(r));
+                true
             }
-        }
+            None => false,
+        };
         for service in services {
-            if add(&mut view, Ref::new(Kind::Service, &service)) {
+            if add(Ref::new(Kind::Service, &service)) {
                 for name in self.by_service.get(&service).into_iter().flatten() {
-                    add(&mut view, Ref::new(Kind::Endpoint, name));
+                    add(Ref::new(Kind::Endpoint, name));
                 }
             }
         }
-        view
     }
 
     /// The resources of `view`, as sent to an agent.

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::store::{NodeRow, Store};
 
 /// How often pending node rows are written.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {

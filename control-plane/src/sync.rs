@@ -117,7 +117,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             state: self.state.clone(),
             registry: self.registry.clone(),
             shutdown: self.shutdown.clone(),
-            view: if fresh { View::new() } else { view },
+            view: Arc::new(if fresh { View::new() } else { view }),
             revision: hello.last_applied_revision,
             floor,
             checked: None,
@@ -154,7 +154,7 @@ struct InFlight {
     /// The revision the agent will be at once it applies the push.
     revision: u64,
     /// What the agent will hold then.
-    view: View,
+    view: Arc<View>,
 }
 
 /// One agent stream.
@@ -164,8 +164,9 @@ struct Session {
     state: watch::Receiver<Arc<State>>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
-    /// What the agent holds (as of its last Ack).
-    view: View,
+    /// What the agent holds (as of its last Ack); shared with other
+    /// sessions of nodes with the same scope.
+    view: Arc<View>,
     /// The revision the agent holds.
     revision: u64,
     /// Nothing is pushed from a state older than this: the store's revision
@@ -245,7 +246,11 @@ impl Session {
             // The first push of a resumed session is sent even when empty:
             // it tells the agent it is current.
             let first = !self.greeted;
-            match state.delta(self.revision, &self.view, &scope) {
+            let unchanged = Arc::ptr_eq(&self.view, &scope);
+            match (!unchanged)
+                .then(|| state.delta(self.revision, &self.view, &scope))
+                .flatten()
+            {
                 Some(delta) => pb::sync_response::Message::Delta(delta),
                 None if first => pb::sync_response::Message::Delta(pb::Delta {
                     from_revision: self.revision,
@@ -310,7 +315,7 @@ impl Session {
                 info!(node = %self.row.id, have = resync.have_revision, reason = %resync.reason, "agent asked for a snapshot");
                 self.in_flight = None;
                 self.nacked = None;
-                self.view = View::new();
+                self.view = Arc::default();
                 self.want_snapshot = true;
             }
             Some(M::Heartbeat(_)) if self.recorded_at.elapsed() > self.registry.lease / 3 => {

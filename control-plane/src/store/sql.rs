@@ -12,6 +12,10 @@ use switchyard::validate::{Invalid, Violations};
 
 use super::{Error, Op, Result};
 
+/// Node rows per multi-row statement: 11 parameters each stays under both
+/// backends' parameter limits (SQLite 32766, Postgres 65535).
+pub(super) const NODE_ROWS_PER_STATEMENT: usize = 1000;
+
 /// Most revisions one `changes` call reads, whatever the caller asks.
 pub(super) const MAX_CHANGE_REVISIONS: u64 = 1024;
 
@@ -482,32 +486,36 @@ macro_rules! impl_store {
                     return Ok(());
                 }
                 let mut tx: Tx = self.pool.begin().await?;
-                for row in &rows {
-                    sqlx::query(
+                // Multi-row statements: a fleet acking one change is one
+                // round trip per thousand nodes, not one per node.
+                for chunk in rows.chunks(sql::NODE_ROWS_PER_STATEMENT) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO nodes (id, labels, agent_version, applied_revision, connected, replica, \
-                         last_seen_ms, nack_revision, nack_error, nack_at_ms, session) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                         ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
+                         last_seen_ms, nack_revision, nack_error, nack_at_ms, session) ",
+                    );
+                    insert.push_values(chunk, |mut b, row| {
+                        b.push_bind(&row.id)
+                            .push_bind(sql::labels_to_text(&row.labels))
+                            .push_bind(&row.agent_version)
+                            .push_bind(row.applied_revision as i64)
+                            .push_bind(row.connected)
+                            .push_bind(&row.replica)
+                            .push_bind(row.last_seen_ms)
+                            .push_bind(row.nack.as_ref().map(|n| n.0 as i64))
+                            .push_bind(row.nack.as_ref().map(|n| n.1.clone()))
+                            .push_bind(row.nack.as_ref().map(|n| n.2))
+                            .push_bind(row.session as i64);
+                    });
+                    insert.push(
+                        " ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
                          agent_version = excluded.agent_version, applied_revision = excluded.applied_revision, \
                          connected = excluded.connected, replica = excluded.replica, \
                          last_seen_ms = excluded.last_seen_ms, nack_revision = excluded.nack_revision, \
                          nack_error = excluded.nack_error, nack_at_ms = excluded.nack_at_ms, \
                          session = excluded.session \
                          WHERE excluded.connected OR nodes.session = excluded.session",
-                    )
-                    .bind(&row.id)
-                    .bind(sql::labels_to_text(&row.labels))
-                    .bind(&row.agent_version)
-                    .bind(row.applied_revision as i64)
-                    .bind(row.connected)
-                    .bind(&row.replica)
-                    .bind(row.last_seen_ms)
-                    .bind(row.nack.as_ref().map(|n| n.0 as i64))
-                    .bind(row.nack.as_ref().map(|n| n.1.as_str()))
-                    .bind(row.nack.as_ref().map(|n| n.2))
-                    .bind(row.session as i64)
-                    .execute(&mut *tx)
-                    .await?;
+                    );
+                    insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())

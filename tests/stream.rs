@@ -358,7 +358,7 @@ async fn scope_resume_and_nack(db: TestDb) {
 async fn silent_agent_loses_its_lease(db: TestDb) {
     let config = Config {
         node_lease: Duration::from_millis(600),
-        ..Config::default()
+        ..TestServer::config()
     };
     let server = TestServer::start_with(db.url(), config).await;
     apply(&server, base_config()).await;

@@ -19,7 +19,7 @@ use prost::Message;
 use switchyard::pb;
 use switchyard::pb::agent_service_client::AgentServiceClient;
 use switchyard_control_plane::testing::{CpProcess, TestDb};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -142,8 +142,8 @@ fn rss_kib(pid: u32) -> u64 {
 /// What every simulated agent reports.
 #[derive(Default)]
 struct Shared {
-    /// (revision reached, when) per agent, appended on every push.
-    reached: Mutex<Vec<Vec<(u64, Instant)>>>,
+    /// The newest revision each agent holds.
+    revision: Vec<AtomicU64>,
     bytes: AtomicU64,
     pushes: AtomicU64,
     snapshots: AtomicU64,
@@ -153,12 +153,19 @@ struct Shared {
 
 /// One simulated agent: holds its view like a real agent, acks every push,
 /// and reconnects (with its revision and inventory) when the stream breaks.
-async fn agent(id: usize, channel: Channel, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Returns (revision reached, when) for every push received.
+async fn agent(
+    id: usize,
+    channel: Channel,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<(u64, Instant)> {
+    let mut reached = vec![];
     let mut revision = 0u64;
     let mut inventory: BTreeMap<(i32, String), u64> = BTreeMap::new();
     loop {
         if *stop.borrow() {
-            return;
+            return reached;
         }
         let (tx, rx) = mpsc::channel(4);
         let hello = pb::Hello {
@@ -193,7 +200,7 @@ async fn agent(id: usize, channel: Channel, shared: Arc<Shared>, mut stop: watch
         let mut first = true;
         loop {
             let msg = tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => return reached,
                 m = stream.message() => m,
             };
             let Ok(Some(msg)) = msg else { break };
@@ -264,7 +271,8 @@ async fn agent(id: usize, channel: Channel, shared: Arc<Shared>, mut stop: watch
                 first = false;
                 shared.synced.fetch_add(1, Ordering::Relaxed);
             }
-            shared.reached.lock().await[id].push((to, now));
+            reached.push((to, now));
+            shared.revision[id].store(to, Ordering::Relaxed);
             let ack = pb::SyncRequest {
                 message: Some(pb::sync_request::Message::Ack(pb::Ack { revision: to })),
             };
@@ -286,6 +294,21 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     start.elapsed()
+}
+
+/// User + system CPU time of a process, from /proc.
+fn cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |x| x.1)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -332,11 +355,10 @@ async fn main() {
         v
     };
     let shared = Arc::new(Shared {
-        reached: Mutex::new(vec![vec![]; a.agents]),
+        revision: (0..a.agents).map(|_| AtomicU64::new(0)).collect(),
         ..Shared::default()
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..a.agents {
         tasks.spawn(agent(
@@ -351,12 +373,12 @@ async fn main() {
         s.synced.load(Ordering::Relaxed) as usize >= a.agents
     })
     .await;
-    let _ = started;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let connected_rss = rss_kib(pid);
 
     // The change stream: one endpoint's port, at a fixed rate.
     let bytes_before = shared.bytes.load(Ordering::Relaxed);
+    let (cp_cpu0, tool_cpu0, wall0) = (cpu(&pid.to_string()), cpu("self"), Instant::now());
     let mut commits = vec![];
     let interval = Duration::from_secs_f64(1.0 / a.rate);
     let mut tick = tokio::time::interval(interval);
@@ -377,27 +399,12 @@ async fn main() {
     wait_for(
         "propagation of the last change",
         Duration::from_secs(60),
-        || {
-            s.reached
-                .try_lock()
-                .is_ok_and(|r| r.iter().all(|a| a.last().is_some_and(|x| x.0 >= last)))
-        },
+        || s.revision.iter().all(|r| r.load(Ordering::Relaxed) >= last),
     )
     .await;
     let change_bytes = shared.bytes.load(Ordering::Relaxed) - bytes_before;
-
-    let mut latencies = vec![];
-    {
-        let reached = shared.reached.lock().await;
-        for per_agent in reached.iter() {
-            for (rev, at) in &commits {
-                if let Some((_, got)) = per_agent.iter().find(|(r, _)| r >= rev) {
-                    latencies.push(got.saturating_duration_since(*at));
-                }
-            }
-        }
-    }
-    latencies.sort();
+    let wall = wall0.elapsed();
+    let (cp_cpu, tool_cpu) = (cpu(&pid.to_string()) - cp_cpu0, cpu("self") - tool_cpu0);
 
     // Restart: kill -9 the control plane, start it again on the same port
     // and database, and time until every agent has resynced.
@@ -414,8 +421,17 @@ async fn main() {
     let resync = restart.elapsed();
     let resync_snapshots = shared.snapshots.load(Ordering::Relaxed) - snapshots_before;
     let _ = stop_tx.send(true);
-    tasks.shutdown().await;
+    let mut latencies = vec![];
+    while let Some(reached) = tasks.join_next().await {
+        let reached = reached.expect("agent task");
+        for (rev, at) in &commits {
+            if let Some((_, got)) = reached.iter().find(|(r, _)| r >= rev) {
+                latencies.push(got.saturating_duration_since(*at));
+            }
+        }
+    }
     cp.kill().await;
+    latencies.sort();
 
     let per_agent = (connected_rss.saturating_sub(idle_rss)) as f64 * 1024.0 / a.agents as f64;
     println!(
@@ -439,4 +455,7 @@ async fn main() {
         change_bytes
     );
     println!("  resync after kill -9 + restart: {resync:?} (snapshots sent: {resync_snapshots})");
+    println!(
+        "  CPU during the change stream:   control plane {cp_cpu:?}, load tool {tool_cpu:?}, over {wall:?} wall (2 cores shared)"
+    );
 }

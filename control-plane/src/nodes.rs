@@ -16,9 +16,6 @@ use tracing::{info, warn};
 
 use crate::store::{NodeRow, Store};
 
-/// How often pending node rows are written.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
-
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -33,6 +30,10 @@ pub struct Registry {
     pub replica: String,
     /// Nodes not heard from for this long are marked disconnected.
     pub lease: Duration,
+    /// How often pending rows are written: the staleness of rollout status
+    /// traded against database writes (a fleet acking a change is one row
+    /// per node per interval, however many changes it acked).
+    flush_interval: Duration,
     // A std mutex: held only to insert or swap the map, never across .await.
     pending: Mutex<HashMap<String, NodeRow>>,
     sent: Mutex<HashMap<String, u64>>,
@@ -45,10 +46,11 @@ pub struct Registry {
 
 impl Registry {
     /// A registry for `replica`.
-    pub fn new(replica: String, lease: Duration) -> Self {
+    pub fn new(replica: String, lease: Duration, flush_interval: Duration) -> Self {
         Self {
             replica,
             lease,
+            flush_interval,
             pending: Mutex::default(),
             sent: Mutex::default(),
             pushes: AtomicU64::new(0),
@@ -119,7 +121,7 @@ impl Registry {
 
     /// Writes node rows and expires silent nodes until `shutdown`.
     pub async fn run<S: Store>(&self, store: &S, shutdown: &CancellationToken) {
-        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+        let mut flush = tokio::time::interval(self.flush_interval);
         let mut sweep = tokio::time::interval(self.lease / 2);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -37,6 +37,8 @@ pub struct Config {
     pub replica: String,
     /// A node silent for this long is marked disconnected.
     pub node_lease: Duration,
+    /// How often node status (connected, applied revision, nacks) is written.
+    pub node_status_interval: Duration,
     /// How agent pushes are batched.
     pub fanout: fanout::Timing,
 }
@@ -51,6 +53,7 @@ impl Default for Config {
             poll_interval: Duration::from_millis(500),
             replica: String::new(),
             node_lease: Duration::from_secs(30),
+            node_status_interval: Duration::from_secs(1),
             fanout: fanout::Timing::default(),
         }
     }
@@ -131,7 +134,11 @@ pub async fn serve<S: Store>(
     } else {
         config.replica.clone()
     };
-    let registry = Arc::new(Registry::new(replica, config.node_lease));
+    let registry = Arc::new(Registry::new(
+        replica,
+        config.node_lease,
+        config.node_status_interval,
+    ));
     let agents = pb::agent_service_server::AgentServiceServer::new(Agents::new(
         store.clone(),
         state.subscribe(),

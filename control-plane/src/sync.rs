@@ -125,7 +125,8 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             want_snapshot: fresh,
             nacked: None,
             greeted: false,
-            deadline: Instant::now() + self.registry.lease,
+            heard: Instant::now(),
+            lease: Box::pin(tokio::time::sleep(self.registry.lease)),
             row: NodeRow {
                 id: hello.node_id.clone(),
                 labels: hello.labels,
@@ -183,8 +184,11 @@ struct Session {
     nacked: Option<u64>,
     /// Whether anything was pushed on this stream yet.
     greeted: bool,
-    /// The session ends if the agent stays silent past this.
-    deadline: Instant,
+    /// When the agent last sent anything.
+    heard: Instant,
+    /// Fires at the end of the lease as of some earlier `heard`; re-armed
+    /// only when it fires, so a busy stream costs no timer work per message.
+    lease: Pin<Box<tokio::time::Sleep>>,
     row: NodeRow,
     recorded_at: Instant,
 }
@@ -199,9 +203,14 @@ impl Session {
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep_until(self.deadline) => {
-                    warn!(node = %self.row.id, "agent silent past its lease; closing its stream");
-                    return None;
+                _ = self.lease.as_mut() => {
+                    let end = self.heard + self.registry.lease;
+                    if end > Instant::now() {
+                        self.lease.as_mut().reset(end);
+                    } else {
+                        warn!(node = %self.row.id, "agent silent past its lease; closing its stream");
+                        return None;
+                    }
                 }
                 // Without a push in flight, a new state may mean a new push.
                 changed = self.state.changed(), if self.in_flight.is_none() => {
@@ -280,7 +289,7 @@ impl Session {
 
     fn receive(&mut self, message: pb::SyncRequest) -> Result<(), Status> {
         use pb::sync_request::Message as M;
-        self.deadline = Instant::now() + self.registry.lease;
+        self.heard = Instant::now();
         self.row.last_seen_ms = now_ms();
         match message.message {
             Some(M::Ack(ack)) => match self.in_flight.take() {

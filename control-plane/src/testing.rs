@@ -164,7 +164,16 @@ impl TestServer {
     /// Starts a server on `127.0.0.1:0` over the database at `url`; it is
     /// ready to serve when this returns.
     pub async fn start(url: &str) -> TestServer {
-        Self::start_with(url, Config::default()).await
+        Self::start_with(url, Self::config()).await
+    }
+
+    /// The defaults tests start from: node status written every 50 ms so
+    /// that tests observe it promptly.
+    pub fn config() -> Config {
+        Config {
+            node_status_interval: std::time::Duration::from_millis(50),
+            ..Config::default()
+        }
     }
 
     /// Like [`TestServer::start`], with `config`; its `listen` address is

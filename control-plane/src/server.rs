@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use switchyard::pb;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -156,7 +157,14 @@ pub async fn serve<S: Store>(
         .add_service(operator)
         .add_service(agents)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Agents' pushes and acks are small messages: without
+            // TCP_NODELAY, Nagle's algorithm holds them back behind unacked
+            // data. (tonic sets it only on listeners it binds itself.)
+            TcpListenerStream::new(listener).map(|conn| {
+                let conn = conn?;
+                conn.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(conn)
+            }),
             shutdown.clone().cancelled_owned(),
         );
 

@@ -116,7 +116,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             inbound,
             state: self.state.clone(),
             registry: self.registry.clone(),
-            shutdown: self.shutdown.clone(),
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             view: Arc::new(if fresh { View::new() } else { view }),
             revision: hello.last_applied_revision,
             floor,
@@ -164,7 +164,9 @@ struct Session {
     inbound: Streaming<pb::SyncRequest>,
     state: watch::Receiver<Arc<State>>,
     registry: Arc<Registry>,
-    shutdown: CancellationToken,
+    /// Created once: re-registering with the process-wide token on every
+    /// wake would make ten thousand sessions contend on its lock.
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// What the agent holds (as of its last Ack); shared with other
     /// sessions of nodes with the same scope.
     view: Arc<View>,
@@ -202,7 +204,7 @@ impl Session {
                 return Some((Ok(message), self));
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
+                _ = self.shutdown.as_mut() => return None,
                 _ = self.lease.as_mut() => {
                     let end = self.heard + self.registry.lease;
                     if end > Instant::now() {

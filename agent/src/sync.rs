@@ -36,6 +36,10 @@ pub use backoff::Backoff;
 /// answers one Snapshot/Delta at a time and otherwise only sends heartbeats;
 /// the bound keeps a control plane that stops reading from growing it.
 const OUTBOUND_BUFFER: usize = 16;
+/// How long the control plane may take to answer a Hello (it waits up to
+/// 10 s for the Hello itself, then reads the store once).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// HTTP/2 PING interval and timeout: they detect a dead control plane (or
 /// path to it) on an otherwise quiet stream.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -406,8 +410,14 @@ impl Client {
         let _ = tx.try_send(request(Out::Hello(hello)));
         let mut inbound = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
-            response = client.sync(ReceiverStream::new(rx)) => {
-                response.map_err(Error::Stream)?.into_inner()
+            // A control plane that accepts the connection but never answers
+            // (e.g. its database hangs) must not hold the agent: give up and
+            // fail over.
+            response = tokio::time::timeout(OPEN_TIMEOUT, client.sync(ReceiverStream::new(rx))) => {
+                response
+                    .map_err(|_| Error::Stream(tonic::Status::deadline_exceeded("no answer to hello")))?
+                    .map_err(Error::Stream)?
+                    .into_inner()
             }
         };
         Stats::bump(&self.stats.connects);

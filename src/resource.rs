@@ -653,6 +653,28 @@ pub fn pb_revision(r: &pb::Resource) -> u64 {
     }
 }
 
+/// A Snapshot at `revision` holding `resources`, each in its kind's list.
+pub fn pb_snapshot<'a>(
+    revision: u64,
+    resources: impl IntoIterator<Item = &'a pb::Resource>,
+) -> pb::Snapshot {
+    use pb::resource::Kind as K;
+    let mut s = pb::Snapshot {
+        revision,
+        ..pb::Snapshot::default()
+    };
+    for r in resources {
+        match r.kind.clone() {
+            Some(K::Service(x)) => s.services.push(x),
+            Some(K::Endpoint(x)) => s.endpoints.push(x),
+            Some(K::Route(x)) => s.routes.push(x),
+            Some(K::Listener(x)) => s.listeners.push(x),
+            None => {}
+        }
+    }
+    s
+}
+
 /// Sets the store-managed `revision` field of a protobuf resource.
 pub fn set_pb_revision(r: &mut pb::Resource, revision: u64) {
     use pb::resource::Kind as K;

@@ -747,28 +747,17 @@ async fn dry_run_reports_without_writing(db: TestDb) {
     server.stop().await;
 }
 
-macro_rules! both {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $test() { super::$test(super::TestDb::postgres().await).await })*
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_writers_on_two_replicas() {
-                super::concurrent_writers_watcher_sees_every_revision_once(super::TestDb::postgres().await, 2).await
-            }
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $test() { super::$test(super::TestDb::sqlite()).await })*
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_writers() {
-                super::concurrent_writers_watcher_sees_every_revision_once(super::TestDb::sqlite(), 1).await
-            }
-        }
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_two_postgres_replicas() {
+    concurrent_writers_watcher_sees_every_revision_once(TestDb::postgres().await, 2).await
 }
 
-both!(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_sqlite() {
+    concurrent_writers_watcher_sees_every_revision_once(TestDb::sqlite(), 1).await
+}
+
+switchyard_control_plane::both_backends!(
     invalid_inputs_name_the_field_and_change_nothing,
     errors_have_their_codes,
     list_filters_by_labels_and_pages,

@@ -6,65 +6,24 @@ use std::time::Duration;
 use switchyard::pb;
 use switchyard::pb::agent_service_client::AgentServiceClient;
 use switchyard_control_plane::server::Config;
+use switchyard_control_plane::testing::fixtures::{endpoint, item, listener, route_to, service};
 use switchyard_control_plane::testing::{TestDb, TestServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-fn res(kind: pb::resource::Kind) -> pb::ApplyItem {
-    pb::ApplyItem {
-        resource: Some(pb::Resource { kind: Some(kind) }),
-        expected_revision: None,
-    }
-}
-
 fn base_config() -> Vec<pb::ApplyItem> {
     use pb::resource::Kind as K;
     vec![
-        res(K::Service(pb::Service {
-            name: "web".into(),
-            ..Default::default()
-        })),
-        res(K::Endpoint(pb::Endpoint {
-            name: "web-0".into(),
-            service: "web".into(),
-            address: "127.0.0.1".into(),
-            port: 1000,
-            ..Default::default()
-        })),
-        res(K::Route(pb::Route {
-            name: "web".into(),
-            rules: vec![pb::RouteRule {
-                matches: vec![],
-                action: Some(pb::RouteAction {
-                    destinations: vec![pb::WeightedDestination {
-                        service: "web".into(),
-                        weight: 1,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            }],
-            ..Default::default()
-        })),
-        res(K::Listener(pb::Listener {
-            name: "web".into(),
-            address: "127.0.0.1".into(),
-            port: 18080,
-            target: Some(pb::listener::Target::Route("web".into())),
-            ..Default::default()
-        })),
+        item(service("web")),
+        item(K::Endpoint(endpoint("web-0", "web", 1000))),
+        item(route_to("web", "web")),
+        item(K::Listener(listener("web", "127.0.0.1", 18080, "web"))),
     ]
 }
 
 fn endpoint_port(port: u32) -> pb::ApplyItem {
-    res(pb::resource::Kind::Endpoint(pb::Endpoint {
-        name: "web-0".into(),
-        service: "web".into(),
-        address: "127.0.0.1".into(),
-        port,
-        ..Default::default()
-    }))
+    item(pb::resource::Kind::Endpoint(endpoint("web-0", "web", port)))
 }
 
 /// A hand-driven agent stream.
@@ -270,7 +229,7 @@ async fn scope_resume_and_nack(db: TestDb) {
     // as current at the new revision.
     let unrelated = apply(
         &server,
-        vec![res(K::Service(pb::Service {
+        vec![item(K::Service(pb::Service {
             name: "batch".into(),
             ..Default::default()
         }))],
@@ -401,20 +360,7 @@ async fn hello_is_validated(db: TestDb) {
     server.stop().await;
 }
 
-macro_rules! both {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $test() { super::$test(super::TestDb::postgres().await).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $test() { super::$test(super::TestDb::sqlite()).await })*
-        }
-    };
-}
-
-both!(
+switchyard_control_plane::both_backends!(
     stuck_agent_gets_one_coalesced_delta,
     scope_resume_and_nack,
     silent_agent_loses_its_lease,

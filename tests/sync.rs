@@ -8,73 +8,38 @@ use std::time::{Duration, Instant};
 
 use switchyard::pb;
 use switchyard_agent::{Agent, NodeConfig};
+use switchyard_control_plane::testing::fixtures::{self, item, route_to, service};
 use switchyard_control_plane::testing::{CpProcess, TempDir, TestDb, TestServer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-fn item(kind: pb::resource::Kind) -> pb::ApplyItem {
-    pb::ApplyItem {
-        resource: Some(pb::Resource { kind: Some(kind) }),
-        expected_revision: None,
-    }
-}
-
 fn endpoint(name: &str, service: &str, port: u32, node: &str) -> pb::ApplyItem {
     item(pb::resource::Kind::Endpoint(pb::Endpoint {
-        name: name.into(),
-        service: service.into(),
-        address: "127.0.0.1".into(),
-        port,
         node: node.into(),
-        ..Default::default()
+        ..fixtures::endpoint(name, service, port)
     }))
 }
 
 fn listener(name: &str, port: u32, selector: &[(&str, &str)]) -> pb::ApplyItem {
     item(pb::resource::Kind::Listener(pb::Listener {
-        name: name.into(),
-        address: "0.0.0.0".into(),
-        port,
-        target: Some(pb::listener::Target::Route("web".into())),
         node_selector: selector
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        ..Default::default()
+        ..fixtures::listener(name, "0.0.0.0", port, "web")
     }))
 }
 
 /// Edge nodes (role=edge) open a listener in front of `web`; `db` is a
 /// service no listener reaches, with an endpoint owned by node `db-1`.
 fn fleet_config() -> Vec<pb::ApplyItem> {
-    use pb::resource::Kind as K;
     vec![
-        item(K::Service(pb::Service {
-            name: "web".into(),
-            ..Default::default()
-        })),
-        item(K::Service(pb::Service {
-            name: "db".into(),
-            ..Default::default()
-        })),
+        item(service("web")),
+        item(service("db")),
         endpoint("web-1", "web", 8081, ""),
         endpoint("web-2", "web", 8082, ""),
         endpoint("db-1", "db", 5432, "db-1"),
-        item(K::Route(pb::Route {
-            name: "web".into(),
-            rules: vec![pb::RouteRule {
-                matches: vec![],
-                action: Some(pb::RouteAction {
-                    destinations: vec![pb::WeightedDestination {
-                        service: "web".into(),
-                        weight: 1,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            }],
-            ..Default::default()
-        })),
+        item(route_to("web", "web")),
         listener("edge", 18080, &[("role", "edge")]),
     ]
 }
@@ -433,20 +398,7 @@ async fn invalid_configuration_is_nacked_and_previous_stays(db: TestDb) {
     server.stop().await;
 }
 
-macro_rules! both {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $test() { super::$test(super::TestDb::postgres().await).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-              async fn $test() { super::$test(super::TestDb::sqlite()).await })*
-        }
-    };
-}
-
-both!(
+switchyard_control_plane::both_backends!(
     write_reaches_exactly_the_agents_in_scope,
     restart_while_control_planes_are_down,
     invalid_configuration_is_nacked_and_previous_stays,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use switchyard::pb;
 use switchyard::resource::{
-    self, Endpoint, Kind, Listener, ListenerTarget, Ref, Resource, Route, Service,
+    self, Endpoint, Kind, Listener, ListenerTarget, Ref, Resource, Route, Service, pb_revision,
 };
 use switchyard::validate::{Invalid, Violations};
 
@@ -294,34 +294,8 @@ impl Store {
     }
 }
 
-/// The store-set revision of a protobuf resource.
-fn pb_revision(r: &pb::Resource) -> u64 {
-    use pb::resource::Kind as K;
-    match &r.kind {
-        Some(K::Service(s)) => s.revision,
-        Some(K::Endpoint(e)) => e.revision,
-        Some(K::Route(r)) => r.revision,
-        Some(K::Listener(l)) => l.revision,
-        None => 0,
-    }
-}
-
 fn snapshot_of(revision: u64, resources: &BTreeMap<Ref, pb::Resource>) -> pb::Snapshot {
-    use pb::resource::Kind as K;
-    let mut s = pb::Snapshot {
-        revision,
-        ..pb::Snapshot::default()
-    };
-    for r in resources.values() {
-        match r.kind.clone() {
-            Some(K::Service(x)) => s.services.push(x),
-            Some(K::Endpoint(x)) => s.endpoints.push(x),
-            Some(K::Route(x)) => s.routes.push(x),
-            Some(K::Listener(x)) => s.listeners.push(x),
-            None => {}
-        }
-    }
-    s
+    switchyard::resource::pb_snapshot(revision, resources.values())
 }
 
 /// Converts one resource, recording its problems under `kind/name`.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use switchyard::pb;
 use switchyard::pb::agent_service_client::AgentServiceClient;
+use switchyard_control_plane::testing::fixtures::{self, item, route_to, service};
 use switchyard_control_plane::testing::{CpProcess, TestDb};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -60,63 +61,30 @@ fn args() -> Args {
     a
 }
 
-fn item(kind: pb::resource::Kind) -> pb::ApplyItem {
-    pb::ApplyItem {
-        resource: Some(pb::Resource { kind: Some(kind) }),
-        expected_revision: None,
-    }
-}
-
 fn endpoint(name: &str, service: &str, port: u32) -> pb::ApplyItem {
-    item(pb::resource::Kind::Endpoint(pb::Endpoint {
-        name: name.into(),
-        service: service.into(),
-        address: "10.0.0.1".into(),
-        port,
-        ..Default::default()
-    }))
+    item(pb::resource::Kind::Endpoint(fixtures::endpoint(
+        name, service, port,
+    )))
 }
 
 /// The configuration every agent sees (one listener for all nodes, a route,
 /// a service with ten endpoints) plus `filler` services with ten endpoints
 /// each that no node reaches: they grow the configuration, not the scope.
 fn configuration(filler: usize) -> Vec<Vec<pb::ApplyItem>> {
-    use pb::resource::Kind as K;
-    let mut base = vec![item(K::Service(pb::Service {
-        name: "web".into(),
-        ..Default::default()
-    }))];
+    let mut base = vec![item(service("web"))];
     base.extend((0..10).map(|i| endpoint(&format!("web-{i}"), "web", 8000 + i)));
-    base.push(item(K::Route(pb::Route {
-        name: "web".into(),
-        rules: vec![pb::RouteRule {
-            matches: vec![],
-            action: Some(pb::RouteAction {
-                destinations: vec![pb::WeightedDestination {
-                    service: "web".into(),
-                    weight: 1,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        }],
-        ..Default::default()
-    })));
-    base.push(item(K::Listener(pb::Listener {
-        name: "web".into(),
-        address: "127.0.0.1".into(),
-        port: 15001,
-        target: Some(pb::listener::Target::Route("web".into())),
-        ..Default::default()
-    })));
+    base.push(item(route_to("web", "web")));
+    base.push(item(pb::resource::Kind::Listener(fixtures::listener(
+        "web",
+        "127.0.0.1",
+        15001,
+        "web",
+    ))));
     let mut batches = vec![base];
     let mut batch = vec![];
     for s in 0..filler {
         let name = format!("filler-{s}");
-        batch.push(item(K::Service(pb::Service {
-            name: name.clone(),
-            ..Default::default()
-        })));
+        batch.push(item(service(&name)));
         batch.extend((0..10).map(|i| endpoint(&format!("{name}-{i}"), &name, 9000 + i)));
         if batch.len() >= 900 {
             batches.push(std::mem::take(&mut batch));

@@ -228,23 +228,8 @@ impl State {
 
     /// The resources of `view`, as sent to an agent.
     pub fn snapshot(&self, view: &View) -> pb::Snapshot {
-        let mut snap = pb::Snapshot {
-            revision: self.revision,
-            ..Default::default()
-        };
-        for target in view.keys() {
-            let Some(r) = self.resources.get(target) else {
-                continue;
-            };
-            match r.kind.clone() {
-                Some(pb::resource::Kind::Service(s)) => snap.services.push(s),
-                Some(pb::resource::Kind::Endpoint(e)) => snap.endpoints.push(e),
-                Some(pb::resource::Kind::Route(r)) => snap.routes.push(r),
-                Some(pb::resource::Kind::Listener(l)) => snap.listeners.push(l),
-                None => {}
-            }
-        }
-        snap
+        let resources = view.keys().filter_map(|target| self.resources.get(target));
+        switchyard::resource::pb_snapshot(self.revision, resources.map(|r| &**r))
     }
 
     /// The Delta that turns `from` (what an agent holds, at `from_revision`)

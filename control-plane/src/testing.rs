@@ -319,3 +319,86 @@ impl CpProcess {
         self.child.wait().await.expect("wait");
     }
 }
+
+/// Instantiates each `async fn name(db: TestDb)` in the calling test file
+/// twice, as `postgres::name` (a fresh Postgres database) and `sqlite::name`
+/// (a fresh SQLite file), so that both backends pass the same tests.
+#[macro_export]
+macro_rules! both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $test() {
+                  super::$test($crate::testing::TestDb::postgres().await).await
+              })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+              async fn $test() {
+                  super::$test($crate::testing::TestDb::sqlite()).await
+              })*
+        }
+    };
+}
+
+/// Small valid resources for tests and benchmarks.
+pub mod fixtures {
+    use switchyard::pb;
+
+    /// An Apply item holding `kind`, with no revision expectation.
+    pub fn item(kind: pb::resource::Kind) -> pb::ApplyItem {
+        pb::ApplyItem {
+            resource: Some(pb::Resource { kind: Some(kind) }),
+            expected_revision: None,
+        }
+    }
+
+    /// An HTTP service with default settings.
+    pub fn service(name: &str) -> pb::resource::Kind {
+        pb::resource::Kind::Service(pb::Service {
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    /// An endpoint of `service` on `127.0.0.1:port`, owned by no node.
+    pub fn endpoint(name: &str, service: &str, port: u32) -> pb::Endpoint {
+        pb::Endpoint {
+            name: name.into(),
+            service: service.into(),
+            address: "127.0.0.1".into(),
+            port,
+            ..Default::default()
+        }
+    }
+
+    /// A route sending every request to `service`.
+    pub fn route_to(name: &str, service: &str) -> pb::resource::Kind {
+        pb::resource::Kind::Route(pb::Route {
+            name: name.into(),
+            rules: vec![pb::RouteRule {
+                matches: vec![],
+                action: Some(pb::RouteAction {
+                    destinations: vec![pb::WeightedDestination {
+                        service: service.into(),
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        })
+    }
+
+    /// An HTTP listener on `address:port` in front of `route`, for every node.
+    pub fn listener(name: &str, address: &str, port: u32, route: &str) -> pb::Listener {
+        pb::Listener {
+            name: name.into(),
+            address: address.into(),
+            port,
+            target: Some(pb::listener::Target::Route(route.into())),
+            ..Default::default()
+        }
+    }
+}

@@ -390,18 +390,7 @@ async fn repeated_resource_in_a_batch_is_invalid(db: TestDb) {
     assert_eq!(store.revision().await.unwrap(), 0);
 }
 
-macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test] async fn $test() { super::$test(super::TestDb::postgres().await).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test] async fn $test() { super::$test(super::TestDb::sqlite()).await })*
-        }
-    };
-}
-
-conformance!(
+switchyard_control_plane::both_backends!(
     apply_reads_back_and_counts_revisions,
     stale_expected_revision_aborts_and_writes_nothing,
     missing_references_are_invalid_and_write_nothing,

@@ -337,6 +337,30 @@ async fn silent_agent_loses_its_lease(db: TestDb) {
     server.stop().await;
 }
 
+/// An agent claiming a revision the store never reached (its control plane's
+/// database was restored from an older backup, say) starts over from a
+/// snapshot instead of waiting forever.
+async fn agent_ahead_of_the_store_gets_a_snapshot(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let first = apply(&server, base_config()).await;
+    let stale = vec![pb::ResourceVersion {
+        r#ref: Some(pb::ResourceRef {
+            kind: pb::Kind::Service as i32,
+            name: "gone".into(),
+        }),
+        revision: 900,
+    }];
+    let mut agent = RawAgent::connect(server.url(), "restored", 999, stale).await;
+    match agent.recv().await {
+        pb::sync_response::Message::Snapshot(s) => {
+            assert_eq!(s.revision, first);
+            assert_eq!(s.services.len(), 1);
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    server.stop().await;
+}
+
 /// Bad first messages are refused with a clear status.
 async fn hello_is_validated(db: TestDb) {
     let server = TestServer::start(db.url()).await;
@@ -364,5 +388,6 @@ switchyard_control_plane::both_backends!(
     stuck_agent_gets_one_coalesced_delta,
     scope_resume_and_nack,
     silent_agent_loses_its_lease,
+    agent_ahead_of_the_store_gets_a_snapshot,
     hello_is_validated
 );

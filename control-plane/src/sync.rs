@@ -103,13 +103,14 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         let horizon = self.store.horizon().await.map_err(status)?;
         // The first push waits until this replica's state has every write
         // committed before the agent arrived (it trails by a debounce).
-        let floor = self
-            .store
-            .revision()
-            .await
-            .map_err(status)?
-            .max(hello.last_applied_revision);
-        let fresh = hello.last_applied_revision == 0 || hello.last_applied_revision < horizon;
+        let floor = self.store.revision().await.map_err(status)?;
+        // An agent ahead of the store holds another history (e.g. the
+        // database was restored from a backup): it starts over too.
+        let have = hello.last_applied_revision;
+        let fresh = have == 0 || have < horizon || have > floor;
+        if have > floor {
+            warn!(node = %hello.node_id, have, store = floor, "agent is ahead of the store; sending a snapshot");
+        }
         let id = self.registry.session_id();
         let session = Session {
             labels: hello.labels.clone(),
@@ -131,7 +132,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
                 id: hello.node_id.clone(),
                 labels: hello.labels,
                 agent_version: hello.agent_version,
-                applied_revision: hello.last_applied_revision,
+                applied_revision: if fresh { 0 } else { have },
                 connected: true,
                 replica: self.registry.replica.clone(),
                 last_seen_ms: now_ms(),
@@ -173,8 +174,8 @@ struct Session {
     /// The revision the agent holds.
     revision: u64,
     /// Nothing is pushed from a state older than this: the store's revision
-    /// when the agent connected, or the agent's own if newer (it failed
-    /// over from a replica that was ahead of this one).
+    /// when the agent connected (which is at least the agent's own, or the
+    /// agent starts over from a snapshot).
     floor: u64,
     /// The state revision the view was last compared with, if any.
     checked: Option<u64>,

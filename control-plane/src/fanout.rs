@@ -305,8 +305,11 @@ pub async fn follow<S: Store>(
             _ = notes.next() => {}
             _ = poll.tick() => {}
         }
-        if let Err(error) = catch_up(store, state).await {
-            warn!(%error, "reading the change log");
+        match catch_up(store, state).await {
+            // Watch streams on this replica wake on other replicas' writes
+            // as soon as the state has them, not at their next poll.
+            Ok(()) => head.advance(state.borrow().revision),
+            Err(error) => warn!(%error, "reading the change log"),
         }
     }
 }

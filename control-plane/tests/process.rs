@@ -161,6 +161,11 @@ async fn kill_9_keeps_acknowledged_batches_whole(db: TestDb) {
         "one revision per surviving batch"
     );
     let max_acked = acked.iter().map(|a| a.1).max().unwrap();
+    eprintln!(
+        "kill -9: {} batches acknowledged, {} on disk after restart, revision {before}",
+        acked.len(),
+        per_batch.len()
+    );
     assert!(before >= max_acked);
     let mut revisions: Vec<u64> = vec![];
     loop {

@@ -952,14 +952,9 @@ impl Service {
             MS,
             Duration::from_secs(60),
         );
-        let panic_threshold_percent = if s.panic_threshold_percent == 0 {
-            50
-        } else {
-            percent(
-                &mut v,
-                &join(field, "panic_threshold_percent"),
-                s.panic_threshold_percent,
-            )
+        let panic_threshold_percent = match s.panic_threshold_percent {
+            None => 50,
+            Some(p) => percent(&mut v, &join(field, "panic_threshold_percent"), p),
         };
         v.finish(Service {
             name,

@@ -403,3 +403,109 @@ switchyard_control_plane::both_backends!(
     restart_while_control_planes_are_down,
     invalid_configuration_is_nacked_and_previous_stays,
 );
+
+/// The whole loop: an operator's write through the control plane changes
+/// where the node's proxy sends traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_write_moves_proxied_traffic() {
+    use switchyard_agent::proxy::{Builtin, Driver};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Two one-line HTTP backends that name themselves.
+    async fn backend(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                conns.spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                            name.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, task)
+    }
+    let (blue, _b) = backend("blue").await;
+    let (green, _g) = backend("green").await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.url()).await;
+    let front = fixtures::listener("front", "127.0.0.1", u32::from(listen), "web");
+    let first = apply(
+        &server.url(),
+        vec![
+            item(service("web")),
+            endpoint("web-1", "web", u32::from(blue), ""),
+            item(route_to("web", "web")),
+            item(pb::resource::Kind::Listener(front)),
+        ],
+    )
+    .await;
+    let agent = TestAgent::start(
+        "edge-1",
+        "edge",
+        vec![server.url()],
+        Arc::new(TempDir::new()),
+    )
+    .await;
+    agent.until("initial sync", |c| c.revision >= first).await;
+    let stop = CancellationToken::new();
+    let proxy = tokio::spawn(Builtin::new().run(agent.agent.config(), stop.clone()));
+
+    async fn fetch(port: u16) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.rsplit("\r\n\r\n").next().map(str::to_owned)
+    }
+    async fn until_body(port: u16, want: &str) -> Duration {
+        let started = Instant::now();
+        while fetch(port).await.as_deref() != Some(want) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the proxy never answered {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        started.elapsed()
+    }
+    until_body(listen, "blue").await;
+    let started = Instant::now();
+    apply(
+        &server.url(),
+        vec![endpoint("web-1", "web", u32::from(green), "")],
+    )
+    .await;
+    until_body(listen, "green").await;
+    eprintln!(
+        "operator write -> proxied traffic moved: {:?}",
+        started.elapsed()
+    );
+    stop.cancel();
+    proxy.await.unwrap();
+    agent.agent.stop().await.unwrap();
+    server.stop().await;
+}

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use switchyard_agent::proxy::{Builtin, Driver};
 use switchyard_agent::{Agent, Config, persist};
 use tokio_util::sync::CancellationToken;
 
-/// How long the agent may take to stop after a shutdown signal.
-const GRACE: Duration = Duration::from_secs(10);
+/// How long the agent may take to stop after a shutdown signal: the proxy
+/// lets requests in flight finish (up to 30 s) before closing.
+const GRACE: Duration = Duration::from_secs(35);
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -112,10 +114,20 @@ async fn main() -> anyhow::Result<()> {
     let agent = Agent::start(config, shutdown.clone())
         .await
         .context("starting the agent")?;
+    // The built-in proxy serves whatever configuration the agent publishes,
+    // starting with the one saved on disk.
+    let proxy = tokio::spawn(Builtin::new().run(agent.config(), shutdown.clone()));
     terminated().await.context("installing signal handlers")?;
     tracing::info!("shutting down");
-    match tokio::time::timeout(GRACE, agent.stop()).await {
-        Ok(result) => result.context("agent failed"),
+    shutdown.cancel();
+    let stopped = async {
+        let synced = agent.stop().await;
+        let proxied = proxy.await;
+        synced.context("agent failed")?;
+        proxied.context("proxy failed")
+    };
+    match tokio::time::timeout(GRACE, stopped).await {
+        Ok(result) => result,
         Err(_) => anyhow::bail!("the agent did not stop within {GRACE:?}"),
     }
 }

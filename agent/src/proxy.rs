@@ -1,0 +1,361 @@
+//! The built-in proxy: opens the node's listeners and forwards HTTP requests
+//! and TCP connections to the endpoints of their services.
+//!
+//! The node's configuration arrives on a `watch` channel. Each version is
+//! compiled once into an immutable [`Table`] (routers, endpoint pools and
+//! balancers) published behind an `Arc`; every request or connection reads
+//! the table current when it starts and finishes on it, so a configuration
+//! change never disturbs traffic in flight. Listeners are reconciled by
+//! name: one whose bind address and protocol did not change keeps its socket
+//! and connections; a removed one stops accepting and drains.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use switchyard::resource::{Endpoint, Health, Labels, ListenerTarget, Protocol, Service};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::balance::{Balancer, Policy, Target};
+use crate::router::Router;
+use crate::state::NodeConfig;
+
+mod http;
+mod tcp;
+
+/// How long a removed listener's connections may take to finish.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// A data plane the agent drives from the node's configuration.
+///
+/// The built-in proxy is one; a driver for an external proxy (rendering its
+/// configuration and driving its runtime API) is another.
+pub trait Driver: Send + 'static {
+    /// Serves every configuration published on `config` until `shutdown`.
+    fn run(
+        self,
+        config: watch::Receiver<Arc<NodeConfig>>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// The built-in proxy.
+#[derive(Debug, Default)]
+pub struct Builtin {
+    clients: http::Clients,
+}
+
+impl Builtin {
+    /// A proxy with no listener open yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// One endpoint set with its balancer: the endpoints of a service, or of a
+/// labelled subset of it.
+#[derive(Debug)]
+pub struct Pool {
+    /// The members, in endpoint-name order.
+    pub endpoints: Vec<Endpoint>,
+    balancer: Balancer,
+    panic_threshold_percent: u8,
+}
+
+impl Pool {
+    fn new(service: &Service, endpoints: Vec<Endpoint>) -> Pool {
+        let targets = endpoints
+            .iter()
+            .enumerate()
+            .map(|(id, e)| Target {
+                id,
+                weight: e.weight,
+                key: format!("{}:{}", e.address, e.port),
+            })
+            .collect();
+        Pool {
+            balancer: Balancer::new(Policy::from(&service.balance), targets),
+            endpoints,
+            panic_threshold_percent: service.panic_threshold_percent,
+        }
+    }
+
+    /// Picks an endpoint: among those that may take new requests (not
+    /// unhealthy, not draining), or among all when too few may (the panic
+    /// threshold: better to try a suspect endpoint than to fail everything).
+    pub fn pick(&self, hash: Option<u64>) -> Option<usize> {
+        let routable = |e: &Endpoint| matches!(e.health, Health::Healthy | Health::Unknown);
+        let total = self.endpoints.len();
+        let up = self.endpoints.iter().filter(|e| routable(e)).count();
+        if up * 100 < usize::from(self.panic_threshold_percent) * total {
+            self.balancer.pick(hash, |_| true)
+        } else {
+            self.balancer.pick(hash, |id| routable(&self.endpoints[id]))
+        }
+    }
+
+    /// The balancer (for in-flight accounting).
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+}
+
+/// A service as the proxy sees it: its settings and endpoint pools.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The service.
+    pub service: Service,
+    /// Every endpoint.
+    pub all: Arc<Pool>,
+    /// Labelled subsets used by routes.
+    subsets: BTreeMap<Labels, Arc<Pool>>,
+    /// The HTTP client for its protocol and connect timeout.
+    client: http::Client,
+}
+
+impl Upstream {
+    /// The pool for `subset` (every endpoint when empty).
+    pub fn pool(&self, subset: &Labels) -> &Arc<Pool> {
+        if subset.is_empty() {
+            &self.all
+        } else {
+            self.subsets.get(subset).unwrap_or(&self.all)
+        }
+    }
+}
+
+/// What a listener forwards to, compiled.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// HTTP: a router.
+    Http(Arc<Router>),
+    /// TCP: a service.
+    Tcp(String),
+}
+
+/// One configuration compiled for forwarding.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// The configuration's revision.
+    pub revision: u64,
+    /// Listener name → what it forwards to.
+    pub listeners: HashMap<String, Backend>,
+    /// Service name → upstream.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+impl Table {
+    fn compile(config: &NodeConfig, clients: &http::Clients) -> Table {
+        let mut subsets: HashMap<&str, Vec<&Labels>> = HashMap::new();
+        for route in config.routes.values() {
+            for rule in &route.rules {
+                for d in &rule.action.destinations {
+                    if !d.subset.is_empty() {
+                        subsets.entry(&d.service).or_default().push(&d.subset);
+                    }
+                }
+            }
+        }
+        let mut upstreams = HashMap::new();
+        for service in config.services.values() {
+            let members: Vec<Endpoint> = config
+                .endpoints
+                .values()
+                .filter(|e| e.service == service.name)
+                .cloned()
+                .collect();
+            let subsets = subsets
+                .get(service.name.as_str())
+                .into_iter()
+                .flatten()
+                .map(|subset| {
+                    let selected = members
+                        .iter()
+                        .filter(|e| switchyard::label::matches_all(subset, &e.labels))
+                        .cloned()
+                        .collect();
+                    ((*subset).clone(), Arc::new(Pool::new(service, selected)))
+                })
+                .collect();
+            upstreams.insert(
+                service.name.clone(),
+                Arc::new(Upstream {
+                    all: Arc::new(Pool::new(service, members)),
+                    subsets,
+                    client: clients.get(service),
+                    service: service.clone(),
+                }),
+            );
+        }
+        let listeners = config
+            .listeners
+            .values()
+            .filter_map(|l| {
+                let backend = match &l.target {
+                    ListenerTarget::Route(r) => {
+                        Backend::Http(Arc::new(Router::new(config.routes.get(r)?)))
+                    }
+                    ListenerTarget::Service(s) => Backend::Tcp(s.clone()),
+                };
+                Some((l.name.clone(), backend))
+            })
+            .collect();
+        Table {
+            revision: config.revision,
+            listeners,
+            upstreams,
+        }
+    }
+}
+
+/// The socket a listener needs; a change of any part reopens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bind {
+    addr: SocketAddr,
+    protocol: Protocol,
+}
+
+/// A listener being served.
+struct Open {
+    bind: Bind,
+    stop: CancellationToken,
+}
+
+/// Counters of what the proxy did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests and connections forwarded.
+    pub forwarded: AtomicU64,
+    /// Requests answered with an error by the proxy itself (4xx/5xx it made).
+    pub failed: AtomicU64,
+}
+
+impl Driver for Builtin {
+    async fn run(self, mut config: watch::Receiver<Arc<NodeConfig>>, shutdown: CancellationToken) {
+        let stats = Arc::new(Stats::default());
+        let tables = watch::Sender::new(Arc::new(Table::default()));
+        let mut open: HashMap<String, Open> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            let current = config.borrow_and_update().clone();
+            tables.send_replace(Arc::new(Table::compile(&current, &self.clients)));
+            reconcile(&current, &mut open, &mut tasks, &tables, &stats, &shutdown);
+            debug!(
+                revision = current.revision,
+                listeners = open.len(),
+                "proxy configured"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = config.changed() => if changed.is_err() { break },
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(error) = done {
+                        warn!(%error, "listener task failed");
+                    }
+                }
+            }
+        }
+        for (_, l) in open.drain() {
+            l.stop.cancel();
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Opens, keeps and closes listeners so that exactly the configured ones run.
+fn reconcile(
+    config: &NodeConfig,
+    open: &mut HashMap<String, Open>,
+    tasks: &mut JoinSet<()>,
+    tables: &watch::Sender<Arc<Table>>,
+    stats: &Arc<Stats>,
+    shutdown: &CancellationToken,
+) {
+    open.retain(|name, l| {
+        let wanted = config.listeners.get(name).map(|c| Bind {
+            addr: SocketAddr::new(c.address, c.port),
+            protocol: c.protocol,
+        });
+        let keep = wanted == Some(l.bind);
+        if !keep {
+            info!(listener = %name, addr = %l.bind.addr, "closing listener; draining its connections");
+            l.stop.cancel();
+        }
+        keep
+    });
+    for (name, l) in &config.listeners {
+        if open.contains_key(name) {
+            continue;
+        }
+        let bind = Bind {
+            addr: SocketAddr::new(l.address, l.port),
+            protocol: l.protocol,
+        };
+        let listener = match std::net::TcpListener::bind(bind.addr).and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        }) {
+            Ok(l) => l,
+            Err(error) => {
+                // Retried at the next configuration change.
+                warn!(listener = %name, addr = %bind.addr, %error, "cannot open listener");
+                continue;
+            }
+        };
+        info!(listener = %name, addr = %bind.addr, protocol = ?bind.protocol, "listening");
+        let stop = shutdown.child_token();
+        let ctx = Context {
+            listener: name.clone(),
+            tables: tables.subscribe(),
+            stats: stats.clone(),
+        };
+        let token = stop.clone();
+        match bind.protocol {
+            Protocol::Tcp => tasks.spawn(tcp::serve(listener, ctx, token)),
+            _ => tasks.spawn(http::serve(listener, ctx, token)),
+        };
+        open.insert(name.clone(), Open { bind, stop });
+    }
+}
+
+/// What a listener's connections need.
+#[derive(Debug, Clone)]
+struct Context {
+    listener: String,
+    tables: watch::Receiver<Arc<Table>>,
+    stats: Arc<Stats>,
+}
+
+impl Context {
+    /// The table new requests and connections use.
+    fn table(&self) -> Arc<Table> {
+        self.tables.borrow().clone()
+    }
+}
+
+/// A small, fast, non-cryptographic random source (request ids, weighted
+/// picks), one per thread.
+pub(crate) fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            t ^ (std::process::id() as u64) << 32 | 1
+        });
+    }
+    STATE.with(|s| {
+        // wyrand
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) ^ t) as u64
+    })
+}

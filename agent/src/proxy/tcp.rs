@@ -1,0 +1,82 @@
+//! TCP listeners: each connection is relayed, both ways, to one endpoint of
+//! the listener's service; a half-close on either side is passed on.
+
+use std::sync::atomic::Ordering;
+
+use switchyard::resource::{Balance, HashOn};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{Backend, Context, DRAIN};
+use crate::balance::hash_key;
+
+/// Accepts connections until `stop`, then lets open ones finish (up to the
+/// drain time).
+pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (client, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    debug!(%error, "accept failed");
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let table = ctx.table();
+        let Some(Backend::Tcp(service)) = table.listeners.get(&ctx.listener) else {
+            continue;
+        };
+        let Some(upstream) = table.upstreams.get(service).cloned() else {
+            ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let stats = ctx.stats.clone();
+        connections.spawn(async move {
+            let hash = match &upstream.service.balance {
+                Balance::RingHash(HashOn::SourceIp) | Balance::Maglev(HashOn::SourceIp) => {
+                    Some(hash_key(peer.ip().to_string().as_bytes()))
+                }
+                _ => None,
+            };
+            let pool = upstream.all.clone();
+            let Some(id) = pool.pick(hash) else {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let _in_flight = pool.balancer().start(id);
+            let endpoint = &pool.endpoints[id];
+            let addr = format!("{}:{}", endpoint.address, endpoint.port);
+            let connect = TcpStream::connect(&addr);
+            let mut server =
+                match tokio::time::timeout(upstream.service.connect_timeout, connect).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        debug!(%addr, "connect failed");
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+            let _ = server.set_nodelay(true);
+            let mut client = client;
+            let _ = client.set_nodelay(true);
+            stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            // copy_bidirectional shuts down each write side when its read
+            // side reaches end of stream: half-closes pass through.
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                debug!(%error, "relay ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+}

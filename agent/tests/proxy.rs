@@ -1,0 +1,692 @@
+//! The built-in proxy over real sockets: real backend servers on loopback,
+//! real clients, configurations swapped live.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use switchyard::pb;
+use switchyard_agent::NodeConfig;
+use switchyard_agent::proxy::{Builtin, Driver};
+use switchyard_agent::state::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A backend HTTP server that answers with its name and echoes what the
+/// proxy sent it (path, selected headers) in response headers.
+struct Backend {
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    stop: CancellationToken,
+    _task: JoinHandle<()>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (h, s) = (hits.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = s.cancelled() => break,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let h = h.clone();
+                conns.spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            h.fetch_add(1, Ordering::Relaxed);
+                            async move {
+                                if req.uri().path() == "/slow" {
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                }
+                                let mut resp = Response::new(Full::new(Bytes::from(name)));
+                                let echo = |k: &str| {
+                                    req.headers()
+                                        .get(k)
+                                        .cloned()
+                                        .unwrap_or(hyper::header::HeaderValue::from_static(""))
+                                };
+                                resp.headers_mut().insert(
+                                    "x-path",
+                                    req.uri()
+                                        .path_and_query()
+                                        .unwrap()
+                                        .as_str()
+                                        .parse()
+                                        .unwrap(),
+                                );
+                                resp.headers_mut()
+                                    .insert("x-saw-forwarded-for", echo("x-forwarded-for"));
+                                resp.headers_mut()
+                                    .insert("x-saw-request-id", echo("x-request-id"));
+                                resp.headers_mut().insert("x-saw-added", echo("x-added"));
+                                Ok::<_, Infallible>(resp)
+                            }
+                        });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            hits,
+            stop,
+            _task: task,
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn endpoint(
+    name: &str,
+    service: &str,
+    addr: SocketAddr,
+    weight: u32,
+    labels: &[(&str, &str)],
+) -> pb::Endpoint {
+    pb::Endpoint {
+        name: name.into(),
+        service: service.into(),
+        address: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+        weight,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        revision: 1,
+        ..Default::default()
+    }
+}
+
+fn service(name: &str, policy: pb::LbPolicy) -> pb::Service {
+    pb::Service {
+        name: name.into(),
+        lb_policy: policy as i32,
+        revision: 1,
+        ..Default::default()
+    }
+}
+
+fn dest(service: &str, weight: u32, subset: &[(&str, &str)]) -> pb::WeightedDestination {
+    pb::WeightedDestination {
+        service: service.into(),
+        weight,
+        subset: subset
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn rule(matches: Vec<pb::RouteMatch>, destinations: Vec<pb::WeightedDestination>) -> pb::RouteRule {
+    pb::RouteRule {
+        matches,
+        action: Some(pb::RouteAction {
+            destinations,
+            ..Default::default()
+        }),
+    }
+}
+
+fn http_listener(port: u16, route: &str) -> pb::Listener {
+    pb::Listener {
+        name: "front".into(),
+        address: "127.0.0.1".into(),
+        port: u32::from(port),
+        target: Some(pb::listener::Target::Route(route.into())),
+        revision: 1,
+        ..Default::default()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Validates a snapshot the way the agent does and returns the configuration.
+fn config(revision: u64, snapshot: pb::Snapshot) -> Arc<NodeConfig> {
+    let mut store = Store::new();
+    store
+        .apply_snapshot(pb::Snapshot {
+            revision,
+            ..snapshot
+        })
+        .expect("valid test configuration")
+}
+
+/// A running proxy driven by a watch channel, as the agent drives it.
+struct Proxy {
+    config: watch::Sender<Arc<NodeConfig>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(initial: Arc<NodeConfig>) -> Proxy {
+        let (config, rx) = watch::channel(initial.clone());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Builtin::new().run(rx, stop.clone()));
+        let proxy = Proxy { config, stop, task };
+        for l in initial.listeners.values() {
+            wait_listening(SocketAddr::new(l.address, l.port)).await;
+        }
+        proxy
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(40), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{addr} never opened");
+}
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+struct Answer {
+    status: u16,
+    body: String,
+    headers: hyper::HeaderMap,
+}
+
+async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    Answer {
+        status,
+        body,
+        headers,
+    }
+}
+
+async fn shares(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    url: &str,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, f64> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        let a = get(client, url, headers).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        *counts.entry(a.body).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 * 100.0 / n as f64))
+        .collect()
+}
+
+fn assert_share(shares: &HashMap<String, f64>, name: &str, expected: f64, tolerance: f64) {
+    let got = shares.get(name).copied().unwrap_or(0.0);
+    assert!(
+        (got - expected).abs() <= tolerance,
+        "{name}: {got:.1}% (expected {expected}% ± {tolerance}); all: {shares:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_follow_weights() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    let port = free_port();
+    for policy in [
+        pb::LbPolicy::RoundRobin,
+        pb::LbPolicy::Random,
+        pb::LbPolicy::LeastRequest,
+    ] {
+        let snap = pb::Snapshot {
+            services: vec![service("web", policy)],
+            endpoints: vec![
+                endpoint("a", "web", backends[0].addr, 1, &[]),
+                endpoint("b", "web", backends[1].addr, 2, &[]),
+                endpoint("c", "web", backends[2].addr, 7, &[]),
+            ],
+            routes: vec![pb::Route {
+                name: "web".into(),
+                revision: 1,
+                rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
+                ..Default::default()
+            }],
+            listeners: vec![http_listener(port, "web")],
+            ..Default::default()
+        };
+        let proxy = Proxy::start(config(1, snap)).await;
+        let s = shares(&client(), &format!("http://127.0.0.1:{port}/"), 1000, &[]).await;
+        // Sequential requests: round robin is exact; random and least
+        // request (nothing in flight) follow weights statistically.
+        let tolerance = if policy == pb::LbPolicy::RoundRobin {
+            0.5
+        } else {
+            4.0
+        };
+        assert_share(&s, "a", 10.0, tolerance);
+        assert_share(&s, "b", 20.0, tolerance);
+        assert_share(&s, "c", 70.0, tolerance);
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_split_header_and_regex_routing_with_rewrite() {
+    let v1 = Backend::start("v1").await;
+    let v2 = Backend::start("v2").await;
+    let api = Backend::start("api").await;
+    let port = free_port();
+    let header_match = pb::RouteMatch {
+        headers: vec![pb::HeaderMatch {
+            name: "x-canary".into(),
+            value: Some(pb::StringMatch {
+                kind: Some(pb::string_match::Kind::Exact("always".into())),
+            }),
+            invert: false,
+        }],
+        ..Default::default()
+    };
+    let regex_match = pb::RouteMatch {
+        path: Some(pb::PathMatch {
+            kind: Some(pb::path_match::Kind::Regex("/api/v[0-9]+/.*".into())),
+        }),
+        ..Default::default()
+    };
+    let prefix_match = pb::RouteMatch {
+        path: Some(pb::PathMatch {
+            kind: Some(pb::path_match::Kind::Prefix("/old/".into())),
+        }),
+        ..Default::default()
+    };
+    let mut rewrite = rule(vec![prefix_match], vec![dest("api", 1, &[])]);
+    let action = rewrite.action.as_mut().unwrap();
+    action.prefix_rewrite = "/new/".into();
+    action.request_headers = Some(pb::HeaderRewrite {
+        set: [("x-added".to_string(), "yes".to_string())].into(),
+        ..Default::default()
+    });
+    let snap = pb::Snapshot {
+        services: vec![
+            service("web", pb::LbPolicy::RoundRobin),
+            service("api", pb::LbPolicy::RoundRobin),
+        ],
+        endpoints: vec![
+            endpoint("web-v1", "web", v1.addr, 1, &[("version", "v1")]),
+            endpoint("web-v2", "web", v2.addr, 1, &[("version", "v2")]),
+            endpoint("api-1", "api", api.addr, 1, &[]),
+        ],
+        routes: vec![pb::Route {
+            name: "web".into(),
+            revision: 1,
+            rules: vec![
+                rule(
+                    vec![header_match],
+                    vec![dest("web", 1, &[("version", "v2")])],
+                ),
+                rule(vec![regex_match], vec![dest("api", 1, &[])]),
+                rewrite,
+                rule(
+                    vec![],
+                    vec![
+                        dest("web", 90, &[("version", "v1")]),
+                        dest("web", 10, &[("version", "v2")]),
+                    ],
+                ),
+            ],
+            ..Default::default()
+        }],
+        listeners: vec![http_listener(port, "web")],
+        ..Default::default()
+    };
+    let proxy = Proxy::start(config(1, snap)).await;
+    let c = client();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let s = shares(&c, &format!("{base}/"), 2000, &[]).await;
+    assert_share(&s, "v1", 90.0, 3.0);
+    assert_share(&s, "v2", 10.0, 3.0);
+    let s = shares(&c, &format!("{base}/"), 50, &[("x-canary", "always")]).await;
+    assert_share(&s, "v2", 100.0, 0.0);
+
+    let a = get(&c, &format!("{base}/api/v2/users?id=7"), &[]).await;
+    assert_eq!((a.status, a.body.as_str()), (200, "api"));
+    assert_eq!(a.headers["x-path"], "/api/v2/users?id=7");
+    let a = get(&c, &format!("{base}/api/vX/users"), &[]).await;
+    assert_ne!(a.body, "api", "regex must match the whole path");
+
+    let a = get(
+        &c,
+        &format!("{base}/old/thing?q=1"),
+        &[("x-forwarded-for", "10.1.1.1")],
+    )
+    .await;
+    assert_eq!(a.body, "api");
+    assert_eq!(a.headers["x-path"], "/new/thing?q=1");
+    assert_eq!(a.headers["x-saw-added"], "yes");
+    assert_eq!(a.headers["x-saw-forwarded-for"], "10.1.1.1, 127.0.0.1");
+    assert_eq!(
+        a.headers["x-saw-request-id"].len(),
+        32,
+        "a request id is added when absent"
+    );
+    let a = get(&c, &format!("{base}/old/x"), &[("x-request-id", "abc")]).await;
+    assert_eq!(
+        a.headers["x-saw-request-id"], "abc",
+        "an existing request id is kept"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_short_and_precise() {
+    let up = Backend::start("up").await;
+    let dead = free_port();
+    let port = free_port();
+    let exact = |p: &str| pb::RouteMatch {
+        path: Some(pb::PathMatch {
+            kind: Some(pb::path_match::Kind::Exact(p.into())),
+        }),
+        ..Default::default()
+    };
+    let down = Backend::start("down").await;
+    let mut sick = endpoint("sick-1", "sick", down.addr, 1, &[]);
+    sick.health = pb::Health::Unhealthy as i32;
+    let mut fine = endpoint("sick-2", "sick", up.addr, 1, &[]);
+    fine.health = pb::Health::Healthy as i32;
+    let snap = pb::Snapshot {
+        services: vec![
+            service("gone", pb::LbPolicy::RoundRobin),
+            service("empty", pb::LbPolicy::RoundRobin),
+            // Panic routing off: the healthy endpoint takes everything.
+            pb::Service {
+                panic_threshold_percent: Some(0),
+                ..service("sick", pb::LbPolicy::RoundRobin)
+            },
+            // Default panic threshold (50%): with every endpoint unhealthy,
+            // trying them beats failing every request.
+            service("panicky", pb::LbPolicy::RoundRobin),
+        ],
+        endpoints: vec![
+            endpoint(
+                "gone-1",
+                "gone",
+                SocketAddr::from(([127, 0, 0, 1], dead)),
+                1,
+                &[],
+            ),
+            sick,
+            fine,
+            pb::Endpoint {
+                health: pb::Health::Unhealthy as i32,
+                ..endpoint("panicky-1", "panicky", up.addr, 1, &[])
+            },
+        ],
+        routes: vec![pb::Route {
+            name: "web".into(),
+            revision: 1,
+            rules: vec![
+                rule(vec![exact("/gone")], vec![dest("gone", 1, &[])]),
+                rule(vec![exact("/empty")], vec![dest("empty", 1, &[])]),
+                rule(vec![exact("/sick")], vec![dest("sick", 1, &[])]),
+                rule(vec![exact("/panicky")], vec![dest("panicky", 1, &[])]),
+            ],
+            ..Default::default()
+        }],
+        listeners: vec![http_listener(port, "web")],
+        ..Default::default()
+    };
+    let proxy = Proxy::start(config(1, snap)).await;
+    let c = client();
+    let base = format!("http://127.0.0.1:{port}");
+    let a = get(&c, &format!("{base}/nowhere"), &[]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (404, "switchyard: no route matches\n")
+    );
+    let a = get(&c, &format!("{base}/gone"), &[]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (502, "switchyard: upstream connect error\n")
+    );
+    let a = get(&c, &format!("{base}/empty"), &[]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (503, "switchyard: no healthy upstream\n")
+    );
+    let s = shares(&c, &format!("{base}/sick"), 50, &[]).await;
+    assert_share(&s, "up", 100.0, 0.0);
+    assert_eq!(
+        down.hits.load(Ordering::Relaxed),
+        0,
+        "an unhealthy endpoint receives no traffic"
+    );
+    proxy.stop().await;
+}
+
+/// 100 configuration swaps under continuous load: no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reconfiguration_drops_nothing() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let port = free_port();
+    let snap = |revision: u64, weight_a: u32| {
+        config(
+            revision,
+            pb::Snapshot {
+                services: vec![service("web", pb::LbPolicy::RoundRobin)],
+                endpoints: vec![
+                    endpoint("a", "web", a.addr, weight_a, &[]),
+                    endpoint("b", "web", b.addr, 1, &[]),
+                ],
+                routes: vec![pb::Route {
+                    name: "web".into(),
+                    revision,
+                    rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
+                    ..Default::default()
+                }],
+                listeners: vec![http_listener(port, "web")],
+                ..Default::default()
+            },
+        )
+    };
+    let proxy = Proxy::start(snap(1, 1)).await;
+    let stop = CancellationToken::new();
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+        load.spawn(async move {
+            let c = client();
+            while !stop.is_cancelled() {
+                let a = get(&c, &format!("http://127.0.0.1:{port}/"), &[]).await;
+                if a.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    for revision in 2..102 {
+        proxy
+            .config
+            .send_replace(snap(revision, (revision % 5 + 1) as u32));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    while load.join_next().await.is_some() {}
+    let total = done.load(Ordering::Relaxed);
+    assert!(total > 200, "only {total} requests ran");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {total} requests");
+    eprintln!("100 swaps under load: {total} requests, 0 failed");
+    proxy.stop().await;
+}
+
+/// A TCP listener relays both ways and passes a half-close on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relays_both_ways_with_half_close() {
+    // The backend reads until the client's half-close, then answers. It
+    // serves any number of connections (the readiness probe is one).
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            conns.spawn(async move {
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                s.write_all(format!("got {} bytes", got.len()).as_bytes())
+                    .await
+                    .unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    let port = free_port();
+    let snap = pb::Snapshot {
+        services: vec![pb::Service {
+            protocol: pb::Protocol::Tcp as i32,
+            ..service("db", pb::LbPolicy::RoundRobin)
+        }],
+        endpoints: vec![endpoint("db-1", "db", echo_addr, 1, &[])],
+        listeners: vec![pb::Listener {
+            name: "db".into(),
+            address: "127.0.0.1".into(),
+            port: u32::from(port),
+            protocol: pb::Protocol::Tcp as i32,
+            target: Some(pb::listener::Target::Service("db".into())),
+            revision: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let proxy = Proxy::start(config(1, snap)).await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let payload = vec![7u8; 100_000];
+    conn.write_all(&payload).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, "got 100000 bytes");
+    server.abort();
+    proxy.stop().await;
+}
+
+/// A removed listener stops accepting, and a request in flight on it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_listener_drains() {
+    let slow = Backend::start("slow").await;
+    let port = free_port();
+    let with_listener = pb::Snapshot {
+        services: vec![service("web", pb::LbPolicy::RoundRobin)],
+        endpoints: vec![endpoint("s", "web", slow.addr, 1, &[])],
+        routes: vec![pb::Route {
+            name: "web".into(),
+            revision: 1,
+            rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
+            ..Default::default()
+        }],
+        listeners: vec![http_listener(port, "web")],
+        ..Default::default()
+    };
+    let without = pb::Snapshot {
+        listeners: vec![],
+        ..with_listener.clone()
+    };
+    let proxy = Proxy::start(config(1, with_listener)).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/slow");
+    let in_flight = tokio::spawn(async move { get(&c, &url, &[]).await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.config.send_replace(config(2, without));
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the request in flight finished"
+    );
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the removed listener stopped accepting");
+    proxy.stop().await;
+}

@@ -8,12 +8,18 @@
 //! change never disturbs traffic in flight. Listeners are reconciled by
 //! name: one whose bind address and protocol did not change keeps its socket
 //! and connections; a removed one stops accepting and drains.
+//!
+//! What must outlive a configuration lives in the driver, keyed by name, and
+//! each table refers to it: the HTTP clients (warm connection pools), each
+//! endpoint's outlier-detection record (an ejected endpoint stays ejected
+//! across a change), and each service's requests and retries in flight (so
+//! circuit breaking and the retry budget count traffic on every table).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard::resource::{Endpoint, Health, Labels, ListenerTarget, Protocol, Service};
@@ -27,6 +33,8 @@ use crate::router::Router;
 use crate::state::NodeConfig;
 
 mod http;
+mod limit;
+mod outlier;
 mod tcp;
 
 /// How long a removed listener's connections may take to finish.
@@ -49,6 +57,35 @@ pub trait Driver: Send + 'static {
 #[derive(Debug, Default)]
 pub struct Builtin {
     clients: http::Clients,
+    services: Services,
+}
+
+/// What the proxy remembers about one service across configurations.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Outlier-detection records of its endpoints.
+    hosts: outlier::Hosts,
+    /// Requests and retries in flight, for circuit breaking and the retry
+    /// budget.
+    counters: Arc<limit::Counters>,
+}
+
+/// [`Shared`] state by service name. A mutex because only compiling a
+/// configuration touches the map; requests reach their service's state
+/// through the compiled table.
+#[derive(Debug, Default)]
+struct Services(Mutex<HashMap<String, Arc<Shared>>>);
+
+impl Services {
+    /// The state of `names`, forgetting every other service.
+    fn sync<'a>(&self, names: impl Iterator<Item = &'a str>) -> HashMap<String, Arc<Shared>> {
+        let mut map = self.0.lock().expect("services");
+        let wanted: HashMap<String, Arc<Shared>> = names
+            .map(|n| (n.to_owned(), map.entry(n.to_owned()).or_default().clone()))
+            .collect();
+        map.retain(|n, _| wanted.contains_key(n));
+        wanted
+    }
 }
 
 impl Builtin {
@@ -64,12 +101,15 @@ impl Builtin {
 pub struct Pool {
     /// The members, in endpoint-name order.
     pub endpoints: Vec<Endpoint>,
+    /// Their outlier-detection records, in the same order.
+    hosts: Vec<Arc<outlier::Host>>,
     balancer: Balancer,
     panic_threshold_percent: u8,
 }
 
 impl Pool {
-    fn new(service: &Service, endpoints: Vec<Endpoint>) -> Pool {
+    fn new(service: &Service, members: Vec<(Endpoint, Arc<outlier::Host>)>) -> Pool {
+        let (endpoints, hosts): (Vec<Endpoint>, Vec<_>) = members.into_iter().unzip();
         let targets = endpoints
             .iter()
             .enumerate()
@@ -82,22 +122,31 @@ impl Pool {
         Pool {
             balancer: Balancer::new(Policy::from(&service.balance), targets),
             endpoints,
+            hosts,
             panic_threshold_percent: service.panic_threshold_percent,
         }
     }
 
     /// Picks an endpoint: among those that may take new requests (not
-    /// unhealthy, not draining), or among all when too few may (the panic
-    /// threshold: better to try a suspect endpoint than to fail everything).
-    pub fn pick(&self, hash: Option<u64>) -> Option<usize> {
-        let routable = |e: &Endpoint| matches!(e.health, Health::Healthy | Health::Unknown);
+    /// unhealthy, not draining, not ejected as an outlier), or among all
+    /// when too few may (the panic threshold: better to try a suspect
+    /// endpoint than to fail everything).
+    ///
+    /// `avoid` (the endpoint a retry's previous try failed on) is skipped
+    /// when another endpoint is available.
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>) -> Option<usize> {
+        let now = outlier::now();
+        let routable = |id: usize| {
+            matches!(self.endpoints[id].health, Health::Healthy | Health::Unknown)
+                && !self.hosts[id].is_ejected(now)
+        };
         let total = self.endpoints.len();
-        let up = self.endpoints.iter().filter(|e| routable(e)).count();
-        if up * 100 < usize::from(self.panic_threshold_percent) * total {
-            self.balancer.pick(hash, |_| true)
-        } else {
-            self.balancer.pick(hash, |id| routable(&self.endpoints[id]))
-        }
+        let up = (0..total).filter(|&id| routable(id)).count();
+        let panic = up * 100 < usize::from(self.panic_threshold_percent) * total;
+        let eligible = |id: usize| panic || routable(id);
+        avoid
+            .and_then(|avoid| self.balancer.pick(hash, |id| id != avoid && eligible(id)))
+            .or_else(|| self.balancer.pick(hash, eligible))
     }
 
     /// The balancer (for in-flight accounting).
@@ -117,6 +166,8 @@ pub struct Upstream {
     subsets: BTreeMap<Labels, Arc<Pool>>,
     /// The HTTP client for its protocol and connect timeout.
     client: http::Client,
+    /// Its state that outlives configurations.
+    shared: Arc<Shared>,
 }
 
 impl Upstream {
@@ -126,6 +177,22 @@ impl Upstream {
             &self.all
         } else {
             self.subsets.get(subset).unwrap_or(&self.all)
+        }
+    }
+
+    /// Counts what a try at `pool`'s endpoint `id` came to, for outlier
+    /// detection (if the service has it).
+    fn record(&self, pool: &Pool, id: usize, outcome: outlier::Outcome) {
+        let Some(config) = &self.service.outlier_detection else {
+            return;
+        };
+        if let Some(ms) = self.shared.hosts.record(&pool.hosts[id], outcome, config) {
+            info!(
+                service = %self.service.name,
+                endpoint = %pool.endpoints[id].name,
+                ejection_ms = ms,
+                "endpoint ejected as an outlier"
+            );
         }
     }
 }
@@ -151,7 +218,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn compile(config: &NodeConfig, clients: &http::Clients) -> Table {
+    fn compile(config: &NodeConfig, clients: &http::Clients, services: &Services) -> Table {
         let mut subsets: HashMap<&str, Vec<&Labels>> = HashMap::new();
         for route in config.routes.values() {
             for rule in &route.rules {
@@ -162,14 +229,19 @@ impl Table {
                 }
             }
         }
+        let mut shared = services.sync(config.services.keys().map(String::as_str));
         let mut upstreams = HashMap::new();
         for service in config.services.values() {
-            let members: Vec<Endpoint> = config
+            let shared = shared.remove(&service.name).unwrap_or_default();
+            let endpoints: Vec<Endpoint> = config
                 .endpoints
                 .values()
                 .filter(|e| e.service == service.name)
                 .cloned()
                 .collect();
+            let hosts = shared.hosts.sync(&endpoints);
+            let members: Vec<(Endpoint, Arc<outlier::Host>)> =
+                endpoints.into_iter().zip(hosts).collect();
             let subsets = subsets
                 .get(service.name.as_str())
                 .into_iter()
@@ -177,7 +249,7 @@ impl Table {
                 .map(|subset| {
                     let selected = members
                         .iter()
-                        .filter(|e| switchyard::label::matches_all(subset, &e.labels))
+                        .filter(|(e, _)| switchyard::label::matches_all(subset, &e.labels))
                         .cloned()
                         .collect();
                     ((*subset).clone(), Arc::new(Pool::new(service, selected)))
@@ -190,6 +262,7 @@ impl Table {
                     subsets,
                     client: clients.get(service),
                     service: service.clone(),
+                    shared,
                 }),
             );
         }
@@ -244,7 +317,11 @@ impl Driver for Builtin {
         let mut tasks = JoinSet::new();
         loop {
             let current = config.borrow_and_update().clone();
-            tables.send_replace(Arc::new(Table::compile(&current, &self.clients)));
+            tables.send_replace(Arc::new(Table::compile(
+                &current,
+                &self.clients,
+                &self.services,
+            )));
             reconcile(&current, &mut open, &mut tasks, &tables, &stats, &shutdown);
             debug!(
                 revision = current.revision,

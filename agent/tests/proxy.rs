@@ -35,6 +35,11 @@ struct Backend {
 
 impl Backend {
     async fn start(name: &'static str) -> Backend {
+        Backend::answering(name, hyper::StatusCode::OK).await
+    }
+
+    /// A backend that answers every request with `status`.
+    async fn answering(name: &'static str, status: hyper::StatusCode) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
@@ -57,6 +62,7 @@ impl Backend {
                                     tokio::time::sleep(Duration::from_millis(300)).await;
                                 }
                                 let mut resp = Response::new(Full::new(Bytes::from(name)));
+                                *resp.status_mut() = status;
                                 let echo = |k: &str| {
                                     req.headers()
                                         .get(k)
@@ -688,5 +694,310 @@ async fn removed_listener_drains() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "the removed listener stopped accepting");
+    proxy.stop().await;
+}
+
+fn millis(ms: u64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration::try_from(Duration::from_millis(ms)).unwrap())
+}
+
+/// Three backends behind one route; the third is `third`.
+fn three(
+    backends: &[Backend; 3],
+    port: u16,
+    service: pb::Service,
+    action: pb::RouteAction,
+    revision: u64,
+) -> Arc<NodeConfig> {
+    config(
+        revision,
+        pb::Snapshot {
+            services: vec![service],
+            endpoints: vec![
+                endpoint("a", "web", backends[0].addr, 1, &[]),
+                endpoint("b", "web", backends[1].addr, 1, &[]),
+                endpoint("c", "web", backends[2].addr, 1, &[]),
+            ],
+            routes: vec![pb::Route {
+                name: "web".into(),
+                revision: 1,
+                rules: vec![pb::RouteRule {
+                    matches: vec![],
+                    action: Some(pb::RouteAction {
+                        destinations: vec![dest("web", 1, &[])],
+                        ..action
+                    }),
+                }],
+                ..Default::default()
+            }],
+            listeners: vec![http_listener(port, "web")],
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_ejected_for_a_while() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::answering("bad", hyper::StatusCode::INTERNAL_SERVER_ERROR).await,
+    ];
+    let port = free_port();
+    let web = pb::Service {
+        outlier_detection: Some(pb::OutlierDetection {
+            consecutive_5xx: 3,
+            base_ejection_time: millis(1500),
+            // The default share (10% of 3 endpoints) still lets one go.
+            ..Default::default()
+        }),
+        ..service("web", pb::LbPolicy::RoundRobin)
+    };
+    let proxy = Proxy::start(three(
+        &backends,
+        port,
+        web.clone(),
+        pb::RouteAction::default(),
+        1,
+    ))
+    .await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+
+    // Round robin sends every third request to the bad endpoint until its
+    // third 500 in a row ejects it.
+    let mut errors = 0;
+    while errors < 3 {
+        let a = get(&c, &url, &[]).await;
+        if a.status == 500 {
+            errors += 1;
+        }
+        assert!(backends[2].hits.load(Ordering::Relaxed) <= 3);
+    }
+    let ejected = std::time::Instant::now();
+    let hits = backends[2].hits.load(Ordering::Relaxed);
+    assert_eq!(hits, 3);
+
+    // While ejected it gets nothing, across a configuration change too.
+    let mut served = 0;
+    while ejected.elapsed() < Duration::from_millis(1200) {
+        if served == 20 {
+            let mut changed = web.clone();
+            changed.labels = [("changed".to_string(), "yes".to_string())].into();
+            proxy
+                .config
+                .send(three(
+                    &backends,
+                    port,
+                    changed,
+                    pb::RouteAction::default(),
+                    2,
+                ))
+                .unwrap();
+        }
+        let a = get(&c, &url, &[]).await;
+        assert_eq!(a.status, 200, "request {served} during the ejection");
+        served += 1;
+    }
+    assert!(served > 40, "only {served} requests during the ejection");
+    assert_eq!(backends[2].hits.load(Ordering::Relaxed), 3);
+    eprintln!("ejected endpoint got 0 of {served} requests in 1.2 s");
+
+    // Then it is back.
+    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(ejected.elapsed())).await;
+    for _ in 0..6 {
+        get(&c, &url, &[]).await;
+    }
+    assert!(
+        backends[2].hits.load(Ordering::Relaxed) > 3,
+        "the endpoint came back after its ejection"
+    );
+    proxy.stop().await;
+}
+
+fn retry_policy(on: &[pb::RetryOn], attempts: u32) -> pb::RouteAction {
+    pb::RouteAction {
+        retry: Some(pb::RetryPolicy {
+            attempts,
+            retry_on: on.iter().map(|o| *o as i32).collect(),
+            backoff_base: millis(2),
+            backoff_max: millis(20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_an_endpoint_that_dies() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    let port = free_port();
+    let action = retry_policy(
+        &[
+            pb::RetryOn::ConnectFailure,
+            pb::RetryOn::GatewayError,
+            pb::RetryOn::Reset,
+        ],
+        2,
+    );
+    let proxy = Proxy::start(three(
+        &backends,
+        port,
+        service("web", pb::LbPolicy::RoundRobin),
+        action,
+        1,
+    ))
+    .await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut errors = vec![];
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        if i == 100 {
+            // Stop c: its listener and its open connections close.
+            let dead = backends[2].addr;
+            backends[2].stop.cancel();
+            for _ in 0..500 {
+                if tokio::net::TcpStream::connect(dead).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let a = get(&c, &url, &[]).await;
+        if a.status != 200 {
+            errors.push((i, a.status, a.body));
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+    let c_hits = backends[2].hits.load(Ordering::Relaxed);
+    assert!(
+        (30..=40).contains(&c_hits),
+        "c served {c_hits} before it died"
+    );
+    let survivors: u64 = backends[..2]
+        .iter()
+        .map(|b| b.hits.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(survivors + c_hits, 300);
+    eprintln!("300 requests, one endpoint killed after 100: 0 errors in {elapsed:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_reached_the_endpoint_is_not_retried() {
+    let busy = Backend::answering("busy", hyper::StatusCode::SERVICE_UNAVAILABLE).await;
+    let port = free_port();
+    let snap = pb::Snapshot {
+        services: vec![service("web", pb::LbPolicy::RoundRobin)],
+        endpoints: vec![endpoint("busy", "web", busy.addr, 1, &[])],
+        routes: vec![pb::Route {
+            name: "web".into(),
+            revision: 1,
+            rules: vec![pb::RouteRule {
+                matches: vec![],
+                action: Some(pb::RouteAction {
+                    destinations: vec![dest("web", 1, &[])],
+                    ..retry_policy(&[pb::RetryOn::GatewayError], 2)
+                }),
+            }],
+            ..Default::default()
+        }],
+        listeners: vec![http_listener(port, "web")],
+        ..Default::default()
+    };
+    let proxy = Proxy::start(config(1, snap)).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let posting: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let resp = posting
+        .request(
+            Request::post(&url)
+                .body(Full::new(Bytes::from_static(b"order #1")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(busy.hits.load(Ordering::Relaxed), 1, "a POST is sent once");
+
+    // The same answer to a GET is retried twice.
+    let a = get(&client(), &url, &[]).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(
+        busy.hits.load(Ordering::Relaxed),
+        4,
+        "a GET is tried 3 times"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_sheds_requests_over_the_limit() {
+    let slow = Backend::start("slow").await;
+    let port = free_port();
+    let snap = pb::Snapshot {
+        services: vec![pb::Service {
+            circuit_breaker: Some(pb::CircuitBreaker {
+                max_requests: 2,
+                ..Default::default()
+            }),
+            ..service("web", pb::LbPolicy::RoundRobin)
+        }],
+        endpoints: vec![endpoint("slow", "web", slow.addr, 1, &[])],
+        routes: vec![pb::Route {
+            name: "web".into(),
+            revision: 1,
+            rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
+            ..Default::default()
+        }],
+        listeners: vec![http_listener(port, "web")],
+        ..Default::default()
+    };
+    let proxy = Proxy::start(config(1, snap)).await;
+    let url = format!("http://127.0.0.1:{port}/slow");
+    let c = client();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (c, url) = (c.clone(), url.clone());
+        requests.spawn(async move {
+            let started = std::time::Instant::now();
+            let a = get(&c, &url, &[]).await;
+            (a, started.elapsed())
+        });
+    }
+    let mut ok = 0;
+    let mut shed = vec![];
+    while let Some(done) = requests.join_next().await {
+        let (a, took) = done.unwrap();
+        match a.status {
+            200 => {
+                ok += 1;
+                assert!(took >= Duration::from_millis(300));
+            }
+            503 => {
+                assert_eq!(a.body, "switchyard: circuit open (max_requests)\n");
+                shed.push(took);
+            }
+            other => panic!("unexpected {other}: {}", a.body),
+        }
+    }
+    assert_eq!((ok, shed.len()), (2, 8));
+    let slowest = shed.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_millis(150),
+        "shed requests must not wait for the backend: slowest {slowest:?}"
+    );
+    eprintln!("8 requests shed; slowest answer {slowest:?}");
+    assert_eq!(slow.hits.load(Ordering::Relaxed), 2);
+
+    // Once the two finish, the circuit closes again.
+    let a = get(&c, &url, &[]).await;
+    assert_eq!(a.status, 200);
     proxy.stop().await;
 }

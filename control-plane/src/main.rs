@@ -41,6 +41,9 @@ struct Args {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// This replica's name in node status (default: host name and port).
+    #[arg(long, env = "SWITCHYARD_REPLICA")]
+    replica: Option<String>,
     /// Revisions kept in the change log; watchers further behind must list again.
     #[arg(long, env = "SWITCHYARD_CHANGE_LOG_RETENTION", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -60,7 +63,12 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
 
+    let replica = args.replica.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}:{}", host.trim(), args.listen.port())
+    });
     let config = server::Config {
+        replica,
         listen: args.listen,
         database_url: args.database_url,
         change_log_retention: args.change_log_retention,

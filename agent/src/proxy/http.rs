@@ -1,29 +1,42 @@
 //! HTTP listeners: HTTP/1.1 and cleartext HTTP/2 (gRPC included) on one
 //! socket, routed per request and forwarded over pooled keep-alive
 //! connections.
+//!
+//! A request is refused at once when its service has `max_requests` in
+//! flight (the circuit breaker). A route's retry policy sends it again only
+//! when that is safe: the method is idempotent, or the try failed to
+//! connect (nothing was sent); and only when its body can be sent again
+//! (empty, or of known size up to [`MAX_REPLAY`], buffered). Retries go to
+//! another endpoint when there is one, after a fully jittered exponential
+//! backoff, within the route's timeout and the service's retry budget.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
-use switchyard::resource::{HashOn, Protocol, Service};
+use switchyard::resource::{HashOn, Protocol, RetryOn, RetryPolicy, Service};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::limit::Guard;
+use super::outlier::Outcome;
 use super::{Backend, Context, DRAIN, random};
 use crate::balance::hash_key;
 use crate::router::RequestView;
@@ -31,8 +44,12 @@ use crate::router::RequestView;
 /// The response body type: the upstream's, streamed, or a short error.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A request body sent upstream: the client's, streamed, or a buffered copy
+/// (for requests that may be retried).
+pub(super) type Outbound = Either<Incoming, Full<Bytes>>;
+
 /// A pooled HTTP client (HTTP/1.1, or HTTP/2 prior knowledge).
-pub(super) type Client = hyper_util::client::legacy::Client<HttpConnector, Incoming>;
+pub(super) type Client = hyper_util::client::legacy::Client<HttpConnector, Outbound>;
 
 /// Clients shared across configurations, one per protocol and connect
 /// timeout, so that a configuration change keeps the connection pools warm.
@@ -173,6 +190,7 @@ async fn forward(
     table: &super::Table,
     ctx: &Context,
 ) -> Response<Body> {
+    let started = Instant::now();
     let fail = |status, reason: &str| {
         ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
         error(status, reason)
@@ -202,21 +220,27 @@ async fn forward(
     let Some(upstream) = table.upstreams.get(&dest.service) else {
         return fail(StatusCode::SERVICE_UNAVAILABLE, "unknown service");
     };
+    let service = &upstream.service;
+    let Some(request_guard) = upstream
+        .shared
+        .counters
+        .try_request(service.circuit_breaker.max_requests)
+    else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "circuit open (max_requests)",
+        );
+    };
     let pool = upstream.pool(&dest.subset);
-    let hash = match &upstream.service.balance {
+    let hash = match &service.balance {
         switchyard::resource::Balance::RingHash(on) | switchyard::resource::Balance::Maglev(on) => {
             Some(hash_of(on, &parts.headers, peer))
         }
         _ => None,
     };
-    let Some(id) = pool.pick(hash) else {
-        return fail(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
-    };
-    let endpoint = &pool.endpoints[id];
-    let _in_flight = pool.balancer().start(id);
 
     // The upstream request: same method, headers and body; the endpoint's
-    // authority; proxy headers added.
+    // authority (set per try); proxy headers added.
     let path_and_query = path.unwrap_or_else(|| {
         parts
             .uri
@@ -224,14 +248,6 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"))
     });
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(format!("{}:{}", endpoint.address, endpoint.port))
-        .path_and_query(path_and_query)
-        .build();
-    let Ok(uri) = uri else {
-        return fail(StatusCode::BAD_GATEWAY, "cannot address the endpoint");
-    };
     // HTTP/2 clients send the authority, not a Host header; keep it for
     // HTTP/1.1 upstreams.
     if !parts.headers.contains_key(header::HOST)
@@ -240,7 +256,6 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, host);
     }
-    parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers);
     let xff = HeaderName::from_static("x-forwarded-for");
     let client_ip = peer.ip().to_string();
@@ -260,28 +275,270 @@ async fn forward(
     }
     rule.request_headers().apply(&mut parts.headers);
 
-    let sent = upstream.client.request(Request::from_parts(parts, body));
-    let result = match rule.action.timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => return fail(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+    let deadline = rule.action.timeout.map(|t| started + t);
+    let retry = rule.action.retry.as_ref().filter(|p| p.attempts > 0);
+    // A request is sent again only if its body can be: it is buffered when
+    // small and its size known, streamed (and tried once) otherwise.
+    let mut body = match retry {
+        Some(_) => match replayable(body, deadline).await {
+            Ok(bytes) => Payload::Buffered(bytes),
+            Err(Unbuffered::Stream(body)) => Payload::Stream(Some(body)),
+            Err(Unbuffered::TimedOut) => {
+                return fail(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
+            }
+            Err(Unbuffered::Failed) => {
+                return fail(StatusCode::BAD_REQUEST, "cannot read the request body");
+            }
         },
-        None => sent.await,
+        None => Payload::Stream(Some(body)),
     };
-    match result {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            rule.response_headers().apply(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let mut parts = Some(parts);
+    let mut failed_on = None;
+    let mut retries = 0;
+    // Held from the decision to retry until the retry ends, for the retry
+    // budget.
+    let mut _retry_guard = None;
+    loop {
+        let Some(id) = pool.pick(hash, failed_on) else {
+            return fail(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        let endpoint = &pool.endpoints[id];
+        let in_flight = pool.balancer().start(id);
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(format!("{}:{}", endpoint.address, endpoint.port))
+            .path_and_query(path_and_query.clone())
+            .build();
+        let Ok(uri) = uri else {
+            return fail(StatusCode::BAD_GATEWAY, "cannot address the endpoint");
+        };
+        let last = match (&body, retry) {
+            (Payload::Buffered(_), Some(policy)) => retries >= policy.attempts,
+            _ => true,
+        };
+        let request = match (last, parts.take()) {
+            // The last try takes the request; earlier ones copy it.
+            (true, Some(mut p)) => {
+                p.uri = uri;
+                Request::from_parts(p, body.take())
+            }
+            (false, Some(p)) => {
+                let mut r = Request::new(body.take());
+                *r.method_mut() = p.method.clone();
+                *r.uri_mut() = uri;
+                *r.version_mut() = p.version;
+                *r.headers_mut() = p.headers.clone();
+                parts = Some(p);
+                r
+            }
+            (_, None) => return fail(StatusCode::BAD_GATEWAY, "upstream request lost"),
+        };
+
+        let sent = upstream.client.request(request);
+        let per_try = retry
+            .and_then(|p| p.per_try_timeout)
+            .map(|t| Instant::now() + t);
+        let limit = match (per_try, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match limit {
+            Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
+                Ok(r) => r.map_err(Failure::from),
+                Err(_) => Err(Failure::TimedOut),
+            },
+            None => sent.await.map_err(Failure::from),
+        };
+        match &result {
+            Ok(resp) => upstream.record(pool, id, Outcome::Status(resp.status().as_u16())),
+            Err(Failure::Connect | Failure::Reset) => {
+                upstream.record(pool, id, Outcome::ConnectFailure);
+            }
+            // A slow endpoint is not a broken one: timeouts are the route's
+            // business, not outlier detection's.
+            Err(Failure::TimedOut) => {}
         }
-        Err(e) if e.is_connect() => {
-            debug!(endpoint = %endpoint.name, error = %e, "connect failed");
-            fail(StatusCode::BAD_GATEWAY, "upstream connect error")
+        if let Err(e) = &result {
+            debug!(endpoint = %endpoint.name, error = ?e, "try failed");
         }
-        Err(e) => {
-            debug!(endpoint = %endpoint.name, error = %e, "upstream failed");
-            fail(StatusCode::BAD_GATEWAY, "upstream reset or protocol error")
+
+        // Another try: if the policy asks for it, it is safe, the budget
+        // allows it, and there is time for a backoff.
+        let again = retry.filter(|policy| {
+            !last
+                && (idempotent || matches!(result, Err(Failure::Connect)))
+                && wants_retry(policy, &result)
+                && deadline.is_none_or(|d| Instant::now() < d)
+        });
+        if let Some(policy) = again
+            && let Some(guard) = upstream
+                .shared
+                .counters
+                .try_retry(policy.budget_percent, service.circuit_breaker.max_retries)
+        {
+            let pause = backoff(policy, retries);
+            if deadline.is_none_or(|d| Instant::now() + pause < d) {
+                drop((result, in_flight));
+                _retry_guard = Some(guard);
+                tokio::time::sleep(pause).await;
+                retries += 1;
+                failed_on = Some(id);
+                continue;
+            }
         }
+
+        return match result {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                rule.response_headers().apply(&mut parts.headers);
+                let body = Counted {
+                    inner: body,
+                    _guard: request_guard,
+                };
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(Failure::Connect) => fail(StatusCode::BAD_GATEWAY, "upstream connect error"),
+            Err(Failure::Reset) => {
+                fail(StatusCode::BAD_GATEWAY, "upstream reset or protocol error")
+            }
+            Err(Failure::TimedOut) => fail(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+        };
+    }
+}
+
+/// The largest request body buffered so that it can be sent again.
+const MAX_REPLAY: u64 = 64 * 1024;
+
+/// A request body for one try.
+enum Payload {
+    /// Buffered: every try sends a copy.
+    Buffered(Bytes),
+    /// Streamed: the one try takes it.
+    Stream(Option<Incoming>),
+}
+
+impl Payload {
+    fn take(&mut self) -> Outbound {
+        match self {
+            Payload::Buffered(bytes) => Either::Right(Full::new(bytes.clone())),
+            Payload::Stream(body) => match body.take() {
+                Some(body) => Either::Left(body),
+                None => Either::Right(Full::new(Bytes::new())),
+            },
+        }
+    }
+}
+
+/// Why a request body was not buffered.
+enum Unbuffered {
+    /// Too large or of unknown size: stream it.
+    Stream(Incoming),
+    /// The route's deadline passed while reading it.
+    TimedOut,
+    /// The client broke off.
+    Failed,
+}
+
+/// Reads `body` into memory if it is empty or its size is known and at
+/// most [`MAX_REPLAY`].
+async fn replayable(body: Incoming, deadline: Option<Instant>) -> Result<Bytes, Unbuffered> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    if body.size_hint().exact().is_none_or(|n| n > MAX_REPLAY) {
+        return Err(Unbuffered::Stream(body));
+    }
+    let read = Limited::new(body, MAX_REPLAY as usize).collect();
+    let collected = match deadline {
+        Some(at) => tokio::time::timeout_at(at.into(), read)
+            .await
+            .map_err(|_| Unbuffered::TimedOut)?,
+        None => read.await,
+    };
+    collected
+        .map(|c| c.to_bytes())
+        .map_err(|_| Unbuffered::Failed)
+}
+
+/// How one try failed before a response began.
+#[derive(Debug)]
+enum Failure {
+    /// No connection could be opened; nothing was sent.
+    Connect,
+    /// The connection broke (or the protocol failed) before a response.
+    Reset,
+    /// The per-try or route timeout passed first.
+    TimedOut,
+}
+
+impl From<hyper_util::client::legacy::Error> for Failure {
+    fn from(e: hyper_util::client::legacy::Error) -> Failure {
+        if e.is_connect() {
+            Failure::Connect
+        } else {
+            Failure::Reset
+        }
+    }
+}
+
+/// Whether `policy` retries after `result`.
+///
+/// Following Envoy: `gateway-error` and `5xx` also cover failures that the
+/// proxy would answer with a 502 or 504 itself (connect failure, reset,
+/// per-try timeout).
+fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Incoming>, Failure>) -> bool {
+    policy.retry_on.iter().any(|on| match (on, result) {
+        (RetryOn::ServerError, Ok(r)) => r.status().is_server_error(),
+        (RetryOn::GatewayError, Ok(r)) => matches!(r.status().as_u16(), 502..=504),
+        (RetryOn::RetriableStatus, Ok(r)) => {
+            policy.retriable_status_codes.contains(&r.status().as_u16())
+        }
+        (RetryOn::ServerError | RetryOn::GatewayError, Err(_)) => true,
+        (RetryOn::ConnectFailure, Err(Failure::Connect)) => true,
+        (RetryOn::Reset, Err(Failure::Reset)) => true,
+        _ => false,
+    })
+}
+
+/// The pause before retry number `n + 1`: full jitter, uniform in
+/// `0..=min(backoff_max, backoff_base × 2^n)`.
+fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
+    let cap = policy
+        .backoff_base
+        .saturating_mul(1u32 << n.min(16))
+        .min(policy.backoff_max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(random() % nanos.saturating_add(1))
+}
+
+/// A response body that counts its request as in flight (for the circuit
+/// breaker) until it ends or is dropped.
+struct Counted {
+    inner: Incoming,
+    _guard: Guard,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::outlier::Outcome;
 use super::{Backend, Context, DRAIN};
 use crate::balance::hash_key;
 
@@ -45,7 +46,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
                 _ => None,
             };
             let pool = upstream.all.clone();
-            let Some(id) = pool.pick(hash) else {
+            let Some(id) = pool.pick(hash, None) else {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
@@ -55,9 +56,13 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             let connect = TcpStream::connect(&addr);
             let mut server =
                 match tokio::time::timeout(upstream.service.connect_timeout, connect).await {
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(s)) => {
+                        upstream.record(&pool, id, Outcome::Connected);
+                        s
+                    }
                     _ => {
                         debug!(%addr, "connect failed");
+                        upstream.record(&pool, id, Outcome::ConnectFailure);
                         stats.failed.fetch_add(1, Ordering::Relaxed);
                         return;
                     }

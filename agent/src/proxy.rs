@@ -416,6 +416,31 @@ impl Context {
     }
 }
 
+/// The next connection of `listener`, or `None` once `stop` is cancelled.
+/// Finished connection tasks are reaped meanwhile, so the set holds only
+/// open connections.
+async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    stop: &CancellationToken,
+    connections: &mut JoinSet<()>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(error) => {
+                    // E.g. out of file descriptors: back off instead of
+                    // spinning on the error.
+                    debug!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
 /// A small, fast, non-cryptographic random source (request ids, weighted
 /// picks), one per thread.
 pub(crate) fn random() -> u64 {

@@ -37,7 +37,7 @@ use tracing::debug;
 
 use super::limit::Guard;
 use super::outlier::Outcome;
-use super::{Backend, Context, DRAIN, random};
+use super::{Backend, Context, DRAIN, next_connection, random};
 use crate::balance::hash_key;
 use crate::router::RequestView;
 
@@ -82,18 +82,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
     let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    debug!(%error, "accept failed");
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
+    while let Some((stream, peer)) = next_connection(&listener, &stop, &mut connections).await {
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let service = hyper::service::service_fn(move |req| {

@@ -10,25 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::outlier::Outcome;
-use super::{Backend, Context, DRAIN};
+use super::{Backend, Context, DRAIN, next_connection};
 use crate::balance::hash_key;
 
 /// Accepts connections until `stop`, then lets open ones finish (up to the
 /// drain time).
 pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
     let mut connections = JoinSet::new();
-    loop {
-        let (client, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    debug!(%error, "accept failed");
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
+    while let Some((client, peer)) = next_connection(&listener, &stop, &mut connections).await {
         let table = ctx.table();
         let Some(Backend::Tcp(service)) = table.listeners.get(&ctx.listener) else {
             continue;

@@ -675,7 +675,18 @@ async fn removed_listener_drains() {
     let c = client();
     let url = format!("http://127.0.0.1:{port}/slow");
     let in_flight = tokio::spawn(async move { get(&c, &url, &[]).await.status });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the request is at the backend, i.e. in flight through the proxy.
+    for _ in 0..500 {
+        if slow.hits.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        slow.hits.load(Ordering::Relaxed),
+        1,
+        "the slow request reached the backend"
+    );
     proxy.config.send_replace(config(2, without));
     assert_eq!(
         in_flight.await.unwrap(),

@@ -1012,3 +1012,134 @@ async fn circuit_breaker_sheds_requests_over_the_limit() {
     assert_eq!(a.status, 200);
     proxy.stop().await;
 }
+
+/// gRPC end to end: a gRPC client speaks HTTP/2 cleartext to a `grpc`
+/// listener, and the proxy forwards over HTTP/2 to a gRPC backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_passes_through_over_h2c() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("orders", tonic_health::ServingStatus::Serving)
+        .await;
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(backend),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+
+    let port = free_port();
+    let snap = pb::Snapshot {
+        services: vec![pb::Service {
+            protocol: pb::Protocol::Grpc as i32,
+            ..service("orders", pb::LbPolicy::RoundRobin)
+        }],
+        endpoints: vec![endpoint("orders-1", "orders", backend_addr, 1, &[])],
+        routes: vec![pb::Route {
+            name: "orders".into(),
+            revision: 1,
+            rules: vec![rule(vec![], vec![dest("orders", 1, &[])])],
+            ..Default::default()
+        }],
+        listeners: vec![pb::Listener {
+            protocol: pb::Protocol::Grpc as i32,
+            ..http_listener(port, "orders")
+        }],
+        ..Default::default()
+    };
+    let proxy = Proxy::start(config(1, snap)).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    for _ in 0..20 {
+        let resp = client
+            .check(HealthCheckRequest {
+                service: "orders".into(),
+            })
+            .await
+            .expect("a gRPC call through the proxy")
+            .into_inner();
+        assert_eq!(resp.status, ServingStatus::Serving as i32);
+    }
+    // gRPC errors travel in trailers: they must come through as well.
+    let err = client
+        .check(HealthCheckRequest {
+            service: "unknown".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    proxy.stop().await;
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// Consistent hashing through the proxy: a user sticks to one endpoint, for
+/// ring hash and Maglev alike, and users spread over every endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hashing_keeps_a_user_on_one_endpoint() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    let port = free_port();
+    for policy in [pb::LbPolicy::RingHash, pb::LbPolicy::Maglev] {
+        let snap = pb::Snapshot {
+            services: vec![pb::Service {
+                hash_policy: Some(pb::HashPolicy {
+                    source: Some(pb::hash_policy::Source::Header("x-user".into())),
+                }),
+                ..service("web", policy)
+            }],
+            endpoints: vec![
+                endpoint("a", "web", backends[0].addr, 1, &[]),
+                endpoint("b", "web", backends[1].addr, 1, &[]),
+                endpoint("c", "web", backends[2].addr, 1, &[]),
+            ],
+            routes: vec![pb::Route {
+                name: "web".into(),
+                revision: 1,
+                rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
+                ..Default::default()
+            }],
+            listeners: vec![http_listener(port, "web")],
+            ..Default::default()
+        };
+        let proxy = Proxy::start(config(1, snap)).await;
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut placed: HashMap<String, usize> = HashMap::new();
+        for user in 0..60 {
+            let user = format!("user-{user}");
+            let first = get(&c, &url, &[("x-user", &user)]).await.body;
+            for _ in 0..5 {
+                assert_eq!(
+                    get(&c, &url, &[("x-user", &user)]).await.body,
+                    first,
+                    "{policy:?}: {user} moved"
+                );
+            }
+            *placed.entry(first).or_default() += 1;
+        }
+        assert_eq!(
+            placed.len(),
+            3,
+            "{policy:?}: users spread over every endpoint: {placed:?}"
+        );
+        assert!(placed.values().all(|&n| n >= 8), "{policy:?}: {placed:?}");
+        proxy.stop().await;
+    }
+}

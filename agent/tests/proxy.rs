@@ -170,6 +170,23 @@ fn http_listener(port: u16, route: &str) -> pb::Listener {
     }
 }
 
+/// One service `web` behind a catch-all route `web` and an HTTP listener on
+/// `port`.
+fn web_snapshot(web: pb::Service, endpoints: Vec<pb::Endpoint>, port: u16) -> pb::Snapshot {
+    pb::Snapshot {
+        services: vec![web],
+        endpoints,
+        routes: vec![pb::Route {
+            name: "web".into(),
+            revision: 1,
+            rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
+            ..Default::default()
+        }],
+        listeners: vec![http_listener(port, "web")],
+        ..Default::default()
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -310,22 +327,15 @@ async fn policies_follow_weights() {
         pb::LbPolicy::Random,
         pb::LbPolicy::LeastRequest,
     ] {
-        let snap = pb::Snapshot {
-            services: vec![service("web", policy)],
-            endpoints: vec![
+        let snap = web_snapshot(
+            service("web", policy),
+            vec![
                 endpoint("a", "web", backends[0].addr, 1, &[]),
                 endpoint("b", "web", backends[1].addr, 2, &[]),
                 endpoint("c", "web", backends[2].addr, 7, &[]),
             ],
-            routes: vec![pb::Route {
-                name: "web".into(),
-                revision: 1,
-                rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
-                ..Default::default()
-            }],
-            listeners: vec![http_listener(port, "web")],
-            ..Default::default()
-        };
+            port,
+        );
         let proxy = Proxy::start(config(1, snap)).await;
         let s = shares(&client(), &format!("http://127.0.0.1:{port}/"), 1000, &[]).await;
         // Sequential requests: round robin is exact; random and least
@@ -544,21 +554,14 @@ async fn live_reconfiguration_drops_nothing() {
     let snap = |revision: u64, weight_a: u32| {
         config(
             revision,
-            pb::Snapshot {
-                services: vec![service("web", pb::LbPolicy::RoundRobin)],
-                endpoints: vec![
+            web_snapshot(
+                service("web", pb::LbPolicy::RoundRobin),
+                vec![
                     endpoint("a", "web", a.addr, weight_a, &[]),
                     endpoint("b", "web", b.addr, 1, &[]),
                 ],
-                routes: vec![pb::Route {
-                    name: "web".into(),
-                    revision,
-                    rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
-                    ..Default::default()
-                }],
-                listeners: vec![http_listener(port, "web")],
-                ..Default::default()
-            },
+                port,
+            ),
         )
     };
     let proxy = Proxy::start(snap(1, 1)).await;
@@ -655,18 +658,11 @@ async fn tcp_relays_both_ways_with_half_close() {
 async fn removed_listener_drains() {
     let slow = Backend::start("slow").await;
     let port = free_port();
-    let with_listener = pb::Snapshot {
-        services: vec![service("web", pb::LbPolicy::RoundRobin)],
-        endpoints: vec![endpoint("s", "web", slow.addr, 1, &[])],
-        routes: vec![pb::Route {
-            name: "web".into(),
-            revision: 1,
-            rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
-            ..Default::default()
-        }],
-        listeners: vec![http_listener(port, "web")],
-        ..Default::default()
-    };
+    let with_listener = web_snapshot(
+        service("web", pb::LbPolicy::RoundRobin),
+        vec![endpoint("s", "web", slow.addr, 1, &[])],
+        port,
+    );
     let without = pb::Snapshot {
         listeners: vec![],
         ..with_listener.clone()
@@ -952,24 +948,17 @@ async fn a_post_that_reached_the_endpoint_is_not_retried() {
 async fn circuit_breaker_sheds_requests_over_the_limit() {
     let slow = Backend::start("slow").await;
     let port = free_port();
-    let snap = pb::Snapshot {
-        services: vec![pb::Service {
+    let snap = web_snapshot(
+        pb::Service {
             circuit_breaker: Some(pb::CircuitBreaker {
                 max_requests: 2,
                 ..Default::default()
             }),
             ..service("web", pb::LbPolicy::RoundRobin)
-        }],
-        endpoints: vec![endpoint("slow", "web", slow.addr, 1, &[])],
-        routes: vec![pb::Route {
-            name: "web".into(),
-            revision: 1,
-            rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
-            ..Default::default()
-        }],
-        listeners: vec![http_listener(port, "web")],
-        ..Default::default()
-    };
+        },
+        vec![endpoint("slow", "web", slow.addr, 1, &[])],
+        port,
+    );
     let proxy = Proxy::start(config(1, snap)).await;
     let url = format!("http://127.0.0.1:{port}/slow");
     let c = client();
@@ -1097,27 +1086,20 @@ async fn consistent_hashing_keeps_a_user_on_one_endpoint() {
     ];
     let port = free_port();
     for policy in [pb::LbPolicy::RingHash, pb::LbPolicy::Maglev] {
-        let snap = pb::Snapshot {
-            services: vec![pb::Service {
+        let snap = web_snapshot(
+            pb::Service {
                 hash_policy: Some(pb::HashPolicy {
                     source: Some(pb::hash_policy::Source::Header("x-user".into())),
                 }),
                 ..service("web", policy)
-            }],
-            endpoints: vec![
+            },
+            vec![
                 endpoint("a", "web", backends[0].addr, 1, &[]),
                 endpoint("b", "web", backends[1].addr, 1, &[]),
                 endpoint("c", "web", backends[2].addr, 1, &[]),
             ],
-            routes: vec![pb::Route {
-                name: "web".into(),
-                revision: 1,
-                rules: vec![rule(vec![], vec![dest("web", 1, &[])])],
-                ..Default::default()
-            }],
-            listeners: vec![http_listener(port, "web")],
-            ..Default::default()
-        };
+            port,
+        );
         let proxy = Proxy::start(config(1, snap)).await;
         let c = client();
         let url = format!("http://127.0.0.1:{port}/");

@@ -509,3 +509,127 @@ async fn operator_write_moves_proxied_traffic() {
     agent.agent.stop().await.unwrap();
     server.stop().await;
 }
+
+/// The `switchyard-agent` binary as operators run it: it syncs from a real
+/// `switchyard-cp`, serves traffic through its built-in proxy, stops cleanly
+/// on SIGTERM, and `--dump` shows what it saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_binary_syncs_proxies_and_dumps() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    let backend_task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = backend.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0
+                        || s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = TestDb::sqlite();
+    let cp = CpProcess::start(db.url(), "127.0.0.1:0".parse().unwrap(), &[]).await;
+    let revision = apply(
+        &cp.url(),
+        vec![
+            item(service("web")),
+            endpoint("web-1", "web", u32::from(backend_port), ""),
+            item(route_to("web", "web")),
+            item(pb::resource::Kind::Listener(fixtures::listener(
+                "front",
+                "127.0.0.1",
+                u32::from(listen),
+                "web",
+            ))),
+        ],
+    )
+    .await;
+
+    let bin = switchyard_control_plane::testing::cp_binary().with_file_name("switchyard-agent");
+    let dir = TempDir::new();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let mut agent = tokio::process::Command::new(&bin)
+        .args([
+            "--node-id",
+            "edge-1",
+            "--label",
+            "role=edge",
+            "--control-plane",
+            &cp.url(),
+            "--data-dir",
+            &data_dir,
+        ])
+        .env("SWITCHYARD_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn switchyard-agent");
+
+    // Traffic flows once the agent has synced and opened the listener.
+    let started = Instant::now();
+    let body = loop {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+                .await
+                .ok()?;
+            s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.ok()?;
+            out.rsplit("\r\n\r\n").next().map(str::to_owned)
+        };
+        if let Some(body) = attempt.await {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the agent's proxy never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(body, "hello");
+
+    let pid = agent.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), agent.wait())
+        .await
+        .expect("agent stopped in time")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    let dump = tokio::process::Command::new(&bin)
+        .args(["--dump", "--data-dir", &data_dir])
+        .output()
+        .await
+        .unwrap();
+    assert!(dump.status.success());
+    let text = String::from_utf8(dump.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("revision {revision}\n")),
+        "{text}"
+    );
+    assert!(text.contains("listener/front revision"), "{text}");
+    backend_task.abort();
+}

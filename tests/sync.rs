@@ -409,56 +409,14 @@ switchyard_control_plane::both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_write_moves_proxied_traffic() {
     use switchyard_agent::proxy::{Builtin, Driver};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    // Two one-line HTTP backends that name themselves.
-    async fn backend(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                conns.spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let resp = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
-                            name.len()
-                        );
-                        if s.write_all(resp.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        (port, task)
-    }
-    let (blue, _b) = backend("blue").await;
-    let (green, _g) = backend("green").await;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (blue, _b) = one_line_backend("blue").await;
+    let (green, _g) = one_line_backend("green").await;
+    let listen = free_port();
 
     let db = TestDb::sqlite();
     let server = TestServer::start(db.url()).await;
-    let front = fixtures::listener("front", "127.0.0.1", u32::from(listen), "web");
-    let first = apply(
-        &server.url(),
-        vec![
-            item(service("web")),
-            endpoint("web-1", "web", u32::from(blue), ""),
-            item(route_to("web", "web")),
-            item(pb::resource::Kind::Listener(front)),
-        ],
-    )
-    .await;
+    let first = apply(&server.url(), proxied_web(blue, listen)).await;
     let agent = TestAgent::start(
         "edge-1",
         "edge",
@@ -470,28 +428,6 @@ async fn operator_write_moves_proxied_traffic() {
     let stop = CancellationToken::new();
     let proxy = tokio::spawn(Builtin::new().run(agent.agent.config(), stop.clone()));
 
-    async fn fetch(port: u16) -> Option<String> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.ok()?;
-        out.rsplit("\r\n\r\n").next().map(str::to_owned)
-    }
-    async fn until_body(port: u16, want: &str) -> Duration {
-        let started = Instant::now();
-        while fetch(port).await.as_deref() != Some(want) {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the proxy never answered {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        started.elapsed()
-    }
     until_body(listen, "blue").await;
     let started = Instant::now();
     apply(
@@ -515,49 +451,11 @@ async fn operator_write_moves_proxied_traffic() {
 /// on SIGTERM, and `--dump` shows what it saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_binary_syncs_proxies_and_dumps() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_port = backend.local_addr().unwrap().port();
-    let backend_task = tokio::spawn(async move {
-        loop {
-            let (mut s, _) = backend.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0
-                        || s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                            .await
-                            .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (backend_port, backend_task) = one_line_backend("hello").await;
+    let listen = free_port();
     let db = TestDb::sqlite();
     let cp = CpProcess::start(db.url(), "127.0.0.1:0".parse().unwrap(), &[]).await;
-    let revision = apply(
-        &cp.url(),
-        vec![
-            item(service("web")),
-            endpoint("web-1", "web", u32::from(backend_port), ""),
-            item(route_to("web", "web")),
-            item(pb::resource::Kind::Listener(fixtures::listener(
-                "front",
-                "127.0.0.1",
-                u32::from(listen),
-                "web",
-            ))),
-        ],
-    )
-    .await;
+    let revision = apply(&cp.url(), proxied_web(backend_port, listen)).await;
 
     let bin = switchyard_control_plane::testing::cp_binary().with_file_name("switchyard-agent");
     let dir = TempDir::new();
@@ -581,29 +479,7 @@ async fn agent_binary_syncs_proxies_and_dumps() {
         .expect("spawn switchyard-agent");
 
     // Traffic flows once the agent has synced and opened the listener.
-    let started = Instant::now();
-    let body = loop {
-        let attempt = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen))
-                .await
-                .ok()?;
-            s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-                .await
-                .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.ok()?;
-            out.rsplit("\r\n\r\n").next().map(str::to_owned)
-        };
-        if let Some(body) = attempt.await {
-            break body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the agent's proxy never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(body, "hello");
+    until_body(listen, "hello").await;
 
     let pid = agent.id().unwrap().to_string();
     assert!(
@@ -632,4 +508,81 @@ async fn agent_binary_syncs_proxies_and_dumps() {
     );
     assert!(text.contains("listener/front revision"), "{text}");
     backend_task.abort();
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Service `web` with one endpoint on `backend_port`, behind a catch-all
+/// route and a listener on 127.0.0.1:`listen` for every node.
+fn proxied_web(backend_port: u16, listen: u16) -> Vec<pb::ApplyItem> {
+    let front = fixtures::listener("front", "127.0.0.1", u32::from(listen), "web");
+    vec![
+        item(service("web")),
+        endpoint("web-1", "web", u32::from(backend_port), ""),
+        item(route_to("web", "web")),
+        item(pb::resource::Kind::Listener(front)),
+    ]
+}
+
+/// A keep-alive HTTP/1.1 backend that answers every request with `body`.
+async fn one_line_backend(body: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            conns.spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+/// One GET through the proxy on `port`; the body, or `None` if it failed.
+async fn fetch(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.rsplit("\r\n\r\n").next().map(str::to_owned)
+}
+
+/// Waits (at most 15 s) until the proxy on `port` answers `want`.
+async fn until_body(port: u16, want: &str) -> Duration {
+    let started = Instant::now();
+    while fetch(port).await.as_deref() != Some(want) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the proxy never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
 }

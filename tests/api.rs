@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use switchyard::pb;
 use switchyard::pb::operator_service_client::OperatorServiceClient;
+use switchyard_control_plane::testing::fixtures::{self, endpoint, item};
 use switchyard_control_plane::testing::{TestDb, TestServer};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -13,23 +14,9 @@ use tonic_types::StatusExt;
 
 type Client = OperatorServiceClient<Channel>;
 
-fn res(kind: pb::resource::Kind) -> pb::Resource {
-    pb::Resource { kind: Some(kind) }
-}
-
 fn service(name: &str) -> pb::Service {
     pb::Service {
         name: name.into(),
-        ..Default::default()
-    }
-}
-
-fn endpoint(name: &str, service: &str, port: u32) -> pb::Endpoint {
-    pb::Endpoint {
-        name: name.into(),
-        service: service.into(),
-        address: "127.0.0.1".into(),
-        port,
         ..Default::default()
     }
 }
@@ -58,20 +45,7 @@ fn route(name: &str, service: &str) -> pb::Route {
 }
 
 fn listener(name: &str, route: &str) -> pb::Listener {
-    pb::Listener {
-        name: name.into(),
-        address: "127.0.0.1".into(),
-        port: 15001,
-        target: Some(pb::listener::Target::Route(route.into())),
-        ..Default::default()
-    }
-}
-
-fn item(kind: pb::resource::Kind) -> pb::ApplyItem {
-    pb::ApplyItem {
-        resource: Some(res(kind)),
-        expected_revision: None,
-    }
+    fixtures::listener(name, "127.0.0.1", 15001, route)
 }
 
 fn svc(s: pb::Service) -> pb::ApplyItem {

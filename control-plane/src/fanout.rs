@@ -73,6 +73,23 @@ impl State {
         self.resources.get(target)
     }
 
+    /// The endpoints `node` owns, in name order.
+    pub fn owned<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a pb::Endpoint> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(
+                |name| match self.resources.get(&Ref::new(Kind::Endpoint, name)) {
+                    Some(r) => match &r.kind {
+                        Some(pb::resource::Kind::Endpoint(e)) => Some(e),
+                        _ => None,
+                    },
+                    None => None,
+                },
+            )
+    }
+
     /// How many resources the state holds.
     pub fn len(&self) -> usize {
         self.resources.len()

@@ -49,6 +49,15 @@ pub fn status(err: store::Error) -> Status {
     }
 }
 
+/// The status for a refused health report.
+pub fn health_status(err: crate::health::Error) -> Status {
+    use crate::health::Error as E;
+    match err {
+        E::Invalid(invalid) => invalid_argument(invalid),
+        e @ E::NotOwned { .. } => Status::permission_denied(e.to_string()),
+    }
+}
+
 /// `INVALID_ARGUMENT` listing every violation in the message and as a
 /// `google.rpc.BadRequest` detail.
 pub fn invalid_argument(invalid: Invalid) -> Status {

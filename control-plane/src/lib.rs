@@ -4,6 +4,7 @@
 
 pub mod fanout;
 pub mod grpc;
+pub mod health;
 pub mod nodes;
 pub mod server;
 pub mod store;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use switchyard_control_plane::server;
+use switchyard_control_plane::{health, server};
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight calls may take to finish after a shutdown signal.
@@ -48,6 +48,28 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_CHANGE_LOG_RETENTION", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     change_log_retention: u64,
+    /// A node whose agent has had no stream for this long is marked
+    /// disconnected, and the endpoints it checks become `unknown`.
+    #[arg(long, env = "SWITCHYARD_NODE_LEASE", default_value = "30s",
+          value_parser = parse_positive_duration)]
+    node_lease: Duration,
+    /// Flap damping: the half-life of an endpoint's flap penalty (each
+    /// reported health change adds 1); `0s` disables damping.
+    #[arg(long, env = "SWITCHYARD_FLAP_HALF_LIFE", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    flap_half_life: Duration,
+    /// Flap damping: the penalty at which an endpoint is held unhealthy; it
+    /// is released when the penalty decays below 40% of this.
+    #[arg(long, env = "SWITCHYARD_FLAP_SUPPRESS", default_value_t = 5.0)]
+    flap_suppress: f64,
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be positive".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[tokio::main]
@@ -72,8 +94,18 @@ async fn main() -> anyhow::Result<()> {
         listen: args.listen,
         database_url: args.database_url,
         change_log_retention: args.change_log_retention,
+        node_lease: args.node_lease,
+        damping: health::Damping {
+            half_life: args.flap_half_life,
+            suppress: args.flap_suppress,
+            reuse: args.flap_suppress * 0.4,
+        },
         ..server::Config::default()
     };
+    config
+        .damping
+        .validate("flap")
+        .context("invalid --flap-suppress")?;
     let shutdown = CancellationToken::new();
     let mut server = std::pin::pin!(server::run(config, shutdown.clone()));
     tokio::select! {

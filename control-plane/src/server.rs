@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::fanout;
 use crate::grpc::{Head, Operator};
+use crate::health::{self, Reporter};
 use crate::nodes::Registry;
 use crate::store::{self, Store};
 use crate::sync::Agents;
@@ -42,6 +43,10 @@ pub struct Config {
     pub node_status_interval: Duration,
     /// How agent pushes are batched.
     pub fanout: fanout::Timing,
+    /// How often agents' health reports are written (one transaction each).
+    pub health_flush_interval: Duration,
+    /// How flapping endpoints are damped.
+    pub damping: health::Damping,
 }
 
 impl Default for Config {
@@ -56,6 +61,8 @@ impl Default for Config {
             node_lease: Duration::from_secs(30),
             node_status_interval: Duration::from_secs(1),
             fanout: fanout::Timing::default(),
+            health_flush_interval: Duration::from_millis(50),
+            damping: health::Damping::default(),
         }
     }
 }
@@ -140,10 +147,16 @@ pub async fn serve<S: Store>(
         config.node_lease,
         config.node_status_interval,
     ));
+    let reporter = Arc::new(Reporter::new(
+        config.damping,
+        config.health_flush_interval,
+        config.node_lease,
+    ));
     let agents = pb::agent_service_server::AgentServiceServer::new(Agents::new(
         store.clone(),
         state.subscribe(),
         registry.clone(),
+        reporter.clone(),
         shutdown.clone(),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -171,7 +184,8 @@ pub async fn serve<S: Store>(
     let upkeep = upkeep(store.as_ref(), &head, config, &shutdown);
     let follow = fanout::follow(store.as_ref(), &state, &head, config.fanout, &shutdown);
     let nodes = registry.run(store.as_ref(), &shutdown);
-    let (result, (), (), ()) = tokio::join!(server, upkeep, follow, nodes);
+    let health = reporter.run(store.as_ref(), &head, state.subscribe(), &shutdown);
+    let (result, (), (), (), ()) = tokio::join!(server, upkeep, follow, nodes, health);
     // Sessions recorded their nodes as disconnected when their streams ended.
     registry.flush(store.as_ref()).await;
     info!("stopped");

@@ -209,6 +209,32 @@ pub struct NodeRow {
     pub nack: Option<(u64, String, i64)>,
 }
 
+/// One endpoint's health as its node's agent reported it (or as the control
+/// plane decided when the node's lease expired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthWrite {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// The node that must own the endpoint: the write is skipped when the
+    /// endpoint is gone or now belongs to another node.
+    pub node: String,
+    /// The new health.
+    pub health: pb::Health,
+    /// Why (e.g. "HTTP 503").
+    pub reason: String,
+    /// When the change was observed, in Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// The outcome of [`Store::write_health`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthWritten {
+    /// The revision of the write, `None` when nothing changed.
+    pub revision: Option<u64>,
+    /// The endpoints whose health changed.
+    pub written: Vec<String>,
+}
+
 /// The configuration store. Implemented by [`Postgres`] and [`Sqlite`], and
 /// by [`Any`], which the server uses to pick one at start.
 pub trait Store: Send + Sync + 'static {
@@ -273,6 +299,18 @@ pub trait Store: Send + Sync + 'static {
     /// Marks connected nodes not heard from since `before_ms` disconnected
     /// (their replica died or lost them). Returns how many.
     fn expire_nodes(&self, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Writes endpoint health in one transaction taking one revision, with
+    /// one change-log entry per endpoint whose health changed; nothing (and
+    /// no revision) when none did. Writes whose endpoint is gone or owned by
+    /// another node are skipped.
+    fn write_health(
+        &self,
+        writes: Vec<HealthWrite>,
+    ) -> impl Future<Output = Result<HealthWritten>> + Send;
+
+    /// Ids of the nodes not heard from since `before_ms`, connected or not.
+    fn stale_nodes(&self, before_ms: i64) -> impl Future<Output = Result<Vec<String>>> + Send;
 
     /// Starts listening for other replicas' commits (Postgres NOTIFY).
     fn notifications(&self) -> impl Future<Output = Result<Notifications>> + Send;
@@ -397,6 +435,12 @@ impl Store for Any {
     }
     async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {
         delegate!(self, s => s.expire_nodes(before_ms))
+    }
+    async fn write_health(&self, writes: Vec<HealthWrite>) -> Result<HealthWritten> {
+        delegate!(self, s => s.write_health(writes))
+    }
+    async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<String>> {
+        delegate!(self, s => s.stale_nodes(before_ms))
     }
     async fn notifications(&self) -> Result<Notifications> {
         delegate!(self, s => s.notifications())

@@ -27,7 +27,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::fanout::{State, View};
-use crate::grpc::{invalid_argument, status};
+use crate::grpc::{health_status, invalid_argument, status};
+use crate::health::Reporter;
 use crate::nodes::{Registry, now_ms};
 use crate::store::{NodeRow, Store};
 
@@ -40,21 +41,25 @@ pub struct Agents<S> {
     store: Arc<S>,
     state: watch::Receiver<Arc<State>>,
     registry: Arc<Registry>,
+    health: Arc<Reporter>,
     shutdown: CancellationToken,
 }
 
 impl<S: Store> Agents<S> {
-    /// Serves agents from `state`, recording their status in `registry`.
+    /// Serves agents from `state`, recording their status in `registry` and
+    /// their health reports in `health`.
     pub fn new(
         store: Arc<S>,
         state: watch::Receiver<Arc<State>>,
         registry: Arc<Registry>,
+        health: Arc<Reporter>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             state,
             registry,
+            health,
             shutdown,
         }
     }
@@ -117,6 +122,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             inbound,
             state: self.state.clone(),
             registry: self.registry.clone(),
+            health: self.health.clone(),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             view: Arc::new(if fresh { View::new() } else { view }),
             revision: hello.last_applied_revision,
@@ -165,6 +171,7 @@ struct Session {
     inbound: Streaming<pb::SyncRequest>,
     state: watch::Receiver<Arc<State>>,
     registry: Arc<Registry>,
+    health: Arc<Reporter>,
     /// Created once: re-registering with the process-wide token on every
     /// wake would make ten thousand sessions contend on its lock.
     shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
@@ -334,8 +341,14 @@ impl Session {
                 self.record();
             }
             Some(M::Heartbeat(_)) => {}
-            Some(M::Health(_)) => {
-                debug!(node = %self.row.id, "health reports are not handled by this control plane version");
+            Some(M::Health(report)) => {
+                // Checked against this replica's newest state; a report for
+                // another node's endpoint ends the stream, nothing written.
+                let state = self.state.borrow().clone();
+                if let Err(error) = self.health.report(&self.row.id, &report, &state) {
+                    warn!(node = %self.row.id, %error, "refused health report");
+                    return Err(health_status(error));
+                }
             }
             Some(M::Hello(_)) => {
                 return Err(invalid_argument(switchyard::validate::Invalid::one(

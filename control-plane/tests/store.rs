@@ -3,7 +3,9 @@
 
 use switchyard::pb;
 use switchyard::resource::{Kind, Ref, Resource};
-use switchyard_control_plane::store::{Action, Error, Op, Removal, Store, Write};
+use switchyard_control_plane::store::{
+    Action, Error, HealthWrite, NodeRow, Op, Removal, Store, Write,
+};
 use switchyard_control_plane::testing::TestDb;
 
 fn service(name: &str) -> pb::Resource {
@@ -390,7 +392,133 @@ async fn repeated_resource_in_a_batch_is_invalid(db: TestDb) {
     assert_eq!(store.revision().await.unwrap(), 0);
 }
 
+fn owned(name: &str, node: &str) -> pb::Resource {
+    let mut r = endpoint(name, "web", 80);
+    if let Some(pb::resource::Kind::Endpoint(e)) = &mut r.kind {
+        e.node = node.into();
+    }
+    r
+}
+
+fn health(endpoint: &str, node: &str, health: pb::Health) -> HealthWrite {
+    HealthWrite {
+        endpoint: endpoint.into(),
+        node: node.into(),
+        health,
+        reason: format!("{health:?}"),
+        at_ms: 1_700_000_000_123,
+    }
+}
+
+fn endpoint_health(r: Option<pb::Resource>) -> (pb::Health, String, u64) {
+    match r.and_then(|r| r.kind) {
+        Some(pb::resource::Kind::Endpoint(e)) => (e.health(), e.health_reason, e.revision),
+        other => panic!("not an endpoint: {other:?}"),
+    }
+}
+
+async fn health_writes_take_one_revision_and_respect_ownership(db: TestDb) {
+    let store = db.store().await;
+    store
+        .apply(
+            vec![
+                write(service("web")),
+                write(owned("a", "n1")),
+                write(owned("b", "n1")),
+                write(owned("c", "n2")),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    let done = store
+        .write_health(vec![
+            health("a", "n1", pb::Health::Healthy),
+            health("b", "n1", pb::Health::Unhealthy),
+            // Owned by n2: skipped. Missing: skipped.
+            health("c", "n1", pb::Health::Healthy),
+            health("gone", "n1", pb::Health::Healthy),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(done.revision, Some(2), "one revision for the whole batch");
+    assert_eq!(done.written, vec!["a".to_string(), "b".to_string()]);
+    let get = |name: &str| {
+        let target = Ref::new(Kind::Endpoint, name);
+        let store = store.clone();
+        async move { store.get(&target).await }
+    };
+    assert_eq!(
+        endpoint_health(get("a").await.unwrap()),
+        (pb::Health::Healthy, "Healthy".into(), 2)
+    );
+    assert_eq!(
+        endpoint_health(get("b").await.unwrap()).0,
+        pb::Health::Unhealthy
+    );
+    assert_eq!(
+        endpoint_health(get("c").await.unwrap()),
+        (pb::Health::Unknown, String::new(), 1)
+    );
+    // The change log carries the new bodies, so every replica learns them.
+    let changes = store.changes(1, 10).await.unwrap();
+    assert_eq!(changes.len(), 2);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.revision == 2 && c.op == Op::Upsert)
+    );
+
+    // The same health again changes nothing and takes no revision.
+    let again = store
+        .write_health(vec![health("a", "n1", pb::Health::Healthy)])
+        .await
+        .unwrap();
+    assert_eq!(again.revision, None);
+    assert_eq!(store.revision().await.unwrap(), 2);
+
+    // An operator re-applying the endpoint keeps its reported health.
+    let mut changed = owned("a", "n1");
+    if let Some(pb::resource::Kind::Endpoint(e)) = &mut changed.kind {
+        e.weight = 7;
+    }
+    store.apply(vec![write(changed)], false).await.unwrap();
+    assert_eq!(
+        endpoint_health(get("a").await.unwrap()).0,
+        pb::Health::Healthy
+    );
+}
+
+async fn stale_nodes_are_those_not_seen_since(db: TestDb) {
+    let store = db.store().await;
+    let row = |id: &str, last_seen_ms: i64, connected: bool| NodeRow {
+        id: id.into(),
+        labels: Default::default(),
+        agent_version: "test".into(),
+        applied_revision: 0,
+        connected,
+        replica: "r1".into(),
+        last_seen_ms,
+        session: 1,
+        nack: None,
+    };
+    store
+        .record_nodes(vec![
+            row("old", 1_000, false),
+            row("zombie", 2_000, true),
+            row("fresh", 9_000, true),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stale_nodes(5_000).await.unwrap(),
+        vec!["old".to_string(), "zombie".to_string()]
+    );
+}
+
 switchyard_control_plane::both_backends!(
+    health_writes_take_one_revision_and_respect_ownership,
+    stale_nodes_are_those_not_seen_since,
     apply_reads_back_and_counts_revisions,
     stale_expected_revision_aborts_and_writes_nothing,
     missing_references_are_invalid_and_write_nothing,

@@ -16,6 +16,10 @@ use super::{Error, Op, Result};
 /// backends' parameter limits (SQLite 32766, Postgres 65535).
 pub(super) const NODE_ROWS_PER_STATEMENT: usize = 1000;
 
+/// Endpoints per statement of a health write: 6 parameters per change-log
+/// row stays well under both backends' limits.
+pub(super) const HEALTH_ROWS_PER_STATEMENT: usize = 1000;
+
 /// Most revisions one `changes` call reads, whatever the caller asks.
 pub(super) const MAX_CHANGE_REVISIONS: u64 = 1024;
 
@@ -77,6 +81,35 @@ pub(super) fn next_body(
     Some(next)
 }
 
+/// The body to store for a health report on `stored` at `revision`, or
+/// `None` when the report does not apply: not an endpoint, owned by another
+/// node, or the health and reason are already the reported ones.
+pub(super) fn health_body(
+    stored: &pb::Resource,
+    write: &super::HealthWrite,
+    revision: u64,
+) -> Option<pb::Resource> {
+    let Some(pb::resource::Kind::Endpoint(old)) = &stored.kind else {
+        return None;
+    };
+    if old.node != write.node
+        || (old.health == write.health as i32 && old.health_reason == write.reason)
+    {
+        return None;
+    }
+    let mut next = stored.clone();
+    if let Some(pb::resource::Kind::Endpoint(e)) = &mut next.kind {
+        e.health = write.health as i32;
+        e.health_reason = write.reason.clone();
+        e.health_changed_at = Some(prost_types::Timestamp {
+            seconds: write.at_ms.div_euclid(1000),
+            nanos: (write.at_ms.rem_euclid(1000) * 1_000_000) as i32,
+        });
+        e.revision = revision;
+    }
+    Some(next)
+}
+
 /// Checks that no resource appears twice in one batch.
 pub(super) fn no_repeats<'a>(items: impl Iterator<Item = (&'a Ref, &'a str)>) -> Result<()> {
     let mut seen = std::collections::HashMap::new();
@@ -131,8 +164,8 @@ macro_rules! impl_store {
         use switchyard::resource::{Kind, Ref};
         use $crate::store::sql;
         use $crate::store::{
-            Action, Applied, Change, Dump, Error, NodeRow, Notifications, Page, Removal, Result,
-            Store, Write,
+            Action, Applied, Change, Dump, Error, HealthWrite, HealthWritten, NodeRow, Notifications,
+            Page, Removal, Result, Store, Write,
         };
 
         type Tx = sqlx::Transaction<'static, $db>;
@@ -527,6 +560,100 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn write_health(&self, writes: Vec<HealthWrite>) -> Result<HealthWritten> {
+                if writes.is_empty() {
+                    return Ok(HealthWritten::default());
+                }
+                let endpoint = Kind::Endpoint.as_str();
+                let mut tx: Tx = self.pool.begin().await?;
+                let revision = bump(&mut tx).await?;
+                // Read every named endpoint, decide, then write the changed
+                // ones: three multi-row statements per thousand reports.
+                let mut next: Vec<(String, Vec<u8>)> = Vec::new();
+                for chunk in writes.chunks(sql::HEALTH_ROWS_PER_STATEMENT) {
+                    let mut select = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT name, body FROM resources WHERE kind = ",
+                    );
+                    select.push_bind(endpoint).push(" AND name IN (");
+                    let mut names = select.separated(", ");
+                    for w in chunk {
+                        names.push_bind(&w.endpoint);
+                    }
+                    names.push_unseparated(")");
+                    let rows = select.build().fetch_all(&mut *tx).await?;
+                    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+                    for row in rows {
+                        let body: Vec<u8> = row.get(1);
+                        stored.insert(row.get::<String, _>(0), sql::decode(&body)?);
+                    }
+                    for w in chunk {
+                        let Some(old) = stored.get_mut(&w.endpoint) else { continue };
+                        if let Some(body) = sql::health_body(old, w, revision) {
+                            next.push((w.endpoint.clone(), body.encode_to_vec()));
+                            // A later report for the same endpoint in this
+                            // batch compares with this one.
+                            *old = body;
+                        }
+                    }
+                }
+                // Several reports of one endpoint in a batch: the last wins.
+                let mut last = std::collections::HashMap::new();
+                for (i, (name, _)) in next.iter().enumerate() {
+                    last.insert(name.clone(), i);
+                }
+                let next: Vec<_> = next
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, (name, _))| last.get(name) == Some(i))
+                    .map(|(_, x)| x)
+                    .collect();
+                if next.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(HealthWritten::default());
+                }
+                for (n, chunk) in next.chunks(sql::HEALTH_ROWS_PER_STATEMENT).enumerate() {
+                    let mut upsert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO resources (kind, name, revision, body) ",
+                    );
+                    upsert.push_values(chunk, |mut b, (name, body)| {
+                        b.push_bind(endpoint)
+                            .push_bind(name)
+                            .push_bind(revision as i64)
+                            .push_bind(body);
+                    });
+                    upsert.push(
+                        " ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision, body = excluded.body",
+                    );
+                    upsert.build().execute(&mut *tx).await?;
+                    let mut log = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO changes (revision, seq, kind, name, op, body) ",
+                    );
+                    let first = n * sql::HEALTH_ROWS_PER_STATEMENT;
+                    log.push_values(chunk.iter().enumerate(), |mut b, (i, (name, body))| {
+                        b.push_bind(revision as i64)
+                            .push_bind((first + i) as i32)
+                            .push_bind(endpoint)
+                            .push_bind(name)
+                            .push_bind("upsert")
+                            .push_bind(body);
+                    });
+                    log.build().execute(&mut *tx).await?;
+                }
+                <$store>::announce(&mut tx, revision).await?;
+                tx.commit().await?;
+                Ok(HealthWritten {
+                    revision: Some(revision),
+                    written: next.into_iter().map(|(name, _)| name).collect(),
+                })
+            }
+
+            async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar("SELECT id FROM nodes WHERE last_seen_ms < $1 ORDER BY id")
+                    .bind(before_ms)
+                    .fetch_all(&self.pool)
+                    .await?)
             }
 
             async fn notifications(&self) -> Result<Notifications> {

@@ -384,7 +384,229 @@ async fn hello_is_validated(db: TestDb) {
     server.stop().await;
 }
 
+/// `service` web with endpoint `name`, owned by `node`.
+fn owned_endpoint(name: &str, node: &str) -> pb::ApplyItem {
+    item(pb::resource::Kind::Endpoint(pb::Endpoint {
+        node: node.into(),
+        ..endpoint(name, "web", 1000)
+    }))
+}
+
+fn health_report(endpoint: &str, health: pb::Health, reason: &str) -> pb::sync_request::Message {
+    pb::sync_request::Message::Health(pb::HealthReport {
+        endpoints: vec![pb::EndpointHealth {
+            endpoint: endpoint.into(),
+            health: health as i32,
+            reason: reason.into(),
+            observed_at: None,
+        }],
+    })
+}
+
+async fn stored_endpoint(server: &TestServer, name: &str) -> pb::Endpoint {
+    let got = server
+        .client()
+        .await
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Endpoint as i32,
+                name: name.into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match got.resource.and_then(|r| r.kind) {
+        Some(pb::resource::Kind::Endpoint(e)) => e,
+        other => panic!("not an endpoint: {other:?}"),
+    }
+}
+
+/// Revisions that touched endpoint `name` after `from`, as the Watch API
+/// reports them, read until `until` has passed.
+async fn endpoint_writes(
+    server: &TestServer,
+    name: &str,
+    from: u64,
+    until: Duration,
+) -> Vec<pb::Endpoint> {
+    let mut watch = server
+        .client()
+        .await
+        .watch(pb::WatchRequest {
+            from_revision: from,
+            kinds: vec![pb::Kind::Endpoint as i32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = vec![];
+    let deadline = tokio::time::Instant::now() + until;
+    while let Ok(Ok(Some(batch))) = tokio::time::timeout_at(deadline, watch.message()).await {
+        for change in batch.changes {
+            if let Some(pb::resource::Kind::Endpoint(e)) = change.resource.and_then(|r| r.kind)
+                && e.name == name
+            {
+                seen.push(e);
+            }
+        }
+    }
+    seen
+}
+
+/// An endpoint whose health flips every 20 ms: its writes to the store stay
+/// a handful, it is held unhealthy while it flaps, and once it calms down
+/// its latest reported health is written.
+async fn flapping_endpoint_is_damped(db: TestDb) {
+    let config = Config {
+        damping: switchyard_control_plane::health::Damping {
+            half_life: Duration::from_millis(500),
+            suppress: 3.0,
+            reuse: 1.0,
+        },
+        ..TestServer::config()
+    };
+    let server = TestServer::start_with(db.url(), config).await;
+    let start = apply(
+        &server,
+        vec![item(service("web")), owned_endpoint("flappy", "n1")],
+    )
+    .await;
+    let mut agent = RawAgent::connect(server.url(), "n1", 0, vec![]).await;
+    agent.converge(start).await;
+
+    let flips = 100;
+    let watch = endpoint_writes(&server, "flappy", start, Duration::from_secs(3));
+    let flapping = async {
+        for i in 0..flips {
+            let health = if i % 2 == 0 {
+                pb::Health::Healthy
+            } else {
+                pb::Health::Unhealthy
+            };
+            agent
+                .send(health_report("flappy", health, &format!("flip {i}")))
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The last word: healthy.
+        agent
+            .send(health_report("flappy", pb::Health::Healthy, "calm"))
+            .await;
+    };
+    let (seen, ()) = tokio::join!(watch, flapping);
+    eprintln!("{flips} flips reported, {} written during 3 s", seen.len());
+    assert!(!seen.is_empty());
+    assert!(
+        seen.len() <= 4,
+        "writes are bounded by damping: {} for {flips} flips",
+        seen.len()
+    );
+    let held = seen.last().unwrap();
+    assert_eq!(
+        held.health(),
+        pb::Health::Unhealthy,
+        "held while flapping: {held:?}"
+    );
+    assert!(held.health_reason.starts_with("flapping"), "{held:?}");
+
+    // The penalty (capped at 6) decays below 1 in about 1.3 s: then the
+    // latest report is written.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = stored_endpoint(&server, "flappy").await;
+        if e.health() == pb::Health::Healthy {
+            assert_eq!(e.health_reason, "calm");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never released: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+/// An agent reporting health for another node's endpoint is refused with
+/// PERMISSION_DENIED and nothing of its report is written.
+async fn health_for_another_nodes_endpoint_is_denied(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let start = apply(
+        &server,
+        vec![
+            item(service("web")),
+            owned_endpoint("mine", "n1"),
+            owned_endpoint("theirs", "n2"),
+        ],
+    )
+    .await;
+    let mut agent = RawAgent::connect(server.url(), "n1", 0, vec![]).await;
+    agent.converge(start).await;
+    agent
+        .send(pb::sync_request::Message::Health(pb::HealthReport {
+            endpoints: vec![
+                pb::EndpointHealth {
+                    endpoint: "mine".into(),
+                    health: pb::Health::Healthy as i32,
+                    ..Default::default()
+                },
+                pb::EndpointHealth {
+                    endpoint: "theirs".into(),
+                    health: pb::Health::Unhealthy as i32,
+                    ..Default::default()
+                },
+            ],
+        }))
+        .await;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), agent.rx.message()).await {
+            Ok(Err(status)) => break status,
+            Ok(Ok(Some(_))) => continue,
+            other => panic!("expected the stream to fail, got {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("\"theirs\""), "{status:?}");
+    // Give a (wrong) write time to happen, then check none did.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let revision = server
+        .client()
+        .await
+        .list(pb::ListRequest {
+            kind: pb::Kind::Endpoint as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    assert_eq!(revision, start, "nothing was written");
+    assert_eq!(
+        stored_endpoint(&server, "mine").await.health(),
+        pb::Health::Unknown
+    );
+    assert_eq!(
+        stored_endpoint(&server, "theirs").await.health(),
+        pb::Health::Unknown
+    );
+
+    // The owner's report is accepted and written.
+    let mut owner = RawAgent::connect(server.url(), "n2", 0, vec![]).await;
+    owner.converge(start).await;
+    owner
+        .send(health_report("theirs", pb::Health::Unhealthy, "HTTP 503"))
+        .await;
+    let written = endpoint_writes(&server, "theirs", start, Duration::from_secs(2)).await;
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].health(), pb::Health::Unhealthy);
+    assert_eq!(written[0].health_reason, "HTTP 503");
+    server.stop().await;
+}
+
 switchyard_control_plane::both_backends!(
+    flapping_endpoint_is_damped,
+    health_for_another_nodes_endpoint_is_denied,
     stuck_agent_gets_one_coalesced_delta,
     scope_resume_and_nack,
     silent_agent_loses_its_lease,

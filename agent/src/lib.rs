@@ -4,6 +4,7 @@
 //! so the node serves it even while every control plane is unreachable.
 
 pub mod balance;
+pub mod health;
 pub mod persist;
 pub mod proxy;
 pub mod router;

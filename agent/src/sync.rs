@@ -27,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
+use crate::health::{self, Results};
 use crate::persist;
 use crate::state::{self, Candidate, NodeConfig, Store};
 
@@ -46,6 +47,9 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message accepted from a control plane: a Snapshot of a big node.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Most endpoints in one health report: a node re-sending thousands of
+/// endpoints' health after reconnecting does it in several messages.
+const MAX_REPORT_ENDPOINTS: usize = 1000;
 /// Longest `Nack.error` sent; a configuration with thousands of problems is
 /// reported by its first ones.
 const MAX_NACK_ERROR: usize = 8 << 10;
@@ -69,6 +73,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// How long opening a connection to a control plane may take.
     pub connect_timeout: Duration,
+    /// How often the agent re-sends the health of every endpoint it checks,
+    /// even unchanged: it repairs anything a control plane lost.
+    pub health_refresh: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +89,7 @@ impl Default for Config {
             backoff_max: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            health_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +116,7 @@ impl Config {
             ("backoff_max", self.backoff_max),
             ("heartbeat_interval", self.heartbeat_interval),
             ("connect_timeout", self.connect_timeout),
+            ("health_refresh", self.health_refresh),
         ] {
             if d.is_zero() {
                 v.push(field, "must be positive");
@@ -235,6 +244,7 @@ impl Stats {
 #[derive(Debug)]
 pub struct Agent {
     config: watch::Receiver<Arc<NodeConfig>>,
+    health: watch::Receiver<Results>,
     stats: Arc<Stats>,
     /// A child of the caller's token: cancelling the caller's stops the
     /// agent, and [`Agent::stop`] stops only the agent.
@@ -243,6 +253,7 @@ pub struct Agent {
     /// outlives its owner.
     _guard: DropGuard,
     task: JoinHandle<()>,
+    checks: JoinHandle<()>,
 }
 
 impl Agent {
@@ -267,28 +278,45 @@ impl Agent {
             "loaded saved configuration"
         );
         let (publish, subscribe) = watch::channel(store.config());
+        let (results, health) = watch::channel(Results::new());
         let stats = Arc::new(Stats::default());
         let shutdown = shutdown.child_token();
+        // Health checks follow the configuration the node serves, whether
+        // it came from disk or from a control plane.
+        let checks = tokio::spawn(health::run(
+            config.node_id.clone(),
+            subscribe.clone(),
+            results,
+            shutdown.clone(),
+        ));
         let client = Client {
             config,
             store,
             publish,
+            health: health.clone(),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
         };
         let task = tokio::spawn(client.run());
         Ok(Agent {
             config: subscribe,
+            health,
             stats,
             _guard: shutdown.clone().drop_guard(),
             shutdown,
             task,
+            checks,
         })
     }
 
     /// The configuration the node serves; it changes with each applied one.
     pub fn config(&self) -> watch::Receiver<Arc<NodeConfig>> {
         self.config.clone()
+    }
+
+    /// What the health checks of this node's endpoints concluded.
+    pub fn health(&self) -> watch::Receiver<Results> {
+        self.health.clone()
     }
 
     /// The agent's counters.
@@ -305,8 +333,15 @@ impl Agent {
     /// Waits until the sync task ends, i.e. until the token given to
     /// [`Agent::start`] is cancelled. Dropping this future stops the agent.
     pub async fn wait(self) -> Result<(), Error> {
-        let Agent { task, _guard, .. } = self;
-        Ok(task.await?)
+        let Agent {
+            task,
+            checks,
+            _guard,
+            ..
+        } = self;
+        let synced = task.await;
+        checks.await?;
+        Ok(synced?)
     }
 }
 
@@ -344,6 +379,8 @@ struct Client {
     /// The proxy (and anything else) watches this for the configuration to
     /// serve; a watch keeps only the newest, which is all a reader needs.
     publish: watch::Sender<Arc<NodeConfig>>,
+    /// Health check results, reported as they change.
+    health: watch::Receiver<Results>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 }
@@ -431,6 +468,13 @@ impl Client {
         let period = self.config.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A new stream may reach a replica that knows nothing of this
+        // node's reports: it gets the whole current state first.
+        let mut reported = Results::new();
+        self.report_health(&out, &mut reported).await?;
+        let period = self.config.health_refresh;
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set by a Resync until a Snapshot arrives, so that Deltas already
         // on the way do not each ask again.
         let mut resyncing = false;
@@ -439,6 +483,16 @@ impl Client {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
                     out.send(Out::Heartbeat(heartbeat_now())).await?;
+                    continue;
+                }
+                // Closed only when the checks stopped, i.e. at shutdown.
+                Ok(()) = self.health.changed() => {
+                    self.report_health(&out, &mut reported).await?;
+                    continue;
+                }
+                _ = refresh.tick() => {
+                    reported.clear();
+                    self.report_health(&out, &mut reported).await?;
                     continue;
                 }
                 message = inbound.message() => message.map_err(Error::Stream)?,
@@ -515,6 +569,31 @@ impl Client {
                 .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends the health results that differ from `reported` (all of them
+    /// when it is empty), then records them as reported.
+    async fn report_health(&mut self, out: &Outbound, reported: &mut Results) -> Result<(), Error> {
+        let current = self.health.borrow_and_update().clone();
+        let changed: Vec<pb::EndpointHealth> = current
+            .iter()
+            .filter(|(name, observed)| reported.get(*name) != Some(observed))
+            .map(|(name, o)| pb::EndpointHealth {
+                endpoint: name.clone(),
+                health: o.health as i32,
+                reason: o.reason.clone(),
+                observed_at: Some(o.at.into()),
+            })
+            .collect();
+        for chunk in changed.chunks(MAX_REPORT_ENDPOINTS) {
+            debug!(endpoints = chunk.len(), "reporting health");
+            out.send(Out::Health(pb::HealthReport {
+                endpoints: chunk.to_vec(),
+            }))
+            .await?;
+        }
+        *reported = current;
         Ok(())
     }
 

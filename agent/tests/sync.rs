@@ -89,6 +89,20 @@ impl AgentService for Fake {
             .map_err(|_| Status::unavailable("test over"))?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn register(
+        &self,
+        _: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        Err(Status::unimplemented("not part of these tests"))
+    }
+
+    async fn deregister(
+        &self,
+        _: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        Err(Status::unimplemented("not part of these tests"))
+    }
 }
 
 /// A fake control plane serving on a loopback port.
@@ -179,6 +193,7 @@ fn config(data_dir: &Path, control_planes: Vec<String>) -> Config {
         backoff_max: Duration::from_millis(100),
         heartbeat_interval: Duration::from_secs(3600),
         connect_timeout: Duration::from_secs(1),
+        health_refresh: Duration::from_secs(3600),
     }
 }
 

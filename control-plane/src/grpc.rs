@@ -49,12 +49,14 @@ pub fn status(err: store::Error) -> Status {
     }
 }
 
-/// The status for a refused health report.
-pub fn health_status(err: crate::health::Error) -> Status {
-    use crate::health::Error as E;
+/// The status for a refused request of an agent (health report,
+/// registration).
+pub fn node_status(err: crate::nodes::Error) -> Status {
+    use crate::nodes::Error as E;
     match err {
         E::Invalid(invalid) => invalid_argument(invalid),
         e @ E::NotOwned { .. } => Status::permission_denied(e.to_string()),
+        E::Store(e) => status(e),
     }
 }
 
@@ -122,6 +124,40 @@ impl<S: Store> Operator<S> {
     }
 }
 
+/// Parses `resource`, found at `field` of a request, into a store write.
+pub(crate) fn write(
+    resource: &pb::Resource,
+    field: &str,
+    expected_revision: Option<u64>,
+) -> Result<store::Write, Invalid> {
+    let parsed = Resource::from_pb(resource, field)?;
+    Ok(store::Write {
+        resource: resource.clone(),
+        target: parsed.reference(),
+        refs: parsed.references(),
+        field: join(field, parsed.kind().as_str()),
+        expected_revision,
+    })
+}
+
+/// What an apply did, as the API reports it.
+pub(crate) fn results(
+    results: Vec<(switchyard::resource::Ref, Action, u64)>,
+) -> Vec<pb::ApplyResult> {
+    results
+        .into_iter()
+        .map(|(target, action, revision)| pb::ApplyResult {
+            r#ref: Some(target.to_pb()),
+            action: match action {
+                Action::Created => pb::ApplyAction::Created,
+                Action::Configured => pb::ApplyAction::Configured,
+                Action::Unchanged => pb::ApplyAction::Unchanged,
+            } as i32,
+            revision,
+        })
+        .collect()
+}
+
 fn batch_size(v: &mut Violations, n: usize) {
     if n == 0 {
         v.push("items", "at least one item is required");
@@ -166,14 +202,8 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
                 v.push(field, "required");
                 continue;
             };
-            match Resource::from_pb(resource, &field) {
-                Ok(parsed) => writes.push(store::Write {
-                    resource: resource.clone(),
-                    target: parsed.reference(),
-                    refs: parsed.references(),
-                    field: join(&field, parsed.kind().as_str()),
-                    expected_revision: item.expected_revision,
-                }),
+            match write(resource, &field, item.expected_revision) {
+                Ok(w) => writes.push(w),
                 Err(e) => v.extend(e),
             }
         }
@@ -200,19 +230,7 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
         );
         Ok(Response::new(pb::ApplyResponse {
             revision: applied.revision,
-            results: applied
-                .results
-                .into_iter()
-                .map(|(target, action, revision)| pb::ApplyResult {
-                    r#ref: Some(target.to_pb()),
-                    action: match action {
-                        Action::Created => pb::ApplyAction::Created,
-                        Action::Configured => pb::ApplyAction::Configured,
-                        Action::Unchanged => pb::ApplyAction::Unchanged,
-                    } as i32,
-                    revision,
-                })
-                .collect(),
+            results: results(applied.results),
         }))
     }
 

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::fanout::State;
 use crate::grpc::Head;
-use crate::nodes::now_ms;
+use crate::nodes::{Error, now_ms};
 use crate::store::{HealthWrite, Store};
 
 /// Longest `reason` kept from a report; longer ones are cut.
@@ -76,24 +76,6 @@ impl Damping {
         }
         v.finish(())
     }
-}
-
-/// Why a health report was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The report is malformed.
-    #[error("{0}")]
-    Invalid(#[from] Invalid),
-    /// The report names an endpoint another node owns.
-    #[error("{field}: endpoint {endpoint:?} is not owned by node {node:?}")]
-    NotOwned {
-        /// Where in the report.
-        field: String,
-        /// The endpoint.
-        endpoint: String,
-        /// The reporting node.
-        node: String,
-    },
 }
 
 /// Counters of one replica's health writes.

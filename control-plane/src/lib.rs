@@ -6,6 +6,7 @@ pub mod fanout;
 pub mod grpc;
 pub mod health;
 pub mod nodes;
+pub mod registration;
 pub mod server;
 pub mod store;
 pub mod sync;

@@ -14,7 +14,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::{NodeRow, Store};
+use switchyard::validate::Invalid;
+
+use crate::store::{self, NodeRow, Store};
+
+/// Why a request an agent made for its node was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// It names an endpoint another node owns (or no node: an operator's).
+    #[error("{field}: endpoint {endpoint:?} is not owned by node {node:?}")]
+    NotOwned {
+        /// Where in the request.
+        field: String,
+        /// The endpoint.
+        endpoint: String,
+        /// The node that asked.
+        node: String,
+    },
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {

@@ -157,6 +157,7 @@ pub async fn serve<S: Store>(
         state.subscribe(),
         registry.clone(),
         reporter.clone(),
+        head.clone(),
         shutdown.clone(),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::fanout::{State, View};
-use crate::grpc::{health_status, invalid_argument, status};
+use crate::grpc::{Head, invalid_argument, node_status, status};
 use crate::health::Reporter;
 use crate::nodes::{Registry, now_ms};
 use crate::store::{NodeRow, Store};
@@ -42,17 +42,19 @@ pub struct Agents<S> {
     state: watch::Receiver<Arc<State>>,
     registry: Arc<Registry>,
     health: Arc<Reporter>,
+    head: Head,
     shutdown: CancellationToken,
 }
 
 impl<S: Store> Agents<S> {
     /// Serves agents from `state`, recording their status in `registry` and
-    /// their health reports in `health`.
+    /// their health reports in `health`; registrations advance `head`.
     pub fn new(
         store: Arc<S>,
         state: watch::Receiver<Arc<State>>,
         registry: Arc<Registry>,
         health: Arc<Reporter>,
+        head: Head,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -60,6 +62,7 @@ impl<S: Store> Agents<S> {
             state,
             registry,
             health,
+            head,
             shutdown,
         }
     }
@@ -70,6 +73,26 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncResponse, Status>> + 
 #[tonic::async_trait]
 impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
     type SyncStream = SyncStream;
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        crate::registration::register(self.store.as_ref(), &self.head, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(node_status)
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        crate::registration::deregister(self.store.as_ref(), &self.head, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(node_status)
+    }
 
     async fn sync(
         &self,
@@ -347,7 +370,7 @@ impl Session {
                 let state = self.state.borrow().clone();
                 if let Err(error) = self.health.report(&self.row.id, &report, &state) {
                     warn!(node = %self.row.id, %error, "refused health report");
-                    return Err(health_status(error));
+                    return Err(node_status(error));
                 }
             }
             Some(M::Hello(_)) => {

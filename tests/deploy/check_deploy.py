@@ -1,0 +1,775 @@
+#!/usr/bin/env python3
+"""Consistency check of deploy/ against the real binaries.
+
+Every way deploy/ starts `switchyard-cp` or `switchyard-agent` must use flags
+and environment variables that the binaries really have:
+
+- YAML under deploy/ (Kubernetes manifests, compose files) parses, every
+  document of it; kustomization.yaml lists exactly the manifests beside it;
+- systemd units parse, have [Unit], [Service] and [Install], and an
+  ExecStart that names one of the binaries by absolute path;
+- the flags of every invocation of the binaries are collected from systemd
+  ExecStart lines, Kubernetes container commands and args, compose commands
+  and entrypoints, the Dockerfile's CMD/ENTRYPOINT, and shell lines in the
+  Markdown files' code blocks;
+- every SWITCHYARD_* variable is collected from systemd Environment= lines
+  and environment files, container env and the ConfigMaps they load, compose
+  environment and env_file, and checked against the binary that reads it
+  (any other SWITCHYARD_* word under deploy/ must belong to one of them);
+- the flags and variables a binary has are read from its `--help`.
+
+Then, unless --no-self-test is given, it plants mistakes in a copy of deploy/
+(each flag and variable it found, renamed; YAML broken; ExecStart removed)
+and fails if any of them goes unnoticed, so a check that silently checks
+nothing cannot pass.
+
+Run by scripts/test. To run it alone (needs PyYAML, see requirements.txt):
+
+    cargo build --workspace --bins
+    python3 tests/deploy/check_deploy.py
+
+Environment:
+    SWITCHYARD_CP_BIN      control-plane binary (default: target/debug/switchyard-cp)
+    SWITCHYARD_AGENT_BIN   agent binary (default: target/debug/switchyard-agent)
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+BINARIES = {
+    "switchyard-cp": "SWITCHYARD_CP_BIN",
+    "switchyard-agent": "SWITCHYARD_AGENT_BIN",
+}
+# Read by both programs' log filter, not by their argument parser, so their
+# --help does not list it.
+LOG_FILTER_ENV = "SWITCHYARD_LOG"
+
+ENV_WORD = re.compile(r"\bSWITCHYARD_[A-Z0-9_]*[A-Z0-9]\b")
+# Words that end a command in a shell line.
+SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1", "&>", ")"}
+SHELLS = {"sh", "bash", "dash", "ash"}
+
+
+# ---------------------------------------------------------------------------
+# What the binaries accept
+# ---------------------------------------------------------------------------
+
+
+class Cli:
+    """The flags and variables of one binary, read from its --help."""
+
+    def __init__(self, name, help_text):
+        self.name = name
+        self.flags = {}  # "--long" or "-s" -> takes a value
+        self.env = {LOG_FILTER_ENV}
+        self.positional = False
+        for line in help_text.splitlines():
+            if line.startswith("Usage:"):
+                words = line.split()[2:]
+                self.positional = any(
+                    w.strip("[]").startswith("<") or w.strip("[]").isupper()
+                    for w in words
+                    if w != "[OPTIONS]"
+                )
+            m = re.match(
+                r"^\s+(?:-(?P<short>[A-Za-z0-9]),\s+)?--(?P<long>[A-Za-z0-9][A-Za-z0-9-]*)"
+                r"(?P<value>[ =]<[^>]+>)?",
+                line,
+            )
+            if m:
+                takes_value = m.group("value") is not None
+                self.flags["--" + m.group("long")] = takes_value
+                if m.group("short"):
+                    self.flags["-" + m.group("short")] = takes_value
+            else:
+                m = re.match(r"^\s+-(?P<short>[A-Za-z0-9])(?P<value>\s+<[^>]+>)?\s", line)
+                if m:
+                    self.flags["-" + m.group("short")] = m.group("value") is not None
+            self.env.update(re.findall(r"\[env: ([A-Z0-9_]+)=", line))
+
+
+def load_cli(name, path):
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise SystemExit(
+            f"check_deploy: {name} binary not found at {path}: build it "
+            f"(cargo build --workspace --bins) or set {BINARIES[name]}"
+        )
+    # Variables set in this environment would show up in --help as values.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env["NO_COLOR"] = "1"
+    try:
+        out = subprocess.run(
+            [path, "--help"], env=env, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SystemExit(f"check_deploy: cannot run {path} --help: {e}")
+    if out.returncode != 0:
+        raise SystemExit(
+            f"check_deploy: {path} --help exited {out.returncode}:\n{out.stderr}"
+        )
+    cli = Cli(name, out.stdout)
+    if "--help" not in cli.flags or len(cli.flags) < 3:
+        raise SystemExit(
+            f"check_deploy: could not read the flags of {name} from its --help:\n{out.stdout}"
+        )
+    return cli
+
+
+# ---------------------------------------------------------------------------
+# Findings
+# ---------------------------------------------------------------------------
+
+
+class Checker:
+    def __init__(self, root, clis):
+        self.root = root = os.path.abspath(root)
+        self.deploy = os.path.join(root, "deploy")
+        self.clis = clis
+        self.errors = []
+        # (relative file, "flag" or "env", name) of everything checked.
+        self.uses = []
+        self.files = set()
+
+    def rel(self, path):
+        return os.path.relpath(path, self.root)
+
+    def error(self, path, where, message):
+        loc = self.rel(path) + (f" ({where})" if where else "")
+        self.errors.append(f"{loc}: {message}")
+
+    # -- flags ---------------------------------------------------------------
+
+    def check_args(self, binary, args, path, where, shell=False):
+        """Checks the arguments that follow `binary` in one invocation."""
+        cli = self.clis[binary]
+        i = 0
+        while i < len(args):
+            tok = args[i]
+            if shell and (
+                tok in SHELL_OPERATORS
+                or set(tok) <= set(";&|<>()")
+                or (tok.isdigit() and i + 1 < len(args) and args[i + 1][:1] in "<>")
+            ):
+                break  # the command ends: operator or redirection
+            if tok == "--":
+                break
+            if "$" in tok:
+                # Expanded at run time (systemd or shell variable): opaque.
+                i += 1
+                continue
+            if tok.startswith("-") and len(tok) > 1:
+                flag, eq, _ = tok.partition("=")
+                if not flag.startswith("--") and len(flag) > 2:
+                    flag = flag[:2]  # -xVALUE
+                self.uses.append((self.rel(path), "flag", flag))
+                if flag not in cli.flags:
+                    self.error(
+                        path, where,
+                        f"{binary} has no flag {flag} (its flags: "
+                        f"{', '.join(sorted(f for f in cli.flags if f.startswith('--')))})",
+                    )
+                    # Its value, most likely: one report is enough.
+                    if not eq and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                        i += 1
+                elif cli.flags[flag]:
+                    if not eq and len(tok) == len(flag):
+                        if i + 1 >= len(args) or (shell and args[i + 1] in SHELL_OPERATORS):
+                            self.error(path, where, f"{binary} {flag} needs a value")
+                        i += 1
+                elif eq:
+                    self.error(path, where, f"{binary} {flag} takes no value")
+            elif not cli.positional:
+                self.error(
+                    path, where,
+                    f"{binary} takes no positional argument, got {tok!r} "
+                    "(a misspelt flag, or a value without its flag?)",
+                )
+            i += 1
+
+    def check_argv(self, argv, path, where, must_be_ours=False):
+        """Checks an exec-form command line. Returns the binary it runs, if ours."""
+        if not argv:
+            if must_be_ours:
+                self.error(path, where, "runs the Switchyard image with no command")
+            return None
+        base = os.path.basename(str(argv[0]))
+        if base in self.clis:
+            self.check_args(base, [str(a) for a in argv[1:]], path, where)
+            return base
+        if base in SHELLS and "-c" in argv[1:-1]:
+            script = str(argv[argv.index("-c") + 1])
+            found = self.check_shell(script, path, where)
+            if must_be_ours and not found:
+                self.error(path, where, f"runs neither {' nor '.join(self.clis)}")
+            return found[0] if len(set(found)) == 1 else None
+        if must_be_ours:
+            self.error(
+                path, where,
+                f"runs {argv[0]!r} from the Switchyard image, which has only "
+                f"{' and '.join(self.clis)}",
+            )
+        return None
+
+    def check_shell(self, text, path, where):
+        """Checks every invocation of the binaries in shell text."""
+        found = []
+        text = re.sub(r"\\\n", " ", text)
+        for line in text.splitlines():
+            if not any(b in line for b in self.clis):
+                continue
+            try:
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>()")
+                lexer.whitespace_split = True
+                lexer.commenters = "#"
+                words = list(lexer)
+            except ValueError as e:
+                self.error(path, where, f"cannot split shell line {line.strip()!r}: {e}")
+                continue
+            for i, w in enumerate(words):
+                if invokes(words, i, self.clis):
+                    binary = os.path.basename(w)
+                    found.append(binary)
+                    self.check_args(binary, words[i + 1:], path, where, shell=True)
+        return found
+
+    # -- environment variables --------------------------------------------------
+
+    def check_env(self, binary, name, path, where):
+        if not name.startswith("SWITCHYARD_"):
+            return
+        self.uses.append((self.rel(path), "env", name))
+        if name not in self.clis[binary].env:
+            self.error(
+                path, where,
+                f"{binary} does not read {name} (it reads: "
+                f"{', '.join(sorted(self.clis[binary].env))})",
+            )
+
+    def scan_env_words(self, path, text):
+        """Any SWITCHYARD_* word must be read by at least one binary."""
+        known = set().union(*(c.env for c in self.clis.values()))
+        for n, line in enumerate(text.splitlines(), 1):
+            for name in ENV_WORD.findall(line):
+                self.uses.append((self.rel(path), "env", name))
+                if name not in known:
+                    self.error(path, f"line {n}", f"no Switchyard binary reads {name}")
+
+    # -- files -------------------------------------------------------------------
+
+    def run(self):
+        if not os.path.isdir(self.deploy):
+            self.error(self.deploy, None, "missing")
+            return
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(self.deploy):
+            dirnames.sort()
+            paths.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+        yaml_docs = {}
+        for path in paths:
+            if path.endswith((".yaml", ".yml")):
+                yaml_docs[path] = self.load_yaml(path)
+        dockerfile = os.path.join(self.deploy, "docker", "Dockerfile")
+        image_default = self.check_dockerfile(dockerfile) if os.path.exists(dockerfile) else ([], [])
+        k8s_dir = os.path.join(self.deploy, "kubernetes")
+        k8s = {p: d for p, d in yaml_docs.items() if p.startswith(k8s_dir + os.sep) and d is not None}
+        if k8s:
+            self.check_kubernetes(k8s, image_default)
+        for path, docs in yaml_docs.items():
+            if docs is not None and re.match(r"(docker-)?compose[^/]*\.ya?ml$", os.path.basename(path)):
+                self.check_compose(path, docs, image_default)
+        for path in paths:
+            name = os.path.basename(path)
+            if name.endswith(".service"):
+                self.check_unit(path)
+            elif name.endswith(".md"):
+                self.check_markdown(path)
+        for path in paths:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except UnicodeDecodeError:
+                continue
+            self.files.add(self.rel(path))
+            self.scan_env_words(path, text)
+
+    def load_yaml(self, path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return [d for d in yaml.safe_load_all(f) if d is not None]
+        except yaml.YAMLError as e:
+            self.error(path, None, f"invalid YAML: {e}")
+            return None
+
+    # -- Dockerfile ----------------------------------------------------------------
+
+    def check_dockerfile(self, path):
+        """Checks CMD/ENTRYPOINT of the last stage; returns (entrypoint, cmd)."""
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        instructions = []  # (line number, keyword, rest)
+        buf, start = "", 0
+        for n, line in enumerate(lines, 1):
+            if not buf and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            if buf and line.lstrip().startswith("#"):
+                continue
+            if not buf:
+                start = n
+            if line.rstrip().endswith("\\"):
+                buf += line.rstrip()[:-1] + " "
+                continue
+            buf += line
+            keyword, _, rest = buf.strip().partition(" ")
+            instructions.append((start, keyword.upper(), rest.strip()))
+            buf = ""
+        entrypoint, cmd = [], []
+        builds = set()
+        for n, keyword, rest in instructions:
+            if keyword == "FROM":
+                entrypoint, cmd = [], []
+            elif keyword in ("CMD", "ENTRYPOINT"):
+                if rest.startswith("["):
+                    try:
+                        argv = json.loads(rest)
+                    except json.JSONDecodeError as e:
+                        self.error(path, f"line {n}", f"{keyword} is not a JSON array: {e}")
+                        continue
+                else:
+                    argv = ["/bin/sh", "-c", rest]
+                if keyword == "CMD":
+                    cmd = argv
+                else:
+                    entrypoint, cmd = argv, []
+            elif keyword == "RUN":
+                builds.update(re.findall(r"target/release/(switchyard-[a-z]+)", rest))
+        argv = entrypoint + cmd
+        if argv:
+            self.check_argv(argv, path, "CMD/ENTRYPOINT", must_be_ours=True)
+        for binary in self.clis:
+            if binary not in builds:
+                self.error(path, None, f"no RUN instruction installs target/release/{binary}")
+        return entrypoint, cmd
+
+    # -- Kubernetes ------------------------------------------------------------------
+
+    def check_kubernetes(self, files, image_default):
+        objects = []  # (path, doc)
+        for path, docs in files.items():
+            for doc in docs:
+                if not isinstance(doc, dict):
+                    self.error(path, None, "a YAML document is not a mapping")
+                    continue
+                objects.append((path, doc))
+        config_maps, secrets, services = {}, {}, set()
+        for path, doc in objects:
+            kind = doc.get("kind")
+            name = (doc.get("metadata") or {}).get("name")
+            if is_kustomization(path, doc):
+                continue
+            if not doc.get("apiVersion") or not kind or not name:
+                self.error(path, None, "a document lacks apiVersion, kind or metadata.name")
+                continue
+            if kind == "ConfigMap":
+                config_maps[name] = (path, doc.get("data") or {})
+            elif kind == "Secret":
+                secrets[name] = (path, {**(doc.get("data") or {}), **(doc.get("stringData") or {})})
+            elif kind == "Service":
+                services.add(name)
+        for path, doc in objects:
+            if is_kustomization(path, doc):
+                self.check_kustomization(path, doc)
+                continue
+            pod = pod_spec(doc)
+            if pod is None:
+                continue
+            what = f"{doc['kind']}/{doc['metadata']['name']}"
+            for section in ("initContainers", "containers"):
+                for c in pod.get(section) or []:
+                    where = f"{what} container {c.get('name')}"
+                    ours = is_switchyard_image(c.get("image"))
+                    if "command" in c:
+                        argv = list(c.get("command") or []) + list(c.get("args") or [])
+                    else:
+                        entrypoint, cmd = image_default if ours else ([], [])
+                        argv = list(entrypoint) + list(c["args"] if "args" in c else cmd)
+                    binary = self.check_argv(argv, path, where, must_be_ours=ours)
+                    if binary is None:
+                        continue
+                    env = {}
+                    for e in c.get("env") or []:
+                        self.check_env(binary, e.get("name", ""), path, where)
+                        env[e.get("name")] = e.get("value")
+                    for src in c.get("envFrom") or []:
+                        prefix = src.get("prefix", "")
+                        for ref_kind, store in (("configMapRef", config_maps), ("secretRef", secrets)):
+                            ref = src.get(ref_kind)
+                            if not ref:
+                                continue
+                            if ref.get("name") not in store:
+                                if ref_kind == "configMapRef" and not ref.get("optional"):
+                                    self.error(path, where, f"envFrom names ConfigMap {ref.get('name')!r}, which is not in {self.rel(os.path.dirname(path))}")
+                                continue
+                            source, data = store[ref["name"]]
+                            for key, value in data.items():
+                                self.check_env(binary, prefix + key, source, f"{ref_kind} {ref['name']}, loaded by {where}")
+                                env[prefix + key] = value
+                    if binary == "switchyard-agent":
+                        self.check_control_planes(env.get("SWITCHYARD_CONTROL_PLANES"), argv, services, path, where)
+
+    def check_kustomization(self, path, doc):
+        here = os.path.dirname(path)
+        listed = set()
+        for key in ("resources", "components", "patchesStrategicMerge"):
+            for entry in doc.get(key) or []:
+                if isinstance(entry, str) and "://" not in entry:
+                    listed.add(os.path.normpath(os.path.join(here, entry)))
+                    if not os.path.exists(os.path.join(here, entry)):
+                        self.error(path, key, f"{entry} does not exist")
+        for name in sorted(os.listdir(here)):
+            full = os.path.normpath(os.path.join(here, name))
+            if (
+                name.endswith((".yaml", ".yml"))
+                and not name.startswith("kustomization.")
+                and ".example." not in name
+                and full not in listed
+            ):
+                self.error(path, "resources", f"{name} is not listed (name it *.example.yaml if it is not meant to be applied)")
+
+    def check_control_planes(self, value, argv, services, path, where):
+        urls = [v for v in (value or "").split(",") if v]
+        urls += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--control-plane"]
+        urls += [a.split("=", 1)[1] for a in argv if a.startswith("--control-plane=")]
+        for url in urls:
+            m = re.match(r"^http://([^:/]+)", url)
+            if m and not re.match(r"^[0-9.]+$", m.group(1)):
+                service = m.group(1).split(".")[0]
+                if service not in services:
+                    self.error(path, where, f"control plane {url} names no Service defined here ({', '.join(sorted(services)) or 'none'})")
+
+    # -- compose ---------------------------------------------------------------------
+
+    def check_compose(self, path, docs, image_default):
+        here = os.path.dirname(path)
+        for doc in docs:
+            services = (doc or {}).get("services")
+            if not isinstance(services, dict):
+                self.error(path, None, "no services")
+                continue
+            for name, svc in services.items():
+                where = f"service {name}"
+                if not isinstance(svc, dict):
+                    self.error(path, where, "not a mapping")
+                    continue
+                build = svc.get("build")
+                ours = is_switchyard_image(svc.get("image"))
+                if isinstance(build, dict) and str(build.get("dockerfile", "")).endswith("deploy/docker/Dockerfile"):
+                    ours = True
+                entrypoint, cmd = image_default if ours else ([], [])
+                if "entrypoint" in svc:
+                    entrypoint, cmd = compose_argv(svc["entrypoint"]), []
+                if "command" in svc:
+                    cmd = compose_argv(svc["command"])
+                argv = list(entrypoint) + list(cmd)
+                if not ours and not argv:
+                    continue
+                binary = self.check_argv(argv, path, where, must_be_ours=ours)
+                if binary is None:
+                    continue
+                env = {}
+                environment = svc.get("environment") or {}
+                if isinstance(environment, list):
+                    environment = dict(
+                        (e.split("=", 1) + [None])[:2] for e in environment
+                    )
+                env.update(environment)
+                env_files = svc.get("env_file") or []
+                if isinstance(env_files, (str, dict)):
+                    env_files = [env_files]
+                for ef in env_files:
+                    ef_path = ef["path"] if isinstance(ef, dict) else ef
+                    full = os.path.join(here, ef_path)
+                    if not os.path.exists(full):
+                        if not (isinstance(ef, dict) and ef.get("required") is False):
+                            self.error(path, where, f"env_file {ef_path} does not exist")
+                        continue
+                    env.update(read_env_file(full))
+                for key in env:
+                    self.check_env(binary, str(key), path, where)
+                if binary == "switchyard-agent":
+                    self.check_control_planes(env.get("SWITCHYARD_CONTROL_PLANES"), [str(a) for a in argv], set(services), path, where)
+
+    # -- systemd ---------------------------------------------------------------------
+
+    def check_unit(self, path):
+        sections = parse_unit(path, lambda n, msg: self.error(path, f"line {n}", msg))
+        for s in ("Unit", "Service", "Install"):
+            if s not in sections:
+                self.error(path, None, f"no [{s}] section")
+        service = sections.get("Service", {})
+        execs = service.get("ExecStart", [])
+        if len(execs) != 1:
+            self.error(path, "[Service]", f"needs exactly one ExecStart, has {len(execs)}")
+            return
+        n, value = execs[0]
+        value = value.lstrip("@-:+!")
+        try:
+            argv = shlex.split(value)
+        except ValueError as e:
+            self.error(path, f"line {n}", f"cannot split ExecStart: {e}")
+            return
+        if not argv or not argv[0].startswith("/"):
+            self.error(path, f"line {n}", "ExecStart must start with an absolute path")
+            return
+        binary = self.check_argv(argv, path, f"line {n}, ExecStart", must_be_ours=True)
+        if binary is None:
+            return
+        for n, value in service.get("Environment", []):
+            try:
+                assignments = shlex.split(value)
+            except ValueError as e:
+                self.error(path, f"line {n}", f"cannot split Environment: {e}")
+                continue
+            for a in assignments:
+                self.check_env(binary, a.split("=", 1)[0], path, f"line {n}, Environment")
+        for n, value in service.get("EnvironmentFile", []):
+            target = value.lstrip("-")
+            example = os.path.join(os.path.dirname(path), os.path.basename(target) + ".example")
+            if not os.path.exists(example):
+                self.error(path, f"line {n}", f"EnvironmentFile {target} has no example {self.rel(example)} beside the unit")
+                continue
+            for key, (m, _) in read_env_file(example, with_lines=True, commented=True).items():
+                self.check_env(binary, key, example, f"line {m}, read by {os.path.basename(path)}")
+
+    # -- Markdown --------------------------------------------------------------------
+
+    def check_markdown(self, path):
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        block, start, fence = [], 0, None
+        for n, line in enumerate(lines, 1):
+            m = re.match(r"^\s*(```+|~~~+)", line)
+            if fence is None and m:
+                fence, block, start = m.group(1), [], n + 1
+            elif fence is not None and line.strip().startswith(fence):
+                self.check_shell("\n".join(block), path, f"code block at line {start}")
+                fence = None
+            elif fence is not None:
+                block.append(line)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+# Words after which a command name starts a command.
+COMMAND_PREFIXES = {"sudo", "exec", "env", "nohup", "time", "xargs", "--"}
+
+
+def invokes(words, i, binaries):
+    """Whether words[i] runs one of `binaries` (not, say, `systemctl start
+    switchyard-cp` or `journalctl -u switchyard-agent`)."""
+    w = words[i]
+    base = os.path.basename(w)
+    if base not in binaries:
+        return False
+    if w != base and not w.startswith(("/", "./", "../", "target/")):
+        return False  # daemonset/switchyard-agent and the like
+    if i == 0:
+        return True
+    prev = words[i - 1]
+    return (
+        prev in SHELL_OPERATORS
+        or prev in COMMAND_PREFIXES
+        or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", prev) is not None
+        or is_switchyard_image(prev)
+        # docker compose exec SERVICE CMD, kubectl exec POD CMD, docker run IMAGE CMD
+        or (i >= 2 and words[i - 2] in ("exec", "run") and not prev.startswith("-"))
+    )
+
+
+def pod_spec(doc):
+    spec = doc.get("spec") or {}
+    kind = doc.get("kind")
+    if kind == "Pod":
+        return spec
+    if kind == "CronJob":
+        return (((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}).get("spec")
+    if kind in ("Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job"):
+        return (spec.get("template") or {}).get("spec")
+    return None
+
+
+def is_kustomization(path, doc):
+    return doc.get("kind") == "Kustomization" or os.path.basename(path).startswith("kustomization.")
+
+
+def is_switchyard_image(image):
+    if not image:
+        return False
+    last = str(image).split("/")[-1]
+    return re.split(r"[:@]", last)[0] == "switchyard"
+
+
+def compose_argv(value):
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return shlex.split(str(value))
+
+
+def read_env_file(path, with_lines=False, commented=False):
+    """KEY=VALUE lines; with `commented`, also `#KEY=VALUE` examples."""
+    out = {}
+    pattern = r"^\s*(?:#\s*)?(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$" if commented \
+        else r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$"
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            m = re.match(pattern, line)
+            if m:
+                out[m.group(1)] = (n, m.group(2)) if with_lines else m.group(2)
+    return out
+
+
+def parse_unit(path, error):
+    """A systemd unit: {section: {key: [(line, value), ...]}}."""
+    sections, current = {}, None
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    i = 0
+    while i < len(lines):
+        n, line = i + 1, lines[i].strip()
+        i += 1
+        if not line or line[0] in "#;":
+            continue
+        while line.endswith("\\") and i < len(lines):
+            nxt = lines[i].strip()
+            i += 1
+            if nxt and nxt[0] in "#;":
+                continue
+            line = line[:-1] + " " + nxt
+        m = re.match(r"^\[([A-Za-z0-9-]+)\]$", line)
+        if m:
+            current = sections.setdefault(m.group(1), {})
+            continue
+        m = re.match(r"^([A-Za-z][A-Za-z0-9]*)\s*=\s*(.*)$", line)
+        if not m:
+            error(n, f"not a section header nor Key=Value: {line!r}")
+            continue
+        if current is None:
+            error(n, "setting before any [Section]")
+            continue
+        current.setdefault(m.group(1), []).append((n, m.group(2)))
+    return sections
+
+
+# ---------------------------------------------------------------------------
+# Self-test: planted mistakes must be caught
+# ---------------------------------------------------------------------------
+
+
+def self_test(root, clis, uses):
+    """Returns the planted mistakes that went unnoticed."""
+    missed = []
+    mutations = []  # (relative file, description, transform, words expected in an error)
+    seen = set()
+    for rel, kind, name in uses:
+        if (rel, name) in seen:
+            continue
+        seen.add((rel, name))
+        if kind == "flag":
+            bad = name + "-zz" if name.startswith("--") else "--zz"
+            pattern = r"(?<![\w-])" + re.escape(name) + r"(?![\w-])"
+        else:
+            bad = name + "_ZZ"
+            pattern = r"\b" + re.escape(name) + r"\b"
+        mutations.append(
+            (rel, f"{name} renamed {bad}",
+             lambda text, p=pattern, b=bad: re.sub(p, b, text), [rel, bad])
+        )
+    files = sorted({rel for rel, _, _ in uses} | {
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, fs in os.walk(os.path.join(root, "deploy")) for f in fs
+    })
+    for rel in files:
+        if rel.endswith((".yaml", ".yml")):
+            mutations.append((rel, "broken YAML", lambda t: t + "\nbroken: [unclosed\n", [rel, "invalid YAML"]))
+        elif rel.endswith(".service"):
+            mutations.append((rel, "ExecStart removed",
+                              lambda t: re.sub(r"(?m)^ExecStart=.*(\n[ \t].*)*$", "", t), [rel, "ExecStart"]))
+
+    for rel, description, transform, expected in mutations:
+        with tempfile.TemporaryDirectory(prefix="check-deploy-") as tmp:
+            shutil.copytree(os.path.join(root, "deploy"), os.path.join(tmp, "deploy"))
+            target = os.path.join(tmp, rel)
+            with open(target, encoding="utf-8") as f:
+                text = f.read()
+            changed = transform(text)
+            if changed == text:
+                missed.append(f"{rel}: {description}: the mistake could not be planted")
+                continue
+            with open(target, "w", encoding="utf-8") as f:
+                f.write(changed)
+            checker = Checker(tmp, clis)
+            checker.run()
+            if not any(all(e in err for e in expected) for err in checker.errors):
+                missed.append(f"{rel}: {description}: not reported (errors: {checker.errors or 'none'})")
+    return len(mutations), missed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=REPO_ROOT, help="repository root (default: this checkout)")
+    parser.add_argument("--no-self-test", action="store_true", help="skip the planted-mistake self-test")
+    args = parser.parse_args()
+    root = os.path.abspath(args.root)
+
+    clis = {}
+    for name, var in BINARIES.items():
+        path = os.environ.get(var) or os.path.join(REPO_ROOT, "target", "debug", name)
+        clis[name] = load_cli(name, path)
+
+    checker = Checker(root, clis)
+    checker.run()
+    flags = {(f, n) for f, k, n in checker.uses if k == "flag"}
+    envs = {(f, n) for f, k, n in checker.uses if k == "env"}
+    print(
+        f"check_deploy: {len(checker.files)} files, {len(flags)} flag uses, "
+        f"{len(envs)} variable uses checked against "
+        + ", ".join(f"{n} ({len([f for f in c.flags if f.startswith('--')])} flags)" for n, c in clis.items())
+    )
+    if checker.errors:
+        print(f"check_deploy: FAILED: {len(checker.errors)} problem(s) in deploy/:", file=sys.stderr)
+        for e in checker.errors:
+            print(f"  {e}", file=sys.stderr)
+        return 1
+    if not flags:
+        print("check_deploy: FAILED: no flag of either binary found under deploy/", file=sys.stderr)
+        return 1
+
+    if not args.no_self_test:
+        count, missed = self_test(root, clis, checker.uses)
+        if missed:
+            print(f"check_deploy: FAILED: self-test: {len(missed)} of {count} planted mistakes went unnoticed:", file=sys.stderr)
+            for m in missed:
+                print(f"  {m}", file=sys.stderr)
+            return 1
+        print(f"check_deploy: self-test: all {count} planted mistakes reported")
+    print("check_deploy: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

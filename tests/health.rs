@@ -1,0 +1,398 @@
+//! End to end, health closes the loop: a real control plane, real agents
+//! (one owning and checking the backends, one a client-side sidecar running
+//! the built-in proxy), and real backend processes (`python3 -m
+//! http.server`), all on loopback. A backend dies: its agent's checks see
+//! it, the control plane writes it, and the sidecar's proxy stops sending it
+//! traffic; it comes back and rejoins.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use switchyard::pb;
+use switchyard::resource::Health;
+use switchyard_agent::NodeConfig;
+use switchyard_agent::proxy::{Builtin, Driver};
+use switchyard_control_plane::testing::fixtures::{self, item};
+use switchyard_control_plane::testing::{TempDir, TestDb, TestServer};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::*;
+
+/// A backend server process answering `GET /` with its name.
+struct Backend {
+    name: &'static str,
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        let dir = TempDir::new();
+        std::fs::write(dir.path().join("index.html"), name).unwrap();
+        let mut backend = Backend {
+            name,
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        backend.restart().await;
+        backend
+    }
+
+    /// Starts the process (again) on the same port; returns once it answers.
+    async fn restart(&mut self) {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs the test backends");
+        self.child = Some(child);
+        let started = Instant::now();
+        while fetch(self.port).await.as_deref() != Some(self.name) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "backend {} never answered",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+/// Service `web` health-checked over HTTP every 200 ms (fall 2, rise 2),
+/// its endpoints owned by node `backends`, and a route with retries behind
+/// a loopback listener that only `role=client` nodes open.
+fn checked_web(backends: &[&Backend], listen: u16) -> Vec<pb::ApplyItem> {
+    let millis = |ms: i32| {
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        })
+    };
+    let service = pb::Service {
+        name: "web".into(),
+        health_check: Some(pb::HealthCheck {
+            interval: millis(200),
+            timeout: millis(150),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            check: Some(pb::health_check::Check::Http(pb::HttpHealthCheck {
+                path: "/".into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let route = pb::Route {
+        name: "web".into(),
+        rules: vec![pb::RouteRule {
+            matches: vec![],
+            action: Some(pb::RouteAction {
+                destinations: vec![pb::WeightedDestination {
+                    service: "web".into(),
+                    weight: 1,
+                    ..Default::default()
+                }],
+                retry: Some(pb::RetryPolicy {
+                    attempts: 2,
+                    retry_on: vec![
+                        pb::RetryOn::ConnectFailure as i32,
+                        pb::RetryOn::Reset as i32,
+                        pb::RetryOn::GatewayError as i32,
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    };
+    let listener = pb::Listener {
+        node_selector: BTreeMap::from([("role".into(), "client".into())]),
+        ..fixtures::listener("front", "127.0.0.1", u32::from(listen), "web")
+    };
+    let mut items = vec![item(pb::resource::Kind::Service(service))];
+    for b in backends {
+        items.push(endpoint(b.name, "web", u32::from(b.port), "backends"));
+    }
+    items.push(item(pb::resource::Kind::Route(route)));
+    items.push(item(pb::resource::Kind::Listener(listener)));
+    items
+}
+
+fn health_of(c: &NodeConfig, endpoint: &str) -> Option<Health> {
+    c.endpoints.get(endpoint).map(|e| e.health)
+}
+
+/// An agent whose heartbeats keep it well inside a short node lease.
+async fn agent(node: &str, role: &str, url: &str) -> TestAgent {
+    let dir = Arc::new(TempDir::new());
+    TestAgent::start_with(
+        switchyard_agent::Config {
+            node_id: node.into(),
+            labels: BTreeMap::from([("role".to_string(), role.to_string())]),
+            control_planes: vec![url.to_owned()],
+            data_dir: dir.path().to_path_buf(),
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            heartbeat_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+        dir,
+    )
+    .await
+}
+
+/// Requests through the sidecar, one after another, until stopped.
+struct Load {
+    ok: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, String)>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let (ok, errors, stop) = Default::default();
+        let task = tokio::spawn({
+            let (ok, errors, stop): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicBool>) =
+                (Arc::clone(&ok), Arc::clone(&errors), Arc::clone(&stop));
+            async move {
+                let mut answers = vec![];
+                while !stop.load(Ordering::Relaxed) {
+                    match get(port).await {
+                        Some((200, body)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            answers.push((Instant::now(), body));
+                        }
+                        other => {
+                            eprintln!("request failed: {other:?}");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                answers
+            }
+        });
+        Load {
+            ok,
+            errors,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64, Vec<(Instant, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let answers = self.task.await.unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            answers,
+        )
+    }
+}
+
+/// Tests 1 and 2: a killed backend is out of every proxy within a second
+/// (200 ms checks, fall 2), and back once it returns; a client sending
+/// idempotent requests through the sidecar meanwhile sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_leaves_and_rejoins_without_client_errors() {
+    let mut backends = [
+        Backend::start("web-1").await,
+        Backend::start("web-2").await,
+        Backend::start("web-3").await,
+    ];
+    let listen = free_port();
+    let db = TestDb::postgres().await;
+    let server = TestServer::start(db.url()).await;
+    let url = server.url();
+    apply(
+        &url,
+        checked_web(&backends.iter().collect::<Vec<_>>(), listen),
+    )
+    .await;
+
+    let owner = agent("backends", "backend", &url).await;
+    let sidecar = agent("client-1", "client", &url).await;
+    let all_healthy = |c: &NodeConfig| {
+        ["web-1", "web-2", "web-3"]
+            .iter()
+            .all(|e| health_of(c, e) == Some(Health::Healthy))
+    };
+    sidecar.until("every backend healthy", all_healthy).await;
+    assert!(
+        owner.agent.health().borrow().len() == 3,
+        "the owner checks all three"
+    );
+    assert!(
+        sidecar.agent.health().borrow().is_empty(),
+        "the sidecar checks none"
+    );
+    let stop = CancellationToken::new();
+    let proxy = tokio::spawn(Builtin::new().run(sidecar.agent.config(), stop.clone()));
+    until_body(listen, "web-1").await;
+
+    let load = Load::start(listen);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    backends[1].kill().await;
+    let killed = Instant::now();
+    let excluded = sidecar
+        .until("web-2 unhealthy at the sidecar", |c| {
+            health_of(c, "web-2") == Some(Health::Unhealthy)
+        })
+        .await;
+    // After that, the proxy sends web-2 nothing (a request answered by it
+    // would have to come from its dead process).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    backends[1].restart().await;
+    let restarted = Instant::now();
+    let rejoined = sidecar
+        .until("web-2 healthy again", |c| {
+            health_of(c, "web-2") == Some(Health::Healthy)
+        })
+        .await;
+    let seen_again = until_body(listen, "web-2").await;
+    let (ok, errors, answers) = load.finish().await;
+
+    eprintln!(
+        "kill -> excluded at the sidecar: {excluded:?}; restart -> rejoined: {rejoined:?} \
+         (traffic after {seen_again:?}); {ok} requests, {errors} errors"
+    );
+    // Nominal: up to 2 checks (<= 2 x 220 ms with jitter) + one flush (50
+    // ms) + one push. The bound leaves room for a loaded machine.
+    assert!(excluded < Duration::from_millis(2500), "{excluded:?}");
+    assert!(rejoined < Duration::from_millis(2500), "{rejoined:?}");
+    assert_eq!(errors, 0, "retries hide the dead backend from the client");
+    assert!(ok > 50, "the client kept sending: {ok}");
+    let during_outage = answers
+        .iter()
+        .filter(|(at, body)| *at > killed + excluded && *at < restarted && body == "web-2")
+        .count();
+    assert_eq!(during_outage, 0, "no answer from web-2 while it was dead");
+    for name in ["web-1", "web-3"] {
+        assert!(
+            answers.iter().any(|(_, b)| b == name),
+            "{name} served traffic"
+        );
+    }
+
+    stop.cancel();
+    proxy.await.unwrap();
+    owner.agent.stop().await.unwrap();
+    sidecar.agent.stop().await.unwrap();
+    server.stop().await;
+}
+
+/// Test 3: the owning agent stops; once the node's lease runs out, its
+/// endpoints show `unknown` and traffic to them continues. When it comes
+/// back, its reports take over again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_endpoints_become_unknown_and_keep_serving() {
+    let backend = Backend::start("web-1").await;
+    let listen = free_port();
+    let db = TestDb::sqlite();
+    let lease = Duration::from_secs(1);
+    let config = switchyard_control_plane::server::Config {
+        node_lease: lease,
+        ..TestServer::config()
+    };
+    let server = TestServer::start_with(db.url(), config).await;
+    let url = server.url();
+    apply(&url, checked_web(&[&backend], listen)).await;
+    let owner = agent("backends", "backend", &url).await;
+    let sidecar = agent("client-1", "client", &url).await;
+    sidecar
+        .until("web-1 healthy", |c| {
+            health_of(c, "web-1") == Some(Health::Healthy)
+        })
+        .await;
+    let stop = CancellationToken::new();
+    let proxy = tokio::spawn(Builtin::new().run(sidecar.agent.config(), stop.clone()));
+    until_body(listen, "web-1").await;
+
+    owner.agent.stop().await.unwrap();
+    let stopped = Instant::now();
+    sidecar
+        .until("web-1 unknown", |c| {
+            health_of(c, "web-1") == Some(Health::Unknown)
+        })
+        .await;
+    let after = stopped.elapsed();
+    let listed = server
+        .client()
+        .await
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Endpoint as i32,
+                name: "web-1".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::resource::Kind::Endpoint(e)) = listed.resource.and_then(|r| r.kind) else {
+        panic!("no endpoint")
+    };
+    eprintln!(
+        "agent stopped -> endpoint unknown after {after:?} (lease {lease:?}): {}",
+        e.health_reason
+    );
+    assert!(after >= lease, "not before the lease ran out: {after:?}");
+    assert!(e.health_reason.contains("lease"), "{e:?}");
+    assert!(e.health_changed_at.is_some());
+    // Static stability: unknown is still routable.
+    for _ in 0..20 {
+        assert_eq!(fetch(listen).await.as_deref(), Some("web-1"));
+    }
+
+    let owner = agent("backends", "backend", &url).await;
+    sidecar
+        .until("web-1 healthy again", |c| {
+            health_of(c, "web-1") == Some(Health::Healthy)
+        })
+        .await;
+    stop.cancel();
+    proxy.await.unwrap();
+    owner.agent.stop().await.unwrap();
+    sidecar.agent.stop().await.unwrap();
+    server.stop().await;
+}
+
+/// One GET through the proxy on `port`: status and body, or `None` when the
+/// connection failed.
+async fn get(port: u16) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out.rsplit("\r\n\r\n").next()?.to_owned()))
+}

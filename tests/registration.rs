@@ -1,0 +1,235 @@
+//! `AgentService.Register` / `Deregister` over gRPC against a real control
+//! plane and store: a node registers its own service instances, and only
+//! its own.
+
+use switchyard::pb;
+use switchyard::pb::agent_service_client::AgentServiceClient;
+use switchyard_control_plane::testing::fixtures::{endpoint, item, service};
+use switchyard_control_plane::testing::{TestDb, TestServer};
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn agent_client(server: &TestServer) -> AgentServiceClient<Channel> {
+    AgentServiceClient::connect(server.url()).await.unwrap()
+}
+
+fn register(
+    node: &str,
+    endpoints: Vec<pb::Endpoint>,
+    services: Vec<pb::Service>,
+) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        node_id: node.into(),
+        endpoints,
+        services,
+    }
+}
+
+async fn get_endpoint(server: &TestServer, name: &str) -> Option<pb::Endpoint> {
+    let got = server
+        .client()
+        .await
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Endpoint as i32,
+                name: name.into(),
+            }),
+        })
+        .await;
+    match got {
+        Ok(r) => match r.into_inner().resource.and_then(|r| r.kind) {
+            Some(pb::resource::Kind::Endpoint(e)) => Some(e),
+            _ => None,
+        },
+        Err(s) if s.code() == Code::NotFound => None,
+        Err(s) => panic!("{s:?}"),
+    }
+}
+
+async fn revision(server: &TestServer) -> u64 {
+    server
+        .client()
+        .await
+        .list(pb::ListRequest {
+            kind: pb::Kind::Service as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+fn actions(response: &pb::RegisterResponse) -> Vec<(String, pb::ApplyAction)> {
+    response
+        .results
+        .iter()
+        .map(|r| (r.r#ref.as_ref().unwrap().name.clone(), r.action()))
+        .collect()
+}
+
+async fn a_node_registers_its_instances_and_only_its_own(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut agents = agent_client(&server).await;
+
+    // The service does not exist and is not offered: refused, named.
+    let err = agents
+        .register(register(
+            "n1",
+            vec![endpoint("api-n1", "api", 9000)],
+            vec![],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("endpoints[0]"), "{}", err.message());
+    assert_eq!(revision(&server).await, 0, "nothing written");
+
+    // Offered: created with the endpoint, which the node now owns.
+    let api = pb::Service {
+        name: "api".into(),
+        ..Default::default()
+    };
+    let done = agents
+        .register(register(
+            "n1",
+            vec![endpoint("api-n1", "api", 9000)],
+            vec![api.clone()],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        actions(&done),
+        vec![
+            ("api".into(), pb::ApplyAction::Created),
+            ("api-n1".into(), pb::ApplyAction::Created)
+        ]
+    );
+    assert_eq!(get_endpoint(&server, "api-n1").await.unwrap().node, "n1");
+
+    // Again, as after an agent restart: nothing changes; an existing
+    // service is never rewritten by a node.
+    let again = agents
+        .register(register(
+            "n1",
+            vec![endpoint("api-n1", "api", 9000)],
+            vec![api.clone()],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.revision, done.revision);
+    assert_eq!(
+        actions(&again),
+        vec![("api-n1".into(), pb::ApplyAction::Unchanged)]
+    );
+
+    // Another node may not take it over, nor name itself for another.
+    let err = agents
+        .register(register(
+            "n2",
+            vec![endpoint("api-n1", "api", 9001)],
+            vec![],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("endpoints[0]"), "{}", err.message());
+    let err = agents
+        .register(register(
+            "n2",
+            vec![pb::Endpoint {
+                node: "n1".into(),
+                ..endpoint("api-n2", "api", 9001)
+            }],
+            vec![],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("endpoints[0].node"),
+        "{}",
+        err.message()
+    );
+    // An operator's endpoint (no owner) is not a node's to register either.
+    server
+        .client()
+        .await
+        .apply(pb::ApplyRequest {
+            items: vec![
+                item(service("web")),
+                item(pb::resource::Kind::Endpoint(endpoint("web-1", "web", 80))),
+            ],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let before = revision(&server).await;
+    let err = agents
+        .register(register("n1", vec![endpoint("web-1", "web", 81)], vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(revision(&server).await, before, "nothing written");
+    assert_eq!(get_endpoint(&server, "api-n1").await.unwrap().port, 9000);
+    server.stop().await;
+}
+
+async fn deregister_drains_or_deletes_own_endpoints(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut agents = agent_client(&server).await;
+    let api = pb::Service {
+        name: "api".into(),
+        ..Default::default()
+    };
+    agents
+        .register(register(
+            "n1",
+            vec![
+                endpoint("api-1", "api", 9000),
+                endpoint("api-2", "api", 9001),
+            ],
+            vec![api],
+        ))
+        .await
+        .unwrap();
+    let deregister = |names: &[&str], node: &str, mode: pb::DeregisterMode| pb::DeregisterRequest {
+        node_id: node.into(),
+        endpoints: names.iter().map(|n| n.to_string()).collect(),
+        mode: mode as i32,
+    };
+
+    let err = agents
+        .deregister(deregister(&["api-1"], "n2", pb::DeregisterMode::Delete))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(get_endpoint(&server, "api-1").await.is_some());
+
+    agents
+        .deregister(deregister(&["api-1"], "n1", pb::DeregisterMode::Drain))
+        .await
+        .unwrap();
+    let drained = get_endpoint(&server, "api-1").await.unwrap();
+    assert_eq!(drained.health(), pb::Health::Draining);
+    assert!(drained.health_reason.contains("draining"), "{drained:?}");
+
+    agents
+        .deregister(deregister(
+            &["api-2", "never-was"],
+            "n1",
+            pb::DeregisterMode::Delete,
+        ))
+        .await
+        .unwrap();
+    assert!(get_endpoint(&server, "api-2").await.is_none());
+    assert!(get_endpoint(&server, "api-1").await.is_some());
+    server.stop().await;
+}
+
+switchyard_control_plane::both_backends!(
+    a_node_registers_its_instances_and_only_its_own,
+    deregister_drains_or_deletes_own_endpoints,
+);

@@ -381,6 +381,98 @@ async fn silent_node_endpoints_become_unknown_and_keep_serving() {
     server.stop().await;
 }
 
+/// Registration from the node: an agent declares its node's instance in a
+/// file; it is registered (its service created), checked and reported
+/// healthy; a clean stop drains it, so the sidecar sends it nothing; the
+/// next start registers it again and traffic returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_instance_is_checked_drained_on_stop_and_back_on_start() {
+    let backend = Backend::start("api-1").await;
+    let listen = free_port();
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.url()).await;
+    let url = server.url();
+    let file = format!(
+        "on_shutdown = \"drain\"\n\
+         [[service]]\nservice = \"api\"\nname = \"api-1\"\naddress = \"127.0.0.1\"\nport = {}\n\
+         create = {{ protocol = \"http\" }}\n\
+         health_check = {{ http = {{ path = \"/\" }}, interval = \"200ms\", timeout = \"150ms\" }}\n",
+        backend.port
+    );
+    let registration = switchyard_agent::registration::parse(&file, "backends").unwrap();
+    let front = pb::Listener {
+        node_selector: BTreeMap::from([("role".into(), "client".into())]),
+        target: Some(pb::listener::Target::Service("api".into())),
+        protocol: pb::Protocol::Tcp as i32,
+        ..fixtures::listener("front", "127.0.0.1", u32::from(listen), "")
+    };
+    let start_owner = || {
+        let registration = registration.clone();
+        let url = url.clone();
+        async move {
+            let dir = Arc::new(TempDir::new());
+            TestAgent::start_with(
+                switchyard_agent::Config {
+                    node_id: "backends".into(),
+                    control_planes: vec![url],
+                    data_dir: dir.path().to_path_buf(),
+                    registration: Some(registration),
+                    backoff_base: Duration::from_millis(20),
+                    ..Default::default()
+                },
+                dir,
+            )
+            .await
+        }
+    };
+    let owner = start_owner().await;
+    // The listener names the service the agent creates: applied once it exists.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut client = server.client().await;
+    while client
+        .apply(pb::ApplyRequest {
+            items: vec![item(pb::resource::Kind::Listener(front.clone()))],
+            dry_run: false,
+        })
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "service api never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sidecar = agent("client-1", "client", &url).await;
+    sidecar
+        .until("api-1 healthy", |c| {
+            health_of(c, "api-1") == Some(Health::Healthy)
+        })
+        .await;
+    let stop = CancellationToken::new();
+    let proxy = tokio::spawn(Builtin::new().run(sidecar.agent.config(), stop.clone()));
+    until_body(listen, "api-1").await;
+
+    owner.agent.stop().await.unwrap();
+    sidecar
+        .until("api-1 draining", |c| {
+            health_of(c, "api-1") == Some(Health::Draining)
+        })
+        .await;
+    // Draining: no new connection reaches it (the backend itself still runs).
+    assert_eq!(fetch(listen).await, None);
+
+    let owner = start_owner().await;
+    sidecar
+        .until("api-1 healthy again", |c| {
+            health_of(c, "api-1") == Some(Health::Healthy)
+        })
+        .await;
+    until_body(listen, "api-1").await;
+    stop.cancel();
+    proxy.await.unwrap();
+    owner.agent.stop().await.unwrap();
+    sidecar.agent.stop().await.unwrap();
+    server.stop().await;
+}
+
 /// One GET through the proxy on `port`: status and body, or `None` when the
 /// connection failed.
 async fn get(port: u16) -> Option<(u16, String)> {

@@ -22,6 +22,7 @@ fn register(
         node_id: node.into(),
         endpoints,
         services,
+        replace: false,
     }
 }
 
@@ -229,7 +230,57 @@ async fn deregister_drains_or_deletes_own_endpoints(db: TestDb) {
     server.stop().await;
 }
 
+/// With `replace`, the request is the node's whole registration: what it
+/// registered before and no longer lists goes away; endpoints an operator
+/// assigned to the node stay.
+async fn replace_removes_what_the_node_no_longer_declares(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut agents = agent_client(&server).await;
+    let api = pb::Service {
+        name: "api".into(),
+        ..Default::default()
+    };
+    let mut request = register(
+        "n1",
+        vec![
+            endpoint("api-1", "api", 9000),
+            endpoint("api-2", "api", 9001),
+        ],
+        vec![api],
+    );
+    request.replace = true;
+    agents.register(request.clone()).await.unwrap();
+    let registered = get_endpoint(&server, "api-2").await.unwrap();
+    assert_eq!(registered.labels["switchyard.io/registered-by"], "agent");
+    server
+        .client()
+        .await
+        .apply(pb::ApplyRequest {
+            items: vec![item(pb::resource::Kind::Endpoint(pb::Endpoint {
+                node: "n1".into(),
+                ..endpoint("ops-assigned", "api", 9100)
+            }))],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+
+    request.endpoints.truncate(1);
+    // The control plane removes what its in-memory state shows the node
+    // registered; that state trails a write by a few milliseconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get_endpoint(&server, "api-2").await.is_some() {
+        assert!(std::time::Instant::now() < deadline, "api-2 never removed");
+        agents.register(request.clone()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(get_endpoint(&server, "api-1").await.is_some());
+    assert!(get_endpoint(&server, "ops-assigned").await.is_some());
+    server.stop().await;
+}
+
 switchyard_control_plane::both_backends!(
+    replace_removes_what_the_node_no_longer_declares,
     a_node_registers_its_instances_and_only_its_own,
     deregister_drains_or_deletes_own_endpoints,
 );

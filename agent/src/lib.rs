@@ -7,6 +7,7 @@ pub mod balance;
 pub mod health;
 pub mod persist;
 pub mod proxy;
+pub mod registration;
 pub mod router;
 pub mod state;
 pub mod sync;

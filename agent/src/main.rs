@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use switchyard_agent::proxy::{Builtin, Driver};
-use switchyard_agent::{Agent, Config, persist};
+use switchyard_agent::{Agent, Config, persist, registration};
 use tokio_util::sync::CancellationToken;
 
 /// How long the agent may take to stop after a shutdown signal: the proxy
@@ -50,6 +50,11 @@ struct Args {
         default_value = "/var/lib/switchyard-agent"
     )]
     data_dir: PathBuf,
+    /// A TOML file declaring the service instances running on this node;
+    /// they are registered as endpoints this node owns (and health-checks)
+    /// each time the agent connects.
+    #[arg(long, env = "SWITCHYARD_SERVICES")]
+    services: Option<PathBuf>,
     /// Log format.
     #[arg(
         long,
@@ -94,7 +99,12 @@ async fn main() -> anyhow::Result<()> {
         Some(id) => id,
         None => host_name().context("--node-id is not set and the host name is unreadable")?,
     };
+    let registration = match &args.services {
+        Some(path) => Some(registration::load(path, &node_id).context("--services")?),
+        None => None,
+    };
     let config = Config {
+        registration,
         node_id,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         control_planes: args.control_planes,

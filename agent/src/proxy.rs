@@ -128,9 +128,10 @@ impl Pool {
     }
 
     /// Picks an endpoint: among those that may take new requests (not
-    /// unhealthy, not draining, not ejected as an outlier), or among all
-    /// when too few may (the panic threshold: better to try a suspect
-    /// endpoint than to fail everything).
+    /// unhealthy, not draining, not ejected as an outlier), or among all but
+    /// the draining ones when too few may (the panic threshold: better to
+    /// try a suspect endpoint than to fail everything). A draining endpoint
+    /// was taken out of rotation on purpose and never gets new requests.
     ///
     /// `avoid` (the endpoint a retry's previous try failed on) is skipped
     /// when another endpoint is available.
@@ -140,10 +141,13 @@ impl Pool {
             matches!(self.endpoints[id].health, Health::Healthy | Health::Unknown)
                 && !self.hosts[id].is_ejected(now)
         };
-        let total = self.endpoints.len();
-        let up = (0..total).filter(|&id| routable(id)).count();
+        let draining = |id: usize| self.endpoints[id].health == Health::Draining;
+        let total = (0..self.endpoints.len())
+            .filter(|&id| !draining(id))
+            .count();
+        let up = (0..self.endpoints.len()).filter(|&id| routable(id)).count();
         let panic = up * 100 < usize::from(self.panic_threshold_percent) * total;
-        let eligible = |id: usize| panic || routable(id);
+        let eligible = |id: usize| routable(id) || (panic && !draining(id));
         avoid
             .and_then(|avoid| self.balancer.pick(hash, |id| id != avoid && eligible(id)))
             .or_else(|| self.balancer.pick(hash, eligible))

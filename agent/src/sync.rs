@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::health::{self, Results};
 use crate::persist;
+use crate::registration::{OnShutdown, Registration};
 use crate::state::{self, Candidate, NodeConfig, Store};
 
 pub use backoff::Backoff;
@@ -47,6 +48,9 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message accepted from a control plane: a Snapshot of a big node.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How long a clean shutdown waits for the control plane to drain or
+/// deregister the node's registrations.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most endpoints in one health report: a node re-sending thousands of
 /// endpoints' health after reconnecting does it in several messages.
 const MAX_REPORT_ENDPOINTS: usize = 1000;
@@ -76,6 +80,8 @@ pub struct Config {
     /// How often the agent re-sends the health of every endpoint it checks,
     /// even unchanged: it repairs anything a control plane lost.
     pub health_refresh: Duration,
+    /// Service instances of this node to register each time it connects.
+    pub registration: Option<Registration>,
 }
 
 impl Default for Config {
@@ -90,6 +96,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             health_refresh: Duration::from_secs(60),
+            registration: None,
         }
     }
 }
@@ -218,6 +225,8 @@ pub struct Stats {
     pub nacks: AtomicU64,
     /// Snapshots asked for after a gap (Resyncs sent or being sent).
     pub resyncs: AtomicU64,
+    /// Registrations the control plane refused.
+    pub registration_failures: AtomicU64,
     /// Held only to read or replace the value, never across an `.await`.
     connected_to: Mutex<Option<String>>,
 }
@@ -412,6 +421,84 @@ impl Client {
             }
         }
         info!(revision = self.store.revision(), "sync stopped");
+        self.leave().await;
+    }
+
+    /// Registers this node's service instances through `channel`. A refusal
+    /// (bad file content, an endpoint owned by another node) is logged and
+    /// does not stop syncing: the node keeps serving, and registration is
+    /// tried again on the next connection.
+    async fn register(&self, channel: &tonic::transport::Channel) -> Result<(), Error> {
+        let Some(registration) = &self.config.registration else {
+            return Ok(());
+        };
+        let mut client = AgentServiceClient::new(channel.clone());
+        let call = client.register(registration.request.clone());
+        let response = tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            response = tokio::time::timeout(OPEN_TIMEOUT, call) => response
+                .map_err(|_| Error::Stream(tonic::Status::deadline_exceeded("no answer to register")))?,
+        };
+        match response {
+            Ok(done) => {
+                let done = done.into_inner();
+                info!(
+                    revision = done.revision,
+                    endpoints = registration.request.endpoints.len(),
+                    "registered this node's services"
+                );
+                Ok(())
+            }
+            Err(status) if is_refusal(&status) => {
+                Stats::bump(&self.stats.registration_failures);
+                warn!(code = ?status.code(), error = %status.message(), "registration refused");
+                Ok(())
+            }
+            Err(status) => Err(Error::Stream(status)),
+        }
+    }
+
+    /// On a clean shutdown, drains or deregisters this node's registrations
+    /// as configured, through the first control plane that answers.
+    async fn leave(&self) {
+        let Some(registration) = &self.config.registration else {
+            return;
+        };
+        let mode = match registration.on_shutdown {
+            OnShutdown::Keep => return,
+            OnShutdown::Drain => pb::DeregisterMode::Drain,
+            OnShutdown::Deregister => pb::DeregisterMode::Delete,
+        };
+        let request = pb::DeregisterRequest {
+            node_id: self.config.node_id.clone(),
+            endpoints: registration.endpoint_names(),
+            mode: mode as i32,
+        };
+        let attempt = async {
+            for addr in &self.config.control_planes {
+                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(addr.clone()) else {
+                    continue;
+                };
+                let endpoint = endpoint.connect_timeout(self.config.connect_timeout);
+                let result = match endpoint.connect().await {
+                    Ok(channel) => AgentServiceClient::new(channel)
+                        .deregister(request.clone())
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(tonic::Status::unavailable(causes(&e))),
+                };
+                match result {
+                    Ok(()) => {
+                        info!(%addr, ?mode, endpoints = request.endpoints.len(), "left: registrations updated");
+                        return;
+                    }
+                    Err(status) => warn!(%addr, error = %status.message(), "leaving"),
+                }
+            }
+        };
+        if tokio::time::timeout(LEAVE_TIMEOUT, attempt).await.is_err() {
+            warn!("no control plane answered in time; registrations left as they are");
+        }
     }
 
     /// One stream to `addr`, from connecting to its end.
@@ -432,6 +519,7 @@ impl Client {
             _ = self.shutdown.cancelled() => return Ok(()),
             channel = endpoint.connect() => channel.map_err(Error::Connect)?,
         };
+        self.register(&channel).await?;
         let mut client =
             AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -620,6 +708,23 @@ impl Client {
             Err(error) => warn!(revision, %error, "saving the configuration failed"),
         }
     }
+}
+
+/// Whether a control plane refused a request for what it is (as opposed
+/// to being unable to answer): asking again unchanged will not help.
+fn is_refusal(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::Aborted
+            | Code::AlreadyExists
+            | Code::NotFound
+            | Code::OutOfRange
+            | Code::Unimplemented
+    )
 }
 
 /// The sending half of one stream.

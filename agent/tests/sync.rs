@@ -194,6 +194,7 @@ fn config(data_dir: &Path, control_planes: Vec<String>) -> Config {
         heartbeat_interval: Duration::from_secs(3600),
         connect_timeout: Duration::from_secs(1),
         health_refresh: Duration::from_secs(3600),
+        registration: None,
     }
 }
 

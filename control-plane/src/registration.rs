@@ -12,22 +12,30 @@ use switchyard::resource::{Kind, Ref};
 use switchyard::validate::{Invalid, MAX_BATCH, Violations, join};
 use tracing::info;
 
+use crate::fanout::State;
 use crate::grpc::{Head, results, write};
 use crate::nodes::{Error, now_ms};
 use crate::store::{HealthWrite, Removal, Store};
 
+/// The label Register puts on every endpoint it writes: it tells a node's
+/// own registrations from endpoints an operator assigned to the node.
+pub const REGISTERED_BY: (&str, &str) = ("switchyard.io/registered-by", "agent");
+
 /// Creates or updates the endpoints of `req` (owned by `req.node_id`) and
-/// creates its missing services, in one transaction.
+/// creates its missing services, in one transaction. With `replace`, then
+/// deletes the node's earlier registrations that `req` no longer lists, as
+/// `state` knows them.
 pub async fn register<S: Store>(
     store: &S,
     head: &Head,
+    state: &State,
     req: pb::RegisterRequest,
 ) -> Result<pb::RegisterResponse, Error> {
     let node = req.node_id.as_str();
     let mut v = Violations::new();
     switchyard::validate::name(&mut v, "node_id", node);
     let total = req.endpoints.len() + req.services.len();
-    if req.endpoints.is_empty() {
+    if req.endpoints.is_empty() && !req.replace {
         v.push("endpoints", "at least one endpoint is required");
     } else if total > MAX_BATCH {
         v.push(
@@ -39,6 +47,8 @@ pub async fn register<S: Store>(
 
     let mut v = Violations::new();
     let mut writes = Vec::with_capacity(total);
+    // Endpoints drained when their agent stopped, registered again now.
+    let mut back = Vec::new();
     for (i, service) in req.services.iter().enumerate() {
         let field = format!("services[{i}]");
         if store
@@ -70,7 +80,13 @@ pub async fn register<S: Store>(
             );
             continue;
         }
-        let stored = owned_revision(store, node, &endpoint.name, &field).await?;
+        endpoint
+            .labels
+            .insert(REGISTERED_BY.0.into(), REGISTERED_BY.1.into());
+        let (stored, health) = owned(store, node, &endpoint.name, &field).await?;
+        if health == pb::Health::Draining {
+            back.push(endpoint.name.clone());
+        }
         let resource = pb::Resource {
             kind: Some(pb::resource::Kind::Endpoint(endpoint)),
         };
@@ -80,12 +96,60 @@ pub async fn register<S: Store>(
         }
     }
     v.finish(())?;
-    let applied = store.apply(writes, false).await?;
-    head.advance(applied.revision);
-    info!(%node, revision = applied.revision, endpoints = req.endpoints.len(), "registered");
+    let mut revision = store.revision().await?;
+    let mut done = Vec::new();
+    if !writes.is_empty() {
+        let applied = store.apply(writes, false).await?;
+        revision = applied.revision;
+        done = results(applied.results);
+    }
+    if !back.is_empty() {
+        let writes = back
+            .iter()
+            .map(|name| HealthWrite {
+                endpoint: name.clone(),
+                node: node.to_owned(),
+                health: pb::Health::Unknown,
+                reason: "registered again by its agent".into(),
+                at_ms: now_ms(),
+            })
+            .collect();
+        if let Some(r) = store.write_health(writes).await?.revision {
+            revision = r;
+        }
+    }
+    if req.replace {
+        let listed: std::collections::HashSet<&str> =
+            req.endpoints.iter().map(|e| e.name.as_str()).collect();
+        let stale: Vec<Removal> = state
+            .owned(node)
+            .filter(|e| {
+                e.labels.get(REGISTERED_BY.0).map(String::as_str) == Some(REGISTERED_BY.1)
+                    && !listed.contains(e.name.as_str())
+            })
+            .map(|e| Removal {
+                target: Ref::new(Kind::Endpoint, &e.name),
+                field: "endpoints".into(),
+                expected_revision: Some(e.revision),
+            })
+            .collect();
+        if !stale.is_empty() {
+            // Best effort: what was registered stands; an endpoint that
+            // changed meanwhile is left for the next registration.
+            match store.delete(stale.clone(), false).await {
+                Ok(r) => {
+                    revision = r;
+                    info!(%node, endpoints = stale.len(), "removed registrations no longer declared");
+                }
+                Err(error) => tracing::warn!(%node, %error, "removing stale registrations"),
+            }
+        }
+    }
+    head.advance(revision);
+    info!(%node, revision, endpoints = req.endpoints.len(), "registered");
     Ok(pb::RegisterResponse {
-        revision: applied.revision,
-        results: results(applied.results),
+        revision,
+        results: done,
     })
 }
 
@@ -114,9 +178,9 @@ pub async fn deregister<S: Store>(
     let mut present = Vec::new();
     for (i, name) in req.endpoints.iter().enumerate() {
         let field = format!("endpoints[{i}]");
-        match owned_revision(store, node, name, &field).await? {
-            0 => {}
-            revision => present.push((name.clone(), field, revision)),
+        match owned(store, node, name, &field).await? {
+            (0, _) => {}
+            (revision, _) => present.push((name.clone(), field, revision)),
         }
     }
     if present.is_empty() {
@@ -158,19 +222,20 @@ pub async fn deregister<S: Store>(
     Ok(pb::DeregisterResponse { revision })
 }
 
-/// The revision of endpoint `name` if `node` owns it, 0 if it does not
-/// exist; an error naming `field` if another node (or an operator) owns it.
-async fn owned_revision<S: Store>(
+/// The revision and health of endpoint `name` if `node` owns it, revision
+/// 0 if it does not exist; an error naming `field` if another node (or an
+/// operator) owns it.
+async fn owned<S: Store>(
     store: &S,
     node: &str,
     name: &str,
     field: &str,
-) -> Result<u64, Error> {
+) -> Result<(u64, pb::Health), Error> {
     let Some(stored) = store.get(&Ref::new(Kind::Endpoint, name)).await? else {
-        return Ok(0);
+        return Ok((0, pb::Health::Unknown));
     };
     match stored.kind {
-        Some(pb::resource::Kind::Endpoint(e)) if e.node == node => Ok(e.revision),
+        Some(pb::resource::Kind::Endpoint(e)) if e.node == node => Ok((e.revision, e.health())),
         _ => Err(Error::NotOwned {
             field: field.to_owned(),
             endpoint: name.to_owned(),

@@ -78,10 +78,16 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        crate::registration::register(self.store.as_ref(), &self.head, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(node_status)
+        let state = self.state.borrow().clone();
+        crate::registration::register(
+            self.store.as_ref(),
+            &self.head,
+            &state,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(node_status)
     }
 
     async fn deregister(

@@ -1,0 +1,163 @@
+//! The connection to the control plane: its address, the bearer token, call
+//! deadlines, and the calls several commands share.
+
+use std::time::Duration;
+
+use switchyard::label::Selector;
+use switchyard::pb;
+use switchyard::pb::operator_service_client::OperatorServiceClient;
+use switchyard::resource::Kind;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::Global;
+use crate::error::{Error, root_cause};
+
+/// How long opening the connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The deadline of one unary call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Resources per `List` page.
+const PAGE_SIZE: u32 = 500;
+
+/// An operator API client that sends the token with every call.
+pub type Client = OperatorServiceClient<InterceptedService<Channel, Auth>>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Debug, Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Where and how to connect, checked before anything is sent.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The `http://host:port` URL.
+    pub url: String,
+    auth: Auth,
+}
+
+impl Target {
+    /// Checks the global flags: the address, the token, and the TLS flags,
+    /// which are refused until the control plane serves TLS rather than
+    /// silently ignored.
+    pub fn new(global: &Global) -> Result<Self, Error> {
+        let tls_flag = [
+            ("--ca-cert", &global.ca_cert),
+            ("--client-cert", &global.client_cert),
+            ("--client-key", &global.client_key),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.is_some());
+        if let Some((flag, _)) = tls_flag {
+            return Err(Error::usage(format_args!(
+                "{flag}: TLS is not supported yet; the control plane serves plaintext gRPC only"
+            )));
+        }
+        let server = global.server.trim();
+        let url = if server.starts_with("https://") {
+            return Err(Error::usage(format_args!(
+                "--server {server}: TLS is not supported yet; use an http:// address"
+            )));
+        } else if server.contains("://") {
+            server.to_string()
+        } else {
+            format!("http://{server}")
+        };
+        let auth = match global.token.as_deref().map(str::trim) {
+            None | Some("") => Auth(None),
+            Some(token) => Auth(Some(format!("Bearer {token}").parse().map_err(|_| {
+                Error::usage("--token: must be printable ASCII without line breaks")
+            })?)),
+        };
+        Ok(Self { url, auth })
+    }
+
+    /// Connects, failing fast (exit 3) when nothing answers.
+    pub async fn connect(&self) -> Result<Client, Error> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| Error::usage(format_args!("--server {}: {e}", self.url)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| {
+            let cause = root_cause(&e).unwrap_or_else(|| e.to_string());
+            Error::unavailable(format_args!("cannot connect to {}: {cause}", self.url))
+        })?;
+        Ok(OperatorServiceClient::with_interceptor(
+            channel,
+            self.auth.clone(),
+        ))
+    }
+}
+
+/// A request with the unary call deadline.
+pub fn request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+/// Checks a label selector here, so that a typo is a usage error.
+pub fn selector(flag: &str, text: Option<&str>) -> Result<String, Error> {
+    let text = text.unwrap_or("").trim();
+    Selector::parse(text).map_err(|e| Error::usage(format_args!("{flag} {text}: {e}")))?;
+    Ok(text.to_string())
+}
+
+/// Every resource of `kind` matching `selector`, through all pages, and the
+/// revision the first page was read at.
+pub async fn list_all(
+    client: &mut Client,
+    kind: Kind,
+    selector: &str,
+) -> Result<(Vec<pb::Resource>, u64), Error> {
+    let mut resources = Vec::new();
+    let mut page_token = String::new();
+    let mut revision = None;
+    loop {
+        let page = client
+            .list(request(pb::ListRequest {
+                kind: kind.to_pb() as i32,
+                label_selector: selector.to_string(),
+                page_size: PAGE_SIZE,
+                page_token,
+            }))
+            .await
+            .map_err(|s| Error::status(&s))?
+            .into_inner();
+        revision.get_or_insert(page.revision);
+        resources.extend(page.resources);
+        if page.next_page_token.is_empty() {
+            return Ok((resources, revision.unwrap_or_default()));
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The store's current revision, read cheaply (one service at most).
+pub async fn current_revision(client: &mut Client) -> Result<u64, Error> {
+    Ok(client
+        .list(request(pb::ListRequest {
+            kind: pb::Kind::Service as i32,
+            page_size: 1,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| Error::status(&s))?
+        .into_inner()
+        .revision)
+}

@@ -1,0 +1,108 @@
+//! `yardctl watch`: every committed change, one line each, until Ctrl-C.
+
+use serde_yaml_ng::Value;
+use switchyard::pb;
+use switchyard::resource::{Kind, Ref};
+
+use super::Console;
+use crate::cli::{Output, WatchArgs, kind_arg};
+use crate::client::{self, Target};
+use crate::error::Error;
+use crate::manifest::{self, kind_title};
+use crate::mapping::{enum_value_name, mapping};
+
+/// Follows the change stream until Ctrl-C (exit 0) or until the control
+/// plane ends it (exit 3).
+pub async fn run(
+    target: &Target,
+    output: Option<Output>,
+    args: WatchArgs,
+    console: &mut Console<'_>,
+) -> Result<(), Error> {
+    let mut kinds = args
+        .kinds
+        .iter()
+        .map(|k| kind_arg(k))
+        .collect::<Result<Vec<Kind>, _>>()?;
+    kinds.sort();
+    kinds.dedup();
+    let output = output.unwrap_or(Output::Table);
+    let mut client = target.connect().await?;
+    let from_revision = match args.from_revision {
+        Some(r) => r,
+        None => client::current_revision(&mut client).await?,
+    };
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            from_revision,
+            kinds: kinds.iter().map(|k| k.to_pb() as i32).collect(),
+        })
+        .await
+        .map_err(|s| Error::status(&s))?
+        .into_inner();
+    writeln!(
+        console.err,
+        "watching changes after revision {from_revision} (Ctrl-C to stop)"
+    )?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut first = true;
+    loop {
+        let response = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            message = stream.message() => message.map_err(|s| Error::status(&s))?,
+        };
+        let Some(response) = response else {
+            return Err(Error::unavailable("the control plane ended the watch"));
+        };
+        for change in &response.changes {
+            print(change, output, &mut first, console)?;
+        }
+        console.out.flush()?;
+    }
+}
+
+fn print(
+    change: &pb::Change,
+    output: Output,
+    first: &mut bool,
+    console: &mut Console<'_>,
+) -> Result<(), Error> {
+    let Some(target) = change
+        .r#ref
+        .as_ref()
+        .and_then(|r| Kind::from_pb(r.kind).map(|k| Ref::new(k, r.name.clone())))
+    else {
+        return Ok(());
+    };
+    let op = enum_value_name("switchyard.v1.ChangeOp", change.op);
+    match output {
+        Output::Table => writeln!(console.out, "{:<8} {op:<7} {target}", change.revision)?,
+        Output::Name => writeln!(console.out, "{target}")?,
+        Output::Json | Output::Yaml => {
+            let mut doc = mapping([
+                ("revision", Value::Number(change.revision.into())),
+                ("op", Value::String(op)),
+                ("kind", Value::String(kind_title(target.kind).into())),
+                ("name", Value::String(target.name.clone())),
+            ]);
+            if let Some(resource) = &change.resource {
+                doc.insert("resource".into(), manifest::to_document(resource));
+            }
+            let doc = Value::Mapping(doc);
+            if output == Output::Json {
+                let line = serde_json::to_string(&doc).expect("a document serializes as JSON");
+                writeln!(console.out, "{line}")?;
+            } else {
+                if !*first {
+                    writeln!(console.out, "---")?;
+                }
+                console
+                    .out
+                    .write_all(manifest::to_yaml(&[doc]).as_bytes())?;
+            }
+        }
+    }
+    *first = false;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! What can go wrong, as one line for the operator and an exit code for
+//! scripts, and the mapping from gRPC statuses to both.
+
+use std::fmt;
+
+use tonic::Code;
+
+/// The process exit codes, documented in `yardctl --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything done.
+    Ok = 0,
+    /// Bad flags or arguments, or a manifest that does not parse; nothing
+    /// was sent.
+    Usage = 1,
+    /// The control plane refused the request (invalid, conflict, still
+    /// referenced, not found), or a node refused the configuration during a
+    /// rollout; nothing was written.
+    Rejected = 2,
+    /// The control plane could not be reached or failed to answer; retrying
+    /// may help.
+    Unavailable = 3,
+    /// A wait (`rollout status`) ran out of time.
+    Timeout = 4,
+}
+
+/// A failure: its exit code and one line saying what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// How the process exits.
+    pub exit: Exit,
+    /// What to tell the operator, without the `error: ` prefix; empty when
+    /// there is nothing to say (stdout closed by a pager, for instance).
+    pub message: String,
+}
+
+impl Error {
+    fn new(exit: Exit, message: impl fmt::Display) -> Self {
+        Self {
+            exit,
+            message: one_line(&message.to_string()),
+        }
+    }
+
+    /// Bad usage or an unreadable manifest.
+    pub fn usage(message: impl fmt::Display) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    /// Refused by the control plane or by a node.
+    pub fn rejected(message: impl fmt::Display) -> Self {
+        Self::new(Exit::Rejected, message)
+    }
+
+    /// No usable answer from the control plane.
+    pub fn unavailable(message: impl fmt::Display) -> Self {
+        Self::new(Exit::Unavailable, message)
+    }
+
+    /// A wait ran out of time.
+    pub fn timeout(message: impl fmt::Display) -> Self {
+        Self::new(Exit::Timeout, message)
+    }
+
+    /// A failed RPC, with the server's message.
+    pub fn status(status: &tonic::Status) -> Self {
+        Self::new(exit_for(status.code()), describe(status))
+    }
+
+    /// Writing the output failed. A closed pipe (`yardctl get ... | head`)
+    /// is not worth a message.
+    pub fn output(err: std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            Self {
+                exit: Exit::Ok,
+                message: String::new(),
+            }
+        } else {
+            Self::usage(format_args!("cannot write the output: {err}"))
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Self::output(err)
+    }
+}
+
+/// The exit code for a status code: refusals are 2; anything that says the
+/// request may not have been heard, or the server failed, is 3.
+pub fn exit_for(code: Code) -> Exit {
+    match code {
+        Code::Ok => Exit::Ok,
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::OutOfRange
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::Unimplemented => Exit::Rejected,
+        Code::Unavailable
+        | Code::Unknown
+        | Code::Internal
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::ResourceExhausted
+        | Code::DataLoss => Exit::Unavailable,
+    }
+}
+
+/// The server's message, or a description of the transport failure when
+/// the status was made on this side (connection refused, reset).
+fn describe(status: &tonic::Status) -> String {
+    let message = status.message().trim();
+    let message = message.strip_prefix("invalid request: ").unwrap_or(message);
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => {
+            let cause = root_cause(status);
+            match (message.is_empty(), cause) {
+                (true, Some(cause)) => format!("control plane unavailable: {cause}"),
+                (false, Some(cause)) if !message.contains(&cause) => {
+                    format!("control plane unavailable: {message}: {cause}")
+                }
+                (true, None) => "control plane unavailable".into(),
+                _ => format!("control plane unavailable: {message}"),
+            }
+        }
+        Code::DeadlineExceeded => format!("the control plane did not answer in time: {message}"),
+        _ => message.to_string(),
+    }
+}
+
+/// The innermost error behind `err`, which names the real problem
+/// ("Connection refused (os error 111)") where the outer ones say
+/// "transport error".
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = err.source()?;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    Some(source.to_string())
+}
+
+/// Newlines and runs of spaces folded, so every failure is one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests;

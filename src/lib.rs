@@ -3,6 +3,7 @@
 //! validation that turns one into the other.
 
 pub mod label;
+pub mod metrics;
 pub mod resource;
 pub mod validate;
 

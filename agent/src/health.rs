@@ -16,7 +16,8 @@
 mod probe;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use switchyard::pb;
@@ -43,6 +44,38 @@ pub struct Observed {
 
 /// The conclusions for every checked endpoint, by endpoint name.
 pub type Results = BTreeMap<String, Observed>;
+
+/// How many checks of one endpoint ran and failed, for metrics.
+#[derive(Debug, Default)]
+pub struct CheckStats {
+    /// Checks that ran to a result (passed, failed or timed out).
+    pub runs: AtomicU64,
+    /// Checks that failed or timed out.
+    pub failures: AtomicU64,
+}
+
+/// The [`CheckStats`] of every endpoint this node checks, kept while the
+/// endpoint is checked (across restarts of its check on a change of address
+/// or spec) and forgotten when it no longer is.
+#[derive(Debug, Default)]
+pub struct Checks(Mutex<BTreeMap<String, Arc<CheckStats>>>);
+
+impl Checks {
+    /// Every checked endpoint with its counts, in name order.
+    pub fn all(&self) -> Vec<(String, Arc<CheckStats>)> {
+        let map = self.0.lock().expect("check counts");
+        map.iter().map(|(n, c)| (n.clone(), c.clone())).collect()
+    }
+
+    fn track(&self, endpoint: &str) -> Arc<CheckStats> {
+        let mut map = self.0.lock().expect("check counts");
+        map.entry(endpoint.to_owned()).or_default().clone()
+    }
+
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0.lock().expect("check counts").retain(|n, _| keep(n));
+    }
+}
 
 /// One endpoint to check: where, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,11 +114,12 @@ pub fn targets(node_id: &str, config: &NodeConfig) -> BTreeMap<String, Target> {
 }
 
 /// Checks this node's endpoints, following `config`, publishing on
-/// `results`, until `shutdown`.
+/// `results` and counting in `checks`, until `shutdown`.
 pub async fn run(
     node_id: String,
     mut config: watch::Receiver<Arc<NodeConfig>>,
     results: watch::Sender<Results>,
+    checks: Arc<Checks>,
     shutdown: CancellationToken,
 ) {
     let results = Arc::new(results);
@@ -102,6 +136,7 @@ pub async fn run(
             }
             keep
         });
+        checks.retain(|name| wanted.contains_key(name));
         for (name, target) in wanted {
             if running.contains_key(&name) {
                 continue;
@@ -112,6 +147,7 @@ pub async fn run(
                 name.clone(),
                 target.clone(),
                 results.clone(),
+                checks.track(&name),
                 token.clone(),
             ));
             running.insert(name, (target, token));
@@ -166,6 +202,7 @@ async fn check(
     name: String,
     target: Target,
     results: Arc<watch::Sender<Results>>,
+    stats: Arc<CheckStats>,
     token: CancellationToken,
 ) {
     let interval = target.check.interval;
@@ -185,6 +222,10 @@ async fn check(
                 .unwrap_or_else(|_| Err(format!("timed out after {:?}", target.check.timeout))),
         };
         let ok = outcome.is_ok();
+        stats.runs.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(health) = streak.record(ok, &target.check) {
             let reason = match outcome {
                 Ok(detail) | Err(detail) => detail,

@@ -1,13 +1,14 @@
 //! `switchyard-agent`: the Switchyard node agent.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use switchyard_agent::proxy::{Builtin, Driver};
-use switchyard_agent::{Agent, Config, persist, registration};
+use switchyard_agent::{Agent, Config, metrics, persist, registration};
 use tokio_util::sync::CancellationToken;
 
 /// How long the agent may take to stop after a shutdown signal: the proxy
@@ -63,10 +64,29 @@ struct Args {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); `off`
+    /// (or an empty value) serves no metrics.
+    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", default_value = metrics::DEFAULT_LISTEN,
+          value_parser = parse_listen)]
+    metrics_listen: Listen,
     /// Print the configuration saved in the data directory and exit, without
     /// connecting.
     #[arg(long)]
     dump: bool,
+}
+
+/// An address to listen on, or none.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s.trim() {
+        "" | "off" => Ok(Listen(None)),
+        addr => addr
+            .parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|e| format!("{addr:?}: {e} (expected HOST:PORT or `off`)")),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -120,19 +140,41 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("invalid configuration: {}", problems.join("; "));
     }
 
+    // Bound before anything starts: a taken port is a configuration error.
+    let metrics_listener = match args.metrics_listen.0 {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
+
     let shutdown = CancellationToken::new();
     let agent = Agent::start(config, shutdown.clone())
         .await
         .context("starting the agent")?;
     // The built-in proxy serves whatever configuration the agent publishes,
     // starting with the one saved on disk.
-    let proxy = tokio::spawn(Builtin::new().run(agent.config(), shutdown.clone()));
+    let builtin = Builtin::new();
+    let sources = metrics::Sources::new(&agent, Some(builtin.metrics()));
+    let proxy = tokio::spawn(builtin.run(agent.config(), shutdown.clone()));
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving metrics at /metrics");
+        }
+        let render = move || sources.render();
+        tokio::spawn(metrics::serve(listener, render, shutdown.clone()))
+    });
     terminated().await.context("installing signal handlers")?;
     tracing::info!("shutting down");
     shutdown.cancel();
     let stopped = async {
         let synced = agent.stop().await;
         let proxied = proxy.await;
+        if let Some(metrics) = metrics {
+            metrics.await.context("metrics server failed")?;
+        }
         synced.context("agent failed")?;
         proxied.context("proxy failed")
     };

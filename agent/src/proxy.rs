@@ -12,13 +12,14 @@
 //! What must outlive a configuration lives in the driver, keyed by name, and
 //! each table refers to it: the HTTP clients (warm connection pools), each
 //! endpoint's outlier-detection record (an ejected endpoint stays ejected
-//! across a change), and each service's requests and retries in flight (so
-//! circuit breaking and the retry budget count traffic on every table).
+//! across a change), each service's requests and retries in flight (so
+//! circuit breaking and the retry budget count traffic on every table), and
+//! the traffic counters of listeners, services and endpoints that the
+//! metrics endpoint reads (see [`Metrics`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,8 +35,12 @@ use crate::state::NodeConfig;
 
 mod http;
 mod limit;
+mod metrics;
 mod outlier;
 mod tcp;
+
+pub use metrics::Metrics;
+use metrics::{ByName, EndpointStats, ListenerStats, ServiceStats};
 
 /// How long a removed listener's connections may take to finish.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -57,7 +62,8 @@ pub trait Driver: Send + 'static {
 #[derive(Debug, Default)]
 pub struct Builtin {
     clients: http::Clients,
-    services: Services,
+    services: Arc<Services>,
+    listeners: Arc<ByName<ListenerStats>>,
 }
 
 /// What the proxy remembers about one service across configurations.
@@ -68,6 +74,10 @@ struct Shared {
     /// Requests and retries in flight, for circuit breaking and the retry
     /// budget.
     counters: Arc<limit::Counters>,
+    /// Traffic counters of its endpoints, by endpoint name.
+    endpoints: ByName<EndpointStats>,
+    /// Its retries and circuit breaking, counted.
+    stats: ServiceStats,
 }
 
 /// [`Shared`] state by service name. A mutex because only compiling a
@@ -86,6 +96,19 @@ impl Services {
         map.retain(|n, _| wanted.contains_key(n));
         wanted
     }
+
+    /// Every service's state, sorted by name.
+    fn all(&self) -> Vec<(String, Arc<Shared>)> {
+        let mut all: Vec<_> = self
+            .0
+            .lock()
+            .expect("services")
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
 }
 
 impl Builtin {
@@ -93,7 +116,19 @@ impl Builtin {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A handle on the proxy's traffic counters, which stays valid while
+    /// the proxy runs (take it before [`Driver::run`] consumes the proxy).
+    pub fn metrics(&self) -> Metrics {
+        Metrics {
+            listeners: self.listeners.clone(),
+            services: self.services.clone(),
+        }
+    }
 }
+
+/// One endpoint of a pool, with what outlives configurations.
+type Member = (Endpoint, Arc<outlier::Host>, Arc<EndpointStats>);
 
 /// One endpoint set with its balancer: the endpoints of a service, or of a
 /// labelled subset of it.
@@ -103,13 +138,22 @@ pub struct Pool {
     pub endpoints: Vec<Endpoint>,
     /// Their outlier-detection records, in the same order.
     hosts: Vec<Arc<outlier::Host>>,
+    /// Their traffic counters, in the same order.
+    stats: Vec<Arc<EndpointStats>>,
     balancer: Balancer,
     panic_threshold_percent: u8,
 }
 
 impl Pool {
-    fn new(service: &Service, members: Vec<(Endpoint, Arc<outlier::Host>)>) -> Pool {
-        let (endpoints, hosts): (Vec<Endpoint>, Vec<_>) = members.into_iter().unzip();
+    fn new(service: &Service, members: Vec<Member>) -> Pool {
+        let mut endpoints = Vec::with_capacity(members.len());
+        let mut hosts = Vec::with_capacity(members.len());
+        let mut stats = Vec::with_capacity(members.len());
+        for (endpoint, host, counters) in members {
+            endpoints.push(endpoint);
+            hosts.push(host);
+            stats.push(counters);
+        }
         let targets = endpoints
             .iter()
             .enumerate()
@@ -123,6 +167,7 @@ impl Pool {
             balancer: Balancer::new(Policy::from(&service.balance), targets),
             endpoints,
             hosts,
+            stats,
             panic_threshold_percent: service.panic_threshold_percent,
         }
     }
@@ -191,6 +236,7 @@ impl Upstream {
             return;
         };
         if let Some(ms) = self.shared.hosts.record(&pool.hosts[id], outcome, config) {
+            pool.stats[id].ejected();
             info!(
                 service = %self.service.name,
                 endpoint = %pool.endpoints[id].name,
@@ -244,8 +290,15 @@ impl Table {
                 .cloned()
                 .collect();
             let hosts = shared.hosts.sync(&endpoints);
-            let members: Vec<(Endpoint, Arc<outlier::Host>)> =
-                endpoints.into_iter().zip(hosts).collect();
+            let stats = shared
+                .endpoints
+                .sync(endpoints.iter().map(|e| e.name.as_str()));
+            let members: Vec<Member> = endpoints
+                .into_iter()
+                .zip(hosts)
+                .zip(stats)
+                .map(|((e, h), s)| (e, h, s))
+                .collect();
             let subsets = subsets
                 .get(service.name.as_str())
                 .into_iter()
@@ -253,7 +306,7 @@ impl Table {
                 .map(|subset| {
                     let selected = members
                         .iter()
-                        .filter(|(e, _)| switchyard::label::matches_all(subset, &e.labels))
+                        .filter(|(e, _, _)| switchyard::label::matches_all(subset, &e.labels))
                         .cloned()
                         .collect();
                     ((*subset).clone(), Arc::new(Pool::new(service, selected)))
@@ -304,29 +357,30 @@ struct Open {
     stop: CancellationToken,
 }
 
-/// Counters of what the proxy did.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Requests and connections forwarded.
-    pub forwarded: AtomicU64,
-    /// Requests answered with an error by the proxy itself (4xx/5xx it made).
-    pub failed: AtomicU64,
-}
-
 impl Driver for Builtin {
     async fn run(self, mut config: watch::Receiver<Arc<NodeConfig>>, shutdown: CancellationToken) {
-        let stats = Arc::new(Stats::default());
         let tables = watch::Sender::new(Arc::new(Table::default()));
         let mut open: HashMap<String, Open> = HashMap::new();
         let mut tasks = JoinSet::new();
         loop {
             let current = config.borrow_and_update().clone();
+            // Counters of listeners that left the configuration go; those
+            // of new ones are created when they open.
+            self.listeners
+                .sync(current.listeners.keys().map(String::as_str));
             tables.send_replace(Arc::new(Table::compile(
                 &current,
                 &self.clients,
                 &self.services,
             )));
-            reconcile(&current, &mut open, &mut tasks, &tables, &stats, &shutdown);
+            reconcile(
+                &current,
+                &mut open,
+                &mut tasks,
+                &tables,
+                &self.listeners,
+                &shutdown,
+            );
             debug!(
                 revision = current.revision,
                 listeners = open.len(),
@@ -355,7 +409,7 @@ fn reconcile(
     open: &mut HashMap<String, Open>,
     tasks: &mut JoinSet<()>,
     tables: &watch::Sender<Arc<Table>>,
-    stats: &Arc<Stats>,
+    stats: &ByName<ListenerStats>,
     shutdown: &CancellationToken,
 ) {
     open.retain(|name, l| {
@@ -394,7 +448,7 @@ fn reconcile(
         let ctx = Context {
             listener: name.clone(),
             tables: tables.subscribe(),
-            stats: stats.clone(),
+            stats: stats.get(name),
         };
         let token = stop.clone();
         match bind.protocol {
@@ -410,7 +464,8 @@ fn reconcile(
 struct Context {
     listener: String,
     tables: watch::Receiver<Arc<Table>>,
-    stats: Arc<Stats>,
+    /// The listener's counters, kept across configurations.
+    stats: Arc<ListenerStats>,
 }
 
 impl Context {

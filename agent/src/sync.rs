@@ -255,6 +255,8 @@ pub struct Agent {
     config: watch::Receiver<Arc<NodeConfig>>,
     health: watch::Receiver<Results>,
     stats: Arc<Stats>,
+    check_stats: Arc<health::Checks>,
+    control_planes: Arc<[String]>,
     /// A child of the caller's token: cancelling the caller's stops the
     /// agent, and [`Agent::stop`] stops only the agent.
     shutdown: CancellationToken,
@@ -289,6 +291,8 @@ impl Agent {
         let (publish, subscribe) = watch::channel(store.config());
         let (results, health) = watch::channel(Results::new());
         let stats = Arc::new(Stats::default());
+        let check_stats = Arc::new(health::Checks::default());
+        let control_planes = config.control_planes.clone().into();
         let shutdown = shutdown.child_token();
         // Health checks follow the configuration the node serves, whether
         // it came from disk or from a control plane.
@@ -296,6 +300,7 @@ impl Agent {
             config.node_id.clone(),
             subscribe.clone(),
             results,
+            check_stats.clone(),
             shutdown.clone(),
         ));
         let client = Client {
@@ -311,6 +316,8 @@ impl Agent {
             config: subscribe,
             health,
             stats,
+            check_stats,
+            control_planes,
             _guard: shutdown.clone().drop_guard(),
             shutdown,
             task,
@@ -331,6 +338,16 @@ impl Agent {
     /// The agent's counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// How many health checks of each endpoint ran and failed.
+    pub fn checks(&self) -> Arc<health::Checks> {
+        self.check_stats.clone()
+    }
+
+    /// The control planes the agent syncs with, in the order it tries them.
+    pub fn control_planes(&self) -> Arc<[String]> {
+        self.control_planes.clone()
     }
 
     /// Stops syncing and waits until the sync task has ended.
@@ -642,9 +659,11 @@ impl Client {
                 self.save(&candidate).await;
                 let config = self.store.commit(candidate);
                 let resources = self.store.len();
+                // Counted before it is published, so that whoever sees the
+                // new configuration also sees it counted.
+                Stats::bump(&self.stats.acks);
                 self.publish.send_replace(config);
                 info!(revision, resources, "applied configuration");
-                Stats::bump(&self.stats.acks);
                 out.send(Out::Ack(pb::Ack { revision })).await?;
             }
             Err(error) => {

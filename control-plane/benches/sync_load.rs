@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use switchyard::pb;
-use switchyard::pb::agent_service_client::AgentServiceClient;
 use switchyard_control_plane::testing::fixtures::{self, item, route_to, service};
 use switchyard_control_plane::testing::{CpProcess, TestDb};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
+
+mod load;
+use load::{Shared, Sim, cpu, percentile, wait_for};
 
 struct Args {
     agents: usize,
@@ -31,17 +31,6 @@ struct Args {
     connections: usize,
     filler: usize,
     sqlite: bool,
-}
-
-/// `None` when not run by `cargo bench` (which passes `--bench`): test
-/// runners that build every target list it (`--list`) or run it bare, and
-/// it must neither run a long load test then nor fail.
-fn args() -> Option<Args> {
-    let all: Vec<String> = std::env::args().skip(1).collect();
-    if !all.iter().any(|a| a == "--bench") {
-        return None;
-    }
-    Some(parse(all))
 }
 
 fn parse(all: Vec<String>) -> Args {
@@ -63,7 +52,6 @@ fn parse(all: Vec<String>) -> Args {
             "--connections" => a.connections = value().parse().expect("--connections"),
             "--filler" => a.filler = value().parse().expect("--filler"),
             "--sqlite" => a.sqlite = true,
-            "--bench" => {}
             other => panic!(
                 "unknown flag {other}; flags: --agents --changes --rate --connections --filler --sqlite"
             ),
@@ -118,191 +106,9 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// What every simulated agent reports.
-#[derive(Default)]
-struct Shared {
-    /// The newest revision each agent holds.
-    revision: Vec<AtomicU64>,
-    bytes: AtomicU64,
-    pushes: AtomicU64,
-    snapshots: AtomicU64,
-    /// Agents that received the first push of their current stream.
-    synced: AtomicU64,
-}
-
-/// One simulated agent: holds its view like a real agent, acks every push,
-/// and reconnects (with its revision and inventory) when the stream breaks.
-/// Returns (revision reached, when) for every push received.
-async fn agent(
-    id: usize,
-    channel: Channel,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> Vec<(u64, Instant)> {
-    let mut reached = vec![];
-    let mut revision = 0u64;
-    let mut inventory: BTreeMap<(i32, String), u64> = BTreeMap::new();
-    loop {
-        if *stop.borrow() {
-            return reached;
-        }
-        let (tx, rx) = mpsc::channel(4);
-        let hello = pb::Hello {
-            node_id: format!("node-{id}"),
-            agent_version: "load".into(),
-            last_applied_revision: revision,
-            resources: inventory
-                .iter()
-                .map(|((kind, name), rev)| pb::ResourceVersion {
-                    r#ref: Some(pb::ResourceRef {
-                        kind: *kind,
-                        name: name.clone(),
-                    }),
-                    revision: *rev,
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let _ = tx
-            .send(pb::SyncRequest {
-                message: Some(pb::sync_request::Message::Hello(hello)),
-            })
-            .await;
-        let mut client = AgentServiceClient::new(channel.clone());
-        let mut stream = match client.sync(ReceiverStream::new(rx)).await {
-            Ok(s) => s.into_inner(),
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50 + (id % 100) as u64)).await;
-                continue;
-            }
-        };
-        let mut first = true;
-        loop {
-            let msg = tokio::select! {
-                _ = stop.changed() => return reached,
-                m = stream.message() => m,
-            };
-            let Ok(Some(msg)) = msg else { break };
-            let now = Instant::now();
-            shared
-                .bytes
-                .fetch_add(msg.encoded_len() as u64, Ordering::Relaxed);
-            shared.pushes.fetch_add(1, Ordering::Relaxed);
-            let to = match msg.message {
-                Some(pb::sync_response::Message::Snapshot(s)) => {
-                    shared.snapshots.fetch_add(1, Ordering::Relaxed);
-                    inventory.clear();
-                    let kinds = [
-                        (
-                            pb::Kind::Service,
-                            s.services
-                                .iter()
-                                .map(|x| (x.name.clone(), x.revision))
-                                .collect::<Vec<_>>(),
-                        ),
-                        (
-                            pb::Kind::Endpoint,
-                            s.endpoints
-                                .iter()
-                                .map(|x| (x.name.clone(), x.revision))
-                                .collect(),
-                        ),
-                        (
-                            pb::Kind::Route,
-                            s.routes
-                                .iter()
-                                .map(|x| (x.name.clone(), x.revision))
-                                .collect(),
-                        ),
-                        (
-                            pb::Kind::Listener,
-                            s.listeners
-                                .iter()
-                                .map(|x| (x.name.clone(), x.revision))
-                                .collect(),
-                        ),
-                    ];
-                    for (kind, list) in kinds {
-                        for (name, rev) in list {
-                            inventory.insert((kind as i32, name), rev);
-                        }
-                    }
-                    s.revision
-                }
-                Some(pb::sync_response::Message::Delta(d)) => {
-                    for r in &d.upserts {
-                        if let Some(target) = switchyard::resource::pb_ref(r) {
-                            inventory.insert(
-                                (target.kind.to_pb() as i32, target.name),
-                                switchyard::resource::pb_revision(r),
-                            );
-                        }
-                    }
-                    for r in &d.removals {
-                        inventory.remove(&(r.kind, r.name.clone()));
-                    }
-                    d.to_revision
-                }
-                _ => continue,
-            };
-            revision = to;
-            if first {
-                first = false;
-                shared.synced.fetch_add(1, Ordering::Relaxed);
-            }
-            reached.push((to, now));
-            shared.revision[id].store(to, Ordering::Relaxed);
-            let ack = pb::SyncRequest {
-                message: Some(pb::sync_request::Message::Ack(pb::Ack { revision: to })),
-            };
-            if tx.send(ack).await.is_err() {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20 + (id % 50) as u64)).await;
-    }
-}
-
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not happen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
-}
-
-/// User + system CPU time of a process, from /proc.
-fn cpu(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |x| x.1)
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map_or(0, |f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum());
-    Duration::from_millis(ticks * 10)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
-    let Some(a) = args() else {
-        if !std::env::args().any(|a| a == "--list") {
-            println!("sync_load is a load tool: run it with scripts/bench-sync or cargo bench");
-        }
+    let Some(a) = load::bench_args("sync_load").map(parse) else {
         return;
     };
     let db = if a.sqlite {
@@ -345,12 +151,16 @@ async fn main() {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..a.agents {
-        tasks.spawn(agent(
+        let sim = Sim {
             id,
-            channels[id % channels.len()].clone(),
-            shared.clone(),
-            stop_rx.clone(),
-        ));
+            labels: BTreeMap::new(),
+            channel: channels[id % channels.len()].clone(),
+            shared: shared.clone(),
+            stop: stop_rx.clone(),
+            reports: None,
+            on_push: None,
+        };
+        tasks.spawn(sim.run());
     }
     let s = shared.clone();
     let connect = wait_for("initial sync", Duration::from_secs(120), || {

@@ -31,6 +31,9 @@ use crate::store::{self, Op, Store};
 pub struct State {
     /// The newest revision applied.
     pub revision: u64,
+    /// When this replica learned that the commits of this state (past the
+    /// previous one) existed, if it followed them; for propagation metrics.
+    learned: Option<Instant>,
     resources: BTreeMap<Ref, Arc<pb::Resource>>,
     /// Service name → names of its endpoints.
     by_service: HashMap<String, BTreeSet<String>>,
@@ -88,6 +91,14 @@ impl State {
                     None => None,
                 },
             )
+    }
+
+    /// When this replica learned of the commits that made this state: the
+    /// moment [`follow`] woke for them (a local write, another replica's
+    /// notification or a poll), before debouncing and reading them. `None`
+    /// for a state loaded whole at start.
+    pub fn learned_at(&self) -> Option<Instant> {
+        self.learned
     }
 
     /// How many resources the state holds.
@@ -316,13 +327,19 @@ pub async fn follow<S: Store>(
     let mut poll = tokio::time::interval(timing.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // When this replica learned of the commits about to be read: for a
+        // local write, the commit itself, give or take a wake-up.
+        let learned = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = local.changed() => debounce(&mut local, timing).await,
-            _ = notes.next() => {}
-            _ = poll.tick() => {}
-        }
-        match catch_up(store, state).await {
+            _ = local.changed() => {
+                let at = Instant::now();
+                debounce(&mut local, timing).await;
+                at
+            }
+            _ = notes.next() => Instant::now(),
+            _ = poll.tick() => Instant::now(),
+        };
+        match catch_up(store, state, learned).await {
             // Watch streams on this replica wake on other replicas' writes
             // as soon as the state has them, not at their next poll.
             Ok(()) => head.advance(state.borrow().revision),
@@ -344,8 +361,12 @@ async fn debounce(local: &mut watch::Receiver<u64>, timing: Timing) {
 }
 
 /// Reads every change after the published state's revision and publishes
-/// the result once.
-pub async fn catch_up<S: Store>(store: &S, state: &watch::Sender<Arc<State>>) -> store::Result<()> {
+/// the result once, as learned of at `learned`.
+pub async fn catch_up<S: Store>(
+    store: &S,
+    state: &watch::Sender<Arc<State>>,
+    learned: Instant,
+) -> store::Result<()> {
     let mut next: Option<State> = None;
     loop {
         let current = next
@@ -367,7 +388,8 @@ pub async fn catch_up<S: Store>(store: &S, state: &watch::Sender<Arc<State>>) ->
             Err(e) => return Err(e),
         }
     }
-    if let Some(next) = next {
+    if let Some(mut next) = next {
+        next.learned = Some(learned);
         debug!(
             revision = next.revision,
             resources = next.len(),

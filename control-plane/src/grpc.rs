@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tracing::{error, info};
 
+use crate::metrics::{Method, Requests};
 use crate::store::{self, Action, Op, Store};
 
 /// Default and largest `List` page.
@@ -99,6 +100,11 @@ impl Head {
         });
     }
 
+    /// The newest revision known to be committed.
+    pub fn current(&self) -> u64 {
+        *self.0.borrow()
+    }
+
     /// A receiver that wakes on every advance.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.subscribe()
@@ -111,6 +117,7 @@ pub struct Operator<S> {
     store: Arc<S>,
     head: Head,
     shutdown: CancellationToken,
+    requests: Arc<Requests>,
 }
 
 impl<S: Store> Operator<S> {
@@ -120,7 +127,14 @@ impl<S: Store> Operator<S> {
             store,
             head,
             shutdown,
+            requests: Arc::default(),
         }
+    }
+
+    /// Counts the calls it answers in `requests` (by default, in counters
+    /// of its own).
+    pub fn with_requests(self, requests: Arc<Requests>) -> Self {
+        Self { requests, ..self }
     }
 }
 
@@ -186,9 +200,9 @@ fn selector(field: &str, text: &str) -> Result<Selector, Status> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
-    async fn apply(
+/// The calls themselves; the trait implementation below counts them.
+impl<S: Store> Operator<S> {
+    async fn call_apply(
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
@@ -234,7 +248,7 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
         }))
     }
 
-    async fn delete(
+    async fn call_delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -272,7 +286,7 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
         Ok(Response::new(pb::DeleteResponse { revision }))
     }
 
-    async fn get(
+    async fn call_get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
@@ -289,7 +303,7 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
         }
     }
 
-    async fn list(
+    async fn call_list(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
@@ -336,9 +350,7 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
         }))
     }
 
-    type WatchStream = WatchStream;
-
-    async fn watch(
+    async fn call_watch(
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
@@ -372,7 +384,7 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
         ))))
     }
 
-    async fn list_nodes(
+    async fn call_list_nodes(
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
@@ -396,6 +408,65 @@ impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
             revision,
             nodes_at_revision: at as u32,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::operator_service_server::OperatorService for Operator<S> {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let result = self.call_apply(request).await;
+        self.requests.record(Method::Apply, &result);
+        result
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let result = self.call_delete(request).await;
+        self.requests.record(Method::Delete, &result);
+        result
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let result = self.call_get(request).await;
+        self.requests.record(Method::Get, &result);
+        result
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let result = self.call_list(request).await;
+        self.requests.record(Method::List, &result);
+        result
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let result = self.call_watch(request).await;
+        self.requests.record(Method::Watch, &result);
+        result
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let result = self.call_list_nodes(request).await;
+        self.requests.record(Method::ListNodes, &result);
+        result
     }
 }
 

@@ -81,6 +81,9 @@ impl Damping {
 /// Counters of one replica's health writes.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Endpoint health reports accepted from agents: one per endpoint of a
+    /// report message, whether or not it changes anything.
+    pub received: AtomicU64,
     /// Endpoint health changes committed.
     pub written: AtomicU64,
     /// Transactions that committed them.
@@ -195,6 +198,9 @@ impl Reporter {
             ));
         }
         v.finish(())?;
+        self.stats
+            .received
+            .fetch_add(accepted.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("health reports");
         for (current, write) in accepted {

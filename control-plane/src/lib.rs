@@ -5,6 +5,7 @@
 pub mod fanout;
 pub mod grpc;
 pub mod health;
+pub mod metrics;
 pub mod nodes;
 pub mod registration;
 pub mod server;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use switchyard_control_plane::{health, server};
+use switchyard_control_plane::{health, metrics, server};
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight calls may take to finish after a shutdown signal.
@@ -62,6 +62,25 @@ struct Args {
     /// is released when the penalty decays below 40% of this.
     #[arg(long, env = "SWITCHYARD_FLAP_SUPPRESS", default_value_t = 5.0)]
     flap_suppress: f64,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); `off`
+    /// (or an empty value) serves no metrics.
+    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", default_value = metrics::DEFAULT_LISTEN,
+          value_parser = parse_listen)]
+    metrics_listen: Listen,
+}
+
+/// An address to listen on, or none.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s.trim() {
+        "" | "off" => Ok(Listen(None)),
+        addr => addr
+            .parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|e| format!("{addr:?}: {e} (expected HOST:PORT or `off`)")),
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -95,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         database_url: args.database_url,
         change_log_retention: args.change_log_retention,
         node_lease: args.node_lease,
+        metrics_listen: args.metrics_listen.0,
         damping: health::Damping {
             half_life: args.flap_half_life,
             suppress: args.flap_suppress,

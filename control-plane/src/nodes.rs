@@ -64,7 +64,33 @@ pub struct Registry {
     pub pushes: AtomicU64,
     /// Encoded bytes of those pushes.
     pub push_bytes: AtomicU64,
+    /// What this replica's agent streams did, for metrics.
+    pub stats: SessionStats,
     next_session: AtomicU64,
+}
+
+/// Counters of one replica's agent streams. The sessions update them with
+/// relaxed atomic operations; the metrics endpoint reads them.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Agent streams open now.
+    pub connected: AtomicU64,
+    /// Snapshots sent (each also counts in [`Registry::pushes`]).
+    pub snapshots: AtomicU64,
+    /// Deltas sent (each also counts in [`Registry::pushes`]).
+    pub deltas: AtomicU64,
+    /// Acks received.
+    pub acks: AtomicU64,
+    /// Nacks received: configurations agents refused.
+    pub nacks: AtomicU64,
+    /// Snapshots agents asked for because a delta did not apply.
+    pub resyncs: AtomicU64,
+    /// Time from this replica learning of a commit (its own write, another
+    /// replica's notification, or a poll of the store) to an agent's Ack of
+    /// the revision that carried it. Only pushes made while the agent was
+    /// already current count: a first push after a (re)connect measures
+    /// how long the agent was away, not propagation.
+    pub propagation: switchyard::metrics::Histogram,
 }
 
 impl Registry {
@@ -78,6 +104,7 @@ impl Registry {
             sent: Mutex::default(),
             pushes: AtomicU64::new(0),
             push_bytes: AtomicU64::new(0),
+            stats: SessionStats::default(),
             next_session: AtomicU64::new(0),
         }
     }

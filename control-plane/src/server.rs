@@ -1,5 +1,6 @@
 //! The control-plane server: binds the gRPC port, serves the operator API,
-//! gRPC health and reflection, and runs the store's upkeep, until shutdown.
+//! gRPC health and reflection, runs the store's upkeep, and answers
+//! Prometheus scrapes on its metrics port, until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use tracing::{info, warn};
 use crate::fanout;
 use crate::grpc::{Head, Operator};
 use crate::health::{self, Reporter};
+use crate::metrics;
 use crate::nodes::Registry;
-use crate::store::{self, Store};
+use crate::store::{self, Store, Timed};
 use crate::sync::Agents;
 
 /// Largest request a client may send (an Apply of many resources).
@@ -47,6 +49,11 @@ pub struct Config {
     pub health_flush_interval: Duration,
     /// How flapping endpoints are damped.
     pub damping: health::Damping,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); `None`
+    /// serves no metrics. The library default is `None`, so that servers
+    /// started in-process do not contend for one port; `switchyard-cp`
+    /// defaults to [`metrics::DEFAULT_LISTEN`].
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -63,6 +70,7 @@ impl Default for Config {
             fanout: fanout::Timing::default(),
             health_flush_interval: Duration::from_millis(50),
             damping: health::Damping::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -89,8 +97,9 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Opens the store, binds `config.listen` and serves until `shutdown` is
-/// cancelled; in-flight calls finish before it returns.
+/// Opens the store, binds `config.listen` (and `config.metrics_listen`) and
+/// serves until `shutdown` is cancelled; in-flight calls finish before it
+/// returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let store = store::Any::connect(&config.database_url).await?;
     let listener = TcpListener::bind(config.listen)
@@ -104,14 +113,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     result
 }
 
-/// Serves on an already bound `listener` with an open `store`.
+/// Serves on an already bound `listener` with an open `store`; binds the
+/// metrics port itself, if `config.metrics_listen` asks for one.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     store: S,
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let store = Arc::new(store);
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let listeners = Listeners {
+        grpc: listener,
+        metrics,
+    };
+    serve_with(listeners, store, config, shutdown).await
+}
+
+/// The sockets a server answers on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC port.
+    pub grpc: TcpListener,
+    /// The metrics port, if any (`config.metrics_listen` is then ignored).
+    pub metrics: Option<TcpListener>,
+}
+
+/// Serves on already bound `listeners` with an open `store`.
+pub async fn serve_with<S: Store>(
+    listeners: Listeners,
+    store: S,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+    } = listeners;
+    // Every store call of this server is timed, for the metrics.
+    let latency = Arc::new(store::Latency::default());
+    let store = Arc::new(Timed::new(store, latency.clone()));
     let head = Head::new(store.revision().await?);
     let addr = listener.local_addr().map_err(|source| Error::Bind {
         addr: config.listen,
@@ -120,20 +167,20 @@ pub async fn serve<S: Store>(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<pb::operator_service_server::OperatorServiceServer<Operator<S>>>()
+        .set_serving::<pb::operator_service_server::OperatorServiceServer<Operator<Timed<S>>>>()
         .await;
     health
-        .set_serving::<pb::agent_service_server::AgentServiceServer<Agents<S>>>()
+        .set_serving::<pb::agent_service_server::AgentServiceServer<Agents<Timed<S>>>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let operator = pb::operator_service_server::OperatorServiceServer::new(Operator::new(
-        store.clone(),
-        head.clone(),
-        shutdown.clone(),
-    ))
+    let requests = Arc::new(metrics::Requests::default());
+    let operator = pb::operator_service_server::OperatorServiceServer::new(
+        Operator::new(store.clone(), head.clone(), shutdown.clone())
+            .with_requests(requests.clone()),
+    )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let state = tokio::sync::watch::Sender::new(Arc::new(fanout::load(store.as_ref()).await?));
@@ -143,7 +190,7 @@ pub async fn serve<S: Store>(
         config.replica.clone()
     };
     let registry = Arc::new(Registry::new(
-        replica,
+        replica.clone(),
         config.node_lease,
         config.node_status_interval,
     ));
@@ -162,7 +209,25 @@ pub async fn serve<S: Store>(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
 
-    info!(%addr, revision = *head.subscribe().borrow(), "listening");
+    let sources = metrics::Sources {
+        replica,
+        registry: registry.clone(),
+        health: reporter.clone(),
+        head: head.clone(),
+        state: state.subscribe(),
+        requests,
+        store: latency,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(TcpListener::local_addr);
+    let metrics = async {
+        if let Some(listener) = metrics_listener {
+            metrics::serve(listener, move || sources.render(), shutdown.clone()).await;
+        }
+    };
+    if let Some(Ok(metrics)) = metrics_addr {
+        info!(addr = %metrics, "serving metrics at /metrics");
+    }
+    info!(%addr, revision = head.current(), "listening");
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -186,7 +251,7 @@ pub async fn serve<S: Store>(
     let follow = fanout::follow(store.as_ref(), &state, &head, config.fanout, &shutdown);
     let nodes = registry.run(store.as_ref(), &shutdown);
     let health = reporter.run(store.as_ref(), &head, state.subscribe(), &shutdown);
-    let (result, (), (), (), ()) = tokio::join!(server, upkeep, follow, nodes, health);
+    let (result, (), (), (), (), ()) = tokio::join!(server, upkeep, follow, nodes, health, metrics);
     // Sessions recorded their nodes as disconnected when their streams ended.
     registry.flush(store.as_ref()).await;
     info!("stopped");

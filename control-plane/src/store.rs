@@ -21,9 +21,11 @@ use switchyard::validate::Invalid;
 mod postgres;
 mod sql;
 mod sqlite;
+mod timed;
 
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
+pub use timed::{Call, Latency, Timed};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::Stream;
@@ -177,6 +178,11 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             recorded_at: Instant::now(),
         };
         session.registry.record(session.row.clone());
+        session
+            .registry
+            .stats
+            .connected
+            .fetch_add(1, Ordering::Relaxed);
         info!(node = %session.row.id, revision = session.revision, fresh, "agent connected");
         Ok(Response::new(Box::pin(futures::stream::unfold(
             session,
@@ -192,6 +198,9 @@ struct InFlight {
     revision: u64,
     /// What the agent will hold then.
     view: Arc<View>,
+    /// When the replica learned of the newest commit the push carries, if
+    /// its Ack measures propagation (see `SessionStats::propagation`).
+    learned: Option<Instant>,
 }
 
 /// One agent stream.
@@ -313,10 +322,20 @@ impl Session {
                 }
             }
         };
+        let stats = &self.registry.stats;
+        match &message {
+            pb::sync_response::Message::Snapshot(_) => &stats.snapshots,
+            _ => &stats.deltas,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        // A session's first push catches the agent up from wherever it
+        // was: no propagation to measure.
+        let learned = state.learned_at().filter(|_| self.greeted);
         self.greeted = true;
         self.in_flight = Some(InFlight {
             revision: state.revision,
             view: scope,
+            learned,
         });
         let message = pb::SyncResponse {
             message: Some(message),
@@ -333,6 +352,11 @@ impl Session {
         match message.message {
             Some(M::Ack(ack)) => match self.in_flight.take() {
                 Some(pushed) if pushed.revision == ack.revision => {
+                    let stats = &self.registry.stats;
+                    stats.acks.fetch_add(1, Ordering::Relaxed);
+                    if let Some(learned) = pushed.learned {
+                        stats.propagation.observe(learned.elapsed());
+                    }
                     self.view = pushed.view;
                     self.revision = ack.revision;
                     self.nacked = None;
@@ -346,6 +370,7 @@ impl Session {
             },
             Some(M::Nack(nack)) => match self.in_flight.take() {
                 Some(pushed) if pushed.revision == nack.revision => {
+                    self.registry.stats.nacks.fetch_add(1, Ordering::Relaxed);
                     warn!(node = %self.row.id, revision = nack.revision, error = %nack.error, "agent refused configuration");
                     self.nacked = Some(nack.revision);
                     // A refused snapshot leaves the agent's holdings unknown:
@@ -360,6 +385,7 @@ impl Session {
                 other => self.in_flight = other,
             },
             Some(M::Resync(resync)) => {
+                self.registry.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                 info!(node = %self.row.id, have = resync.have_revision, reason = %resync.reason, "agent asked for a snapshot");
                 self.in_flight = None;
                 self.nacked = None;
@@ -405,6 +431,10 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         info!(node = %self.row.id, revision = self.revision, "agent disconnected");
+        self.registry
+            .stats
+            .connected
+            .fetch_sub(1, Ordering::Relaxed);
         self.row.connected = false;
         self.row.last_seen_ms = now_ms();
         self.registry.record(self.row.clone());

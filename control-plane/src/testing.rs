@@ -156,6 +156,8 @@ impl Drop for TempDir {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves its metrics (`GET /metrics`).
+    pub metrics_addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), server::Error>>>,
 }
@@ -177,7 +179,8 @@ impl TestServer {
     }
 
     /// Like [`TestServer::start`], with `config`; its `listen` address is
-    /// used unless it is the default, which becomes `127.0.0.1:0`.
+    /// used unless it is the default, which becomes `127.0.0.1:0`. Metrics
+    /// are served on `config.metrics_listen`, or else on `127.0.0.1:0`.
     pub async fn start_with(url: &str, config: Config) -> TestServer {
         let store = store::Any::connect(url).await.expect("open store");
         let listen = if config.listen == Config::default().listen {
@@ -187,6 +190,13 @@ impl TestServer {
         };
         let listener = TcpListener::bind(listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let metrics_listen = config
+            .metrics_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let metrics = TcpListener::bind(metrics_listen)
+            .await
+            .expect("bind metrics");
+        let metrics_addr = metrics.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let config = Config {
             database_url: url.into(),
@@ -194,12 +204,17 @@ impl TestServer {
         };
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            let result = server::serve(listener, store.clone(), &config, token).await;
+            let listeners = server::Listeners {
+                grpc: listener,
+                metrics: Some(metrics),
+            };
+            let result = server::serve_with(listeners, store.clone(), &config, token).await;
             store.close().await;
             result
         });
         TestServer {
             addr,
+            metrics_addr,
             shutdown,
             task: Some(task),
         }
@@ -215,6 +230,11 @@ impl TestServer {
     /// The server's address as an `http://` URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Its metrics, as text (one `GET /metrics`).
+    pub async fn metrics(&self) -> String {
+        scrape(self.metrics_addr).await
     }
 
     /// Shuts the server down and waits until it has stopped.
@@ -240,6 +260,9 @@ pub struct CpProcess {
     pub child: tokio::process::Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves its metrics: a free loopback port unless `extra`
+    /// set `--metrics-listen` otherwise.
+    pub metrics_addr: Option<SocketAddr>,
     // Drains the process's log so it never blocks on a full pipe; ends with it.
     _log: JoinHandle<()>,
 }
@@ -264,6 +287,8 @@ pub fn cp_binary() -> PathBuf {
 impl CpProcess {
     /// Starts `switchyard-cp` over `database_url` on `listen` (port 0 picks a
     /// free one) with `extra` flags, and waits for its "listening" log line.
+    /// Its metrics go to a free loopback port, so that several processes
+    /// can run at once.
     pub async fn start(database_url: &str, listen: SocketAddr, extra: &[&str]) -> CpProcess {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = tokio::process::Command::new(cp_binary())
@@ -275,18 +300,26 @@ impl CpProcess {
             ])
             .args(extra)
             .env("SWITCHYARD_LOG_FORMAT", "json")
+            .env("SWITCHYARD_METRICS_LISTEN", "127.0.0.1:0")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn switchyard-cp");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr_of = |line: &str| -> SocketAddr {
+            let start = line.find("\"addr\":\"").expect("addr field") + 8;
+            let end = start + line[start..].find('"').expect("addr end");
+            line[start..end].parse().expect("addr")
+        };
+        let mut metrics_addr = None;
         let addr = tokio::time::timeout(std::time::Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.expect("read log") {
+                if line.contains("\"serving metrics at /metrics\"") {
+                    metrics_addr = Some(addr_of(&line));
+                }
                 if line.contains("\"listening\"") {
-                    let start = line.find("\"addr\":\"").expect("addr field") + 8;
-                    let end = start + line[start..].find('"').expect("addr end");
-                    return line[start..end].parse().expect("addr");
+                    return addr_of(&line);
                 }
             }
             panic!("switchyard-cp exited before listening");
@@ -297,6 +330,7 @@ impl CpProcess {
         CpProcess {
             child,
             addr,
+            metrics_addr,
             _log: log,
         }
     }
@@ -318,6 +352,30 @@ impl CpProcess {
         self.child.start_kill().expect("kill");
         self.child.wait().await.expect("wait");
     }
+}
+
+/// One `GET /metrics` from `addr`: the body, after checking that the
+/// answer is a 200 in the Prometheus text format.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("send scrape");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.expect("read scrape");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "content-type: {}",
+            switchyard::metrics::CONTENT_TYPE
+        )),
+        "{head}"
+    );
+    body.to_owned()
 }
 
 /// Instantiates each `async fn name(db: TestDb)` in the calling test file

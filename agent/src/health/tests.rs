@@ -206,7 +206,14 @@ async fn checks_follow_the_configuration() {
     let (publish, configs) = watch::channel(config(1, up));
     let (results, mut observed) = watch::channel(Results::new());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run("n1".into(), configs, results, stop.clone()));
+    let checks = Arc::new(Checks::default());
+    let task = tokio::spawn(run(
+        "n1".into(),
+        configs,
+        results,
+        checks.clone(),
+        stop.clone(),
+    ));
 
     let wait_for = |want: Option<pb::Health>| {
         let mut observed = observed.clone();
@@ -230,9 +237,22 @@ async fn checks_follow_the_configuration() {
     publish.send_replace(config(2, down));
     let r = wait_for(Some(pb::Health::Unhealthy)).await;
     assert!(r["mine"].reason.starts_with("connect:"), "{:?}", r["mine"]);
-    // It is no longer this node's: its result goes away.
+    // Checks are counted per endpoint, across the restart; only the checks
+    // of the dead port failed.
+    let all = checks.all();
+    assert_eq!(all.len(), 1, "only this node's endpoints are counted");
+    let (name, counts) = &all[0];
+    assert_eq!(name, "mine");
+    let runs = counts.runs.load(Ordering::Relaxed);
+    let failures = counts.failures.load(Ordering::Relaxed);
+    assert!(
+        failures >= 1 && runs > failures,
+        "{runs} runs, {failures} failures"
+    );
+    // It is no longer this node's: its result and its counts go away.
     publish.send_replace(Arc::new(NodeConfig::default()));
     wait_for(None).await;
+    assert!(checks.all().is_empty());
     stop.cancel();
     task.await.unwrap();
     assert!(observed.borrow_and_update().is_empty());

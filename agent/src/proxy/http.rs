@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::limit::Guard;
+use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
 use super::{Backend, Context, DRAIN, next_connection, random};
 use crate::balance::hash_key;
@@ -83,6 +84,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     while let Some((stream, peer)) = next_connection(&listener, &stop, &mut connections).await {
+        ctx.stats.connection();
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -110,12 +112,13 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
     connections.shutdown().await;
 }
 
-fn error(status: StatusCode, reason: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("switchyard: {reason}\n")))
+/// The proxy's own short answer for `why`.
+fn error(why: Refusal) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("switchyard: {}\n", why.message())))
         .map_err(|never| match never {})
         .boxed();
     let mut resp = Response::new(body);
-    *resp.status_mut() = status;
+    *resp.status_mut() = why.status();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -167,9 +170,10 @@ fn hash_of(on: &HashOn, headers: &HeaderMap, peer: SocketAddr) -> u64 {
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Response<Body> {
+    let started = Instant::now();
     let table = ctx.table();
-    let resp = forward(req, peer, &table, ctx).await;
-    ctx.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let resp = forward(req, peer, &table, ctx, started).await;
+    ctx.stats.response(resp.status(), started.elapsed());
     resp
 }
 
@@ -178,22 +182,19 @@ async fn forward(
     peer: SocketAddr,
     table: &super::Table,
     ctx: &Context,
+    started: Instant,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let fail = |status, reason: &str| {
-        ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
-        error(status, reason)
+    let fail = |why: Refusal| {
+        ctx.stats.refused(why);
+        error(why)
     };
     let Some(Backend::Http(router)) = table.listeners.get(&ctx.listener) else {
-        return fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "listener is not configured",
-        );
+        return fail(Refusal::NotConfigured);
     };
     let (mut parts, body) = req.into_parts();
     let view = RequestView::new(&parts);
     let Some(rule) = router.find(&view) else {
-        return fail(StatusCode::NOT_FOUND, "no route matches");
+        return fail(Refusal::NoRoute);
     };
     let path = rule.rewrite_path(&view);
     let total = rule.total_weight();
@@ -201,13 +202,10 @@ async fn forward(
         .then(|| rule.pick_destination(random() % total))
         .flatten()
     else {
-        return fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the route has no destination with weight",
-        );
+        return fail(Refusal::NoDestination);
     };
     let Some(upstream) = table.upstreams.get(&dest.service) else {
-        return fail(StatusCode::SERVICE_UNAVAILABLE, "unknown service");
+        return fail(Refusal::UnknownService);
     };
     let service = &upstream.service;
     let Some(request_guard) = upstream
@@ -215,10 +213,12 @@ async fn forward(
         .counters
         .try_request(service.circuit_breaker.max_requests)
     else {
-        return fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "circuit open (max_requests)",
-        );
+        upstream
+            .shared
+            .stats
+            .circuit_open
+            .fetch_add(1, Ordering::Relaxed);
+        return fail(Refusal::CircuitOpen);
     };
     let pool = upstream.pool(&dest.subset);
     let hash = match &service.balance {
@@ -272,12 +272,8 @@ async fn forward(
         Some(_) => match replayable(body, deadline).await {
             Ok(bytes) => Payload::Buffered(bytes),
             Err(Unbuffered::Stream(body)) => Payload::Stream(Some(body)),
-            Err(Unbuffered::TimedOut) => {
-                return fail(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
-            }
-            Err(Unbuffered::Failed) => {
-                return fail(StatusCode::BAD_REQUEST, "cannot read the request body");
-            }
+            Err(Unbuffered::TimedOut) => return fail(Refusal::Timeout),
+            Err(Unbuffered::Failed) => return fail(Refusal::BadRequest),
         },
         None => Payload::Stream(Some(body)),
     };
@@ -293,7 +289,7 @@ async fn forward(
     let mut _retry_guard = None;
     loop {
         let Some(id) = pool.pick(hash, failed_on) else {
-            return fail(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            return fail(Refusal::NoHealthyUpstream);
         };
         let endpoint = &pool.endpoints[id];
         let in_flight = pool.balancer().start(id);
@@ -303,7 +299,7 @@ async fn forward(
             .path_and_query(path_and_query.clone())
             .build();
         let Ok(uri) = uri else {
-            return fail(StatusCode::BAD_GATEWAY, "cannot address the endpoint");
+            return fail(Refusal::Internal);
         };
         let last = match (&body, retry) {
             (Payload::Buffered(_), Some(policy)) => retries >= policy.attempts,
@@ -324,7 +320,7 @@ async fn forward(
                 parts = Some(p);
                 r
             }
-            (_, None) => return fail(StatusCode::BAD_GATEWAY, "upstream request lost"),
+            (_, None) => return fail(Refusal::Internal),
         };
 
         let sent = upstream.client.request(request);
@@ -342,14 +338,22 @@ async fn forward(
             },
             None => sent.await.map_err(Failure::from),
         };
+        let counters = &pool.stats[id];
         match &result {
-            Ok(resp) => upstream.record(pool, id, Outcome::Status(resp.status().as_u16())),
-            Err(Failure::Connect | Failure::Reset) => {
+            Ok(resp) => {
+                counters.response(resp.status());
+                upstream.record(pool, id, Outcome::Status(resp.status().as_u16()));
+            }
+            Err(e @ (Failure::Connect | Failure::Reset)) => {
+                counters.failed(match e {
+                    Failure::Connect => TryFailure::Connect,
+                    _ => TryFailure::Reset,
+                });
                 upstream.record(pool, id, Outcome::ConnectFailure);
             }
             // A slow endpoint is not a broken one: timeouts are the route's
             // business, not outlier detection's.
-            Err(Failure::TimedOut) => {}
+            Err(Failure::TimedOut) => counters.failed(TryFailure::Timeout),
         }
         if let Err(e) = &result {
             debug!(endpoint = %endpoint.name, error = ?e, "try failed");
@@ -363,20 +367,28 @@ async fn forward(
                 && wants_retry(policy, &result)
                 && deadline.is_none_or(|d| Instant::now() < d)
         });
-        if let Some(policy) = again
-            && let Some(guard) = upstream
+        if let Some(policy) = again {
+            let stats = &upstream.shared.stats;
+            match upstream
                 .shared
                 .counters
                 .try_retry(policy.budget_percent, service.circuit_breaker.max_retries)
-        {
-            let pause = backoff(policy, retries);
-            if deadline.is_none_or(|d| Instant::now() + pause < d) {
-                drop((result, in_flight));
-                _retry_guard = Some(guard);
-                tokio::time::sleep(pause).await;
-                retries += 1;
-                failed_on = Some(id);
-                continue;
+            {
+                Some(guard) => {
+                    let pause = backoff(policy, retries);
+                    if deadline.is_none_or(|d| Instant::now() + pause < d) {
+                        drop((result, in_flight));
+                        _retry_guard = Some(guard);
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
+                        retries += 1;
+                        failed_on = Some(id);
+                        continue;
+                    }
+                }
+                None => {
+                    stats.retries_refused.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
 
@@ -391,11 +403,9 @@ async fn forward(
                 };
                 Response::from_parts(parts, body.boxed())
             }
-            Err(Failure::Connect) => fail(StatusCode::BAD_GATEWAY, "upstream connect error"),
-            Err(Failure::Reset) => {
-                fail(StatusCode::BAD_GATEWAY, "upstream reset or protocol error")
-            }
-            Err(Failure::TimedOut) => fail(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+            Err(Failure::Connect) => fail(Refusal::Connect),
+            Err(Failure::Reset) => fail(Refusal::Reset),
+            Err(Failure::TimedOut) => fail(Refusal::Timeout),
         };
     }
 }

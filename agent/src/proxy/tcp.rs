@@ -1,14 +1,13 @@
 //! TCP listeners: each connection is relayed, both ways, to one endpoint of
 //! the listener's service; a half-close on either side is passed on.
 
-use std::sync::atomic::Ordering;
-
 use switchyard::resource::{Balance, HashOn};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
 use super::{Backend, Context, DRAIN, next_connection};
 use crate::balance::hash_key;
@@ -18,12 +17,14 @@ use crate::balance::hash_key;
 pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
     let mut connections = JoinSet::new();
     while let Some((client, peer)) = next_connection(&listener, &stop, &mut connections).await {
+        ctx.stats.connection();
         let table = ctx.table();
         let Some(Backend::Tcp(service)) = table.listeners.get(&ctx.listener) else {
+            ctx.stats.refused(Refusal::NotConfigured);
             continue;
         };
         let Some(upstream) = table.upstreams.get(service).cloned() else {
-            ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.refused(Refusal::UnknownService);
             continue;
         };
         let stats = ctx.stats.clone();
@@ -36,7 +37,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             };
             let pool = upstream.all.clone();
             let Some(id) = pool.pick(hash, None) else {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
+                stats.refused(Refusal::NoHealthyUpstream);
                 return;
             };
             let _in_flight = pool.balancer().start(id);
@@ -46,20 +47,21 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             let mut server =
                 match tokio::time::timeout(upstream.service.connect_timeout, connect).await {
                     Ok(Ok(s)) => {
+                        pool.stats[id].connected();
                         upstream.record(&pool, id, Outcome::Connected);
                         s
                     }
                     _ => {
                         debug!(%addr, "connect failed");
+                        pool.stats[id].failed(TryFailure::Connect);
                         upstream.record(&pool, id, Outcome::ConnectFailure);
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        stats.refused(Refusal::Connect);
                         return;
                     }
                 };
             let _ = server.set_nodelay(true);
             let mut client = client;
             let _ = client.set_nodelay(true);
-            stats.forwarded.fetch_add(1, Ordering::Relaxed);
             // copy_bidirectional shuts down each write side when its read
             // side reaches end of stream: half-closes pass through.
             if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {

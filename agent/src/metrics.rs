@@ -1,0 +1,240 @@
+//! The agent's Prometheus metrics: how its sync, health-check and proxy
+//! counters are written out, and the small HTTP server answering
+//! `GET /metrics`.
+//!
+//! The numbers stay where the work happens (the sync client's [`Stats`],
+//! the health checks' [`Checks`], the proxy's [`proxy::Metrics`]) as relaxed
+//! atomics; a scrape reads them and writes text.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use switchyard::metrics::{CONTENT_TYPE, Encoder, Type};
+use switchyard::pb;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::health::{Checks, Results};
+use crate::proxy;
+use crate::state::NodeConfig;
+use crate::sync::{Agent, Stats};
+
+/// The default address of the metrics endpoint (`--metrics-listen`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9701";
+
+/// How long scrapes in progress may take to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Everything the metrics endpoint reads; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The control planes the agent may sync with.
+    pub control_planes: Arc<[String]>,
+    /// The sync client's counters.
+    pub stats: Arc<Stats>,
+    /// The configuration the node serves.
+    pub config: watch::Receiver<Arc<NodeConfig>>,
+    /// What the health checks concluded.
+    pub health: watch::Receiver<Results>,
+    /// How many checks ran and failed.
+    pub checks: Arc<Checks>,
+    /// The built-in proxy's counters, when it runs.
+    pub proxy: Option<proxy::Metrics>,
+}
+
+impl Sources {
+    /// The sources of `agent`, with the counters of the proxy it feeds.
+    pub fn new(agent: &Agent, proxy: Option<proxy::Metrics>) -> Sources {
+        Sources {
+            control_planes: agent.control_planes(),
+            stats: agent.stats(),
+            config: agent.config(),
+            health: agent.health(),
+            checks: agent.checks(),
+            proxy,
+        }
+    }
+
+    /// Every metric, in the text exposition format.
+    pub fn render(&self) -> String {
+        let mut enc = Encoder::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        enc.family(
+            "switchyard_agent_applied_revision",
+            Type::Gauge,
+            "The revision of the configuration the node serves.",
+        )
+        .sample(&[], self.config.borrow().revision);
+        let connected = self.stats.connected_to();
+        let mut f = enc.family(
+            "switchyard_agent_connected",
+            Type::Gauge,
+            "1 for the control plane the agent has a sync stream with, 0 for the others.",
+        );
+        for addr in self.control_planes.iter() {
+            let up = u64::from(connected.as_deref() == Some(addr.as_str()));
+            f.sample(&[("control_plane", addr)], up);
+        }
+        for (name, help, counter) in [
+            (
+                "switchyard_agent_sync_connects_total",
+                "Sync streams opened.",
+                &self.stats.connects,
+            ),
+            (
+                "switchyard_agent_sync_snapshots_total",
+                "Snapshots received.",
+                &self.stats.snapshots,
+            ),
+            (
+                "switchyard_agent_sync_deltas_total",
+                "Deltas received.",
+                &self.stats.deltas,
+            ),
+            (
+                "switchyard_agent_sync_acks_total",
+                "Configurations applied and acknowledged.",
+                &self.stats.acks,
+            ),
+            (
+                "switchyard_agent_sync_nacks_total",
+                "Configurations refused (Nack); the previous one stayed live.",
+                &self.stats.nacks,
+            ),
+            (
+                "switchyard_agent_sync_resyncs_total",
+                "Snapshots asked for because a delta did not apply.",
+                &self.stats.resyncs,
+            ),
+            (
+                "switchyard_agent_registration_failures_total",
+                "Registrations of this node's services the control plane refused.",
+                &self.stats.registration_failures,
+            ),
+        ] {
+            enc.family(name, Type::Counter, help)
+                .sample(&[], load(counter));
+        }
+
+        let mut f = enc.family(
+            "switchyard_agent_endpoint_healthy",
+            Type::Gauge,
+            "What this node's health checks concluded for each endpoint it checks: 1 healthy, 0 unhealthy.",
+        );
+        for (endpoint, observed) in self.health.borrow().iter() {
+            let up = u64::from(observed.health == pb::Health::Healthy);
+            f.sample(&[("endpoint", endpoint)], up);
+        }
+        let checks = self.checks.all();
+        let mut f = enc.family(
+            "switchyard_agent_health_checks_total",
+            Type::Counter,
+            "Health checks run, by endpoint.",
+        );
+        for (endpoint, counts) in &checks {
+            f.sample(&[("endpoint", endpoint)], load(&counts.runs));
+        }
+        let mut f = enc.family(
+            "switchyard_agent_health_check_failures_total",
+            Type::Counter,
+            "Health checks that failed or timed out, by endpoint.",
+        );
+        for (endpoint, counts) in &checks {
+            f.sample(&[("endpoint", endpoint)], load(&counts.failures));
+        }
+
+        if let Some(proxy) = &self.proxy {
+            proxy.encode(&mut enc);
+        }
+        enc.finish()
+    }
+}
+
+/// Answers `GET /metrics` on `listener` with `render()` until `shutdown`;
+/// then lets scrapes in progress finish (briefly) and returns.
+pub async fn serve<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
+    let graceful = GracefulShutdown::new();
+    // Every connection task lives in this set and ends with this function.
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    debug!(%error, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let render = render.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = answer(&req, render.as_ref());
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(%error, "metrics: connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    connections.shutdown().await;
+}
+
+/// The answer to one request: the metrics at `GET /metrics`, 405 for
+/// another method there, 404 anywhere else.
+fn answer(req: &Request<Incoming>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET | &hyper::Method::HEAD, "/metrics") => {
+            (StatusCode::OK, CONTENT_TYPE, render())
+        }
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -41,6 +41,8 @@ pub struct State {
     by_node: HashMap<String, BTreeSet<String>>,
     /// The label-selected part of scopes, computed once per label set.
     memo: Memo,
+    /// Deltas between shared views, computed once per state.
+    deltas: Deltas,
 }
 
 /// Scopes by node labels for one state. Nodes of a fleet share a few label
@@ -52,6 +54,23 @@ struct Memo(std::sync::Mutex<HashMap<Labels, Arc<View>>>);
 impl Clone for Memo {
     fn clone(&self) -> Self {
         Memo::default()
+    }
+}
+
+/// Deltas from one view to a label-selected view, for one state. Sessions
+/// of nodes with the same labels hold the same `Arc<View>`s (a session
+/// keeps the view it pushed), so a fleet moving to a new state asks for a
+/// handful of distinct deltas, thousands of times. The entry keeps both
+/// `Arc`s alive, so their addresses, which make the key, cannot be reused
+/// by other views while the state lives. A clone starts empty.
+#[derive(Debug, Default)]
+struct Deltas(std::sync::Mutex<DeltaMap>);
+
+type DeltaMap = HashMap<(usize, usize, u64), (Arc<View>, Arc<View>, Option<pb::Delta>)>;
+
+impl Clone for Deltas {
+    fn clone(&self) -> Self {
+        Deltas::default()
     }
 }
 
@@ -166,24 +185,42 @@ impl State {
 
     /// What a node needs: the listeners whose selector matches its labels,
     /// the routes and services they reach, those services' endpoints, and the
-    /// endpoints the node owns with their services (for health checking).
+    /// endpoints the node owns with their services (for health checking;
+    /// not the other endpoints of those services).
+    ///
+    /// When the label-selected part already holds everything the node owns
+    /// (a node serving the service its own proxy routes to), the node shares
+    /// that part's `Arc` with every node of the same labels: no copy, and a
+    /// session sees at once that nothing in its scope changed.
     pub fn scope(&self, node_id: &str, labels: &Labels) -> Arc<View> {
         let selected = self.selected(labels);
         let Some(owned) = self.by_node.get(node_id) else {
             return selected;
         };
-        let mut view = (*selected).clone();
-        let mut services = BTreeSet::new();
+        let mut extra = Vec::new();
+        let mut need = |target: Ref, revision: u64| {
+            if selected.get(&target) != Some(&revision) {
+                extra.push((target, revision));
+            }
+        };
         for name in owned {
             let target = Ref::new(Kind::Endpoint, name);
-            if let Some(pb::resource::Kind::Endpoint(e)) =
+            let Some(pb::resource::Kind::Endpoint(e)) =
                 self.resources.get(&target).and_then(|r| r.kind.as_ref())
-            {
-                services.insert(e.service.clone());
-                view.insert(target, e.revision);
+            else {
+                continue;
+            };
+            need(target, e.revision);
+            let service = Ref::new(Kind::Service, &e.service);
+            if let Some(s) = self.resources.get(&service) {
+                need(service, pb_revision(s));
             }
         }
-        self.add_services(&mut view, services);
+        if extra.is_empty() {
+            return selected;
+        }
+        let mut view = (*selected).clone();
+        view.extend(extra);
         Arc::new(view)
     }
 
@@ -252,6 +289,38 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Like [`State::delta`] from `from` to `to`, the scope of a node with
+    /// `labels`: computed once per state when `to` is the view shared by
+    /// every node with those labels, as it is for most nodes.
+    pub fn shared_delta(
+        &self,
+        labels: &Labels,
+        from_revision: u64,
+        from: &Arc<View>,
+        to: &Arc<View>,
+    ) -> Option<pb::Delta> {
+        if !Arc::ptr_eq(to, &self.selected(labels)) {
+            return self.delta(from_revision, from, to);
+        }
+        let key = (
+            Arc::as_ptr(from) as usize,
+            Arc::as_ptr(to) as usize,
+            from_revision,
+        );
+        if let Some((_, _, delta)) = self.deltas.0.lock().expect("deltas").get(&key) {
+            return delta.clone();
+        }
+        // Computed outside the lock: another session may compute the same
+        // delta meanwhile, which costs time, not correctness.
+        let delta = self.delta(from_revision, from, to);
+        self.deltas
+            .0
+            .lock()
+            .expect("deltas")
+            .insert(key, (from.clone(), to.clone(), delta.clone()));
+        delta
     }
 
     /// The resources of `view`, as sent to an agent.

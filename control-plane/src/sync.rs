@@ -305,7 +305,7 @@ impl Session {
             let first = !self.greeted;
             let unchanged = Arc::ptr_eq(&self.view, &scope);
             match (!unchanged)
-                .then(|| state.delta(self.revision, &self.view, &scope))
+                .then(|| state.shared_delta(&self.labels, self.revision, &self.view, &scope))
                 .flatten()
             {
                 Some(delta) => pb::sync_response::Message::Delta(delta),

@@ -109,6 +109,30 @@ fn unselected_node_gets_only_what_it_owns() {
 }
 
 #[test]
+fn owners_get_their_endpoints_and_services_not_their_peers() {
+    let mut with_peer = state();
+    with_peer.upsert(endpoint("db-2", "db", "n4", 10));
+    let view = with_peer.scope("n3", &labels(&[("role", "db")]));
+    assert_eq!(
+        names(&view),
+        ["service/db", "endpoint/db-1"],
+        "db-2 is n4's"
+    );
+}
+
+#[test]
+fn an_owner_inside_its_selected_part_shares_it() {
+    let s = state();
+    let edge = labels(&[("role", "edge")]);
+    let owner = s.scope("n1", &edge);
+    let other = s.scope("n9", &edge);
+    assert!(
+        Arc::ptr_eq(&owner, &other),
+        "web-1 is already selected: one view"
+    );
+}
+
+#[test]
 fn delta_has_changed_upserts_and_removals() {
     let before = state();
     let from = before.scope("n9", &labels(&[("role", "edge")]));
@@ -174,5 +198,32 @@ fn moving_an_endpoint_reindexes_it() {
     assert_eq!(
         names(&gone.scope("n2", &Labels::new())),
         ["service/api", "endpoint/web-1"]
+    );
+}
+
+#[test]
+fn shared_deltas_equal_computed_ones() {
+    let before = state();
+    let edge = labels(&[("role", "edge")]);
+    let from = before.scope("n9", &edge);
+    let owner_from = before.scope("n3", &edge);
+    let after = before.apply(vec![store::Change {
+        revision: 10,
+        op: Op::Upsert,
+        target: Ref::new(Kind::Endpoint, "web-1"),
+        resource: Some(endpoint("web-1", "web", "n1", 10)),
+    }]);
+    let to = after.scope("n9", &edge);
+    let once = after.shared_delta(&edge, 9, &from, &to);
+    let twice = after.shared_delta(&edge, 9, &from, &to);
+    assert_eq!(once, after.delta(9, &from, &to));
+    assert_eq!(once, twice);
+    assert_eq!(once.unwrap().upserts.len(), 1);
+    // n3 owns db-1 outside its selected part: its own scope, computed afresh.
+    let owner_to = after.scope("n3", &edge);
+    assert!(!Arc::ptr_eq(&owner_to, &to));
+    assert_eq!(
+        after.shared_delta(&edge, 9, &owner_from, &owner_to),
+        after.delta(9, &owner_from, &owner_to)
     );
 }

@@ -266,20 +266,98 @@ async fn replace_removes_what_the_node_no_longer_declares(db: TestDb) {
         .unwrap();
 
     request.endpoints.truncate(1);
-    // The control plane removes what its in-memory state shows the node
-    // registered; that state trails a write by a few milliseconds.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while get_endpoint(&server, "api-2").await.is_some() {
-        assert!(std::time::Instant::now() < deadline, "api-2 never removed");
-        agents.register(request.clone()).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // Right after the first registration: the control plane reads its own
+    // writes before deciding what is stale.
+    agents.register(request.clone()).await.unwrap();
+    assert!(
+        get_endpoint(&server, "api-2").await.is_none(),
+        "api-2 removed"
+    );
     assert!(get_endpoint(&server, "api-1").await.is_some());
     assert!(get_endpoint(&server, "ops-assigned").await.is_some());
     server.stop().await;
 }
 
+/// A process on the node registers itself through the agent's local API;
+/// the agent registers it with the control plane at once, and deregisters
+/// it the same way.
+async fn local_api_registrations_reach_the_control_plane(db: TestDb) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(db.url()).await;
+    let dir = switchyard_control_plane::testing::TempDir::new();
+    let agent = switchyard_agent::Agent::start(
+        switchyard_agent::Config {
+            node_id: "n1".into(),
+            control_planes: vec![server.url()],
+            data_dir: dir.path().to_path_buf(),
+            backoff_base: std::time::Duration::from_millis(20),
+            ..Default::default()
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let api = tokio::spawn(switchyard_agent::local::serve_registrations(
+        listener,
+        "n1".into(),
+        agent.registrations(),
+        stop.clone(),
+    ));
+    let call = |method: &'static str, path: &'static str, body: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: local\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out[9..12].parse::<u16>().unwrap()
+    };
+    let until = |present: bool| {
+        let server = &server;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while get_endpoint(server, "api-n1-9000").await.is_some() != present {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never present={present}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let status = call(
+        "PUT",
+        "/v1/registrations",
+        r#"{"service": "api", "address": "127.0.0.1", "port": 9000, "create": {"protocol": "http"}}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    until(true).await;
+    assert_eq!(
+        get_endpoint(&server, "api-n1-9000").await.unwrap().node,
+        "n1"
+    );
+    assert_eq!(
+        call("DELETE", "/v1/registrations/api-n1-9000", "").await,
+        202
+    );
+    until(false).await;
+
+    stop.cancel();
+    api.await.unwrap();
+    agent.stop().await.unwrap();
+    server.stop().await;
+}
+
 switchyard_control_plane::both_backends!(
+    local_api_registrations_reach_the_control_plane,
     replace_removes_what_the_node_no_longer_declares,
     a_node_registers_its_instances_and_only_its_own,
     deregister_drains_or_deletes_own_endpoints,

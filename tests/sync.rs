@@ -389,6 +389,10 @@ async fn agent_binary_syncs_proxies_and_dumps() {
             &cp.url(),
             "--data-dir",
             &data_dir,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
         ])
         .env("SWITCHYARD_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())

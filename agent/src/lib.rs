@@ -5,6 +5,7 @@
 
 pub mod balance;
 pub mod health;
+pub mod local;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use switchyard_agent::proxy::{Builtin, Driver};
-use switchyard_agent::{Agent, Config, metrics, persist, registration};
+use switchyard_agent::{Agent, Config, local, metrics, persist, registration};
 use tokio_util::sync::CancellationToken;
 
 /// How long the agent may take to stop after a shutdown signal: the proxy
@@ -69,6 +69,12 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", default_value = metrics::DEFAULT_LISTEN,
           value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// Address of the local registration API (`/v1/registrations`), which
+    /// processes on the node use to register themselves; loopback only (it
+    /// has no authentication); `off` disables it.
+    #[arg(long, env = "SWITCHYARD_API_LISTEN", default_value = "127.0.0.1:9702",
+          value_parser = parse_loopback)]
+    api_listen: Listen,
     /// Print the configuration saved in the data directory and exit, without
     /// connecting.
     #[arg(long)]
@@ -86,6 +92,16 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
             .parse()
             .map(|a| Listen(Some(a)))
             .map_err(|e| format!("{addr:?}: {e} (expected HOST:PORT or `off`)")),
+    }
+}
+
+fn parse_loopback(s: &str) -> Result<Listen, String> {
+    let listen = parse_listen(s)?;
+    match listen.0 {
+        Some(addr) if !addr.ip().is_loopback() => Err(format!(
+            "{addr}: the local API has no authentication; use a loopback address such as 127.0.0.1"
+        )),
+        _ => Ok(listen),
     }
 }
 
@@ -150,6 +166,16 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    let api_listener = match args.api_listen.0 {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--api-listen {addr}"))?,
+        ),
+        None => None,
+    };
+    let node_id = config.node_id.clone();
+
     let shutdown = CancellationToken::new();
     let agent = Agent::start(config, shutdown.clone())
         .await
@@ -166,6 +192,17 @@ async fn main() -> anyhow::Result<()> {
         let render = move || sources.render();
         tokio::spawn(metrics::serve(listener, render, shutdown.clone()))
     });
+    let api = api_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving the registration API at /v1/registrations");
+        }
+        tokio::spawn(local::serve_registrations(
+            listener,
+            node_id,
+            agent.registrations(),
+            shutdown.clone(),
+        ))
+    });
     terminated().await.context("installing signal handlers")?;
     tracing::info!("shutting down");
     shutdown.cancel();
@@ -174,6 +211,9 @@ async fn main() -> anyhow::Result<()> {
         let proxied = proxy.await;
         if let Some(metrics) = metrics {
             metrics.await.context("metrics server failed")?;
+        }
+        if let Some(api) = api {
+            api.await.context("registration API failed")?;
         }
         synced.context("agent failed")?;
         proxied.context("proxy failed")

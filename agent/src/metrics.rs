@@ -6,24 +6,18 @@
 //! the health checks' [`Checks`], the proxy's [`proxy::Metrics`]) as relaxed
 //! atomics; a scrape reads them and writes text.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use switchyard::metrics::{CONTENT_TYPE, Encoder, Type};
 use switchyard::pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use crate::health::{Checks, Results};
 use crate::proxy;
@@ -32,9 +26,6 @@ use crate::sync::{Agent, Stats};
 
 /// The default address of the metrics endpoint (`--metrics-listen`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9701";
-
-/// How long scrapes in progress may take to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(1);
 
 /// Everything the metrics endpoint reads; cheap to clone.
 #[derive(Debug, Clone)]
@@ -168,41 +159,11 @@ where
     F: Fn() -> String + Send + Sync + 'static,
 {
     let render = Arc::new(render);
-    let graceful = GracefulShutdown::new();
-    // Every connection task lives in this set and ends with this function.
-    let mut connections = JoinSet::new();
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    debug!(%error, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let render = render.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let response = answer(&req, render.as_ref());
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(%error, "metrics: connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
-    connections.shutdown().await;
+    let handle = move |req: Request<Incoming>| {
+        let response = answer(&req, render.as_ref());
+        async move { response }
+    };
+    crate::local::serve(listener, handle, shutdown).await;
 }
 
 /// The answer to one request: the metrics at `GET /metrics`, 405 for

@@ -102,9 +102,11 @@ struct File {
     services: Vec<Instance>,
 }
 
+/// One service instance, as the file's `[[service]]` tables and the local
+/// API's request bodies declare it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Instance {
+pub struct Instance {
     service: String,
     name: Option<String>,
     address: Option<String>,
@@ -196,65 +198,15 @@ pub fn parse(text: &str, node_id: &str) -> Result<Registration, Error> {
     };
     for (i, instance) in file.services.iter().enumerate() {
         let field = format!("service[{i}]");
-        let Some(address) = instance.address.clone().or_else(|| file.address.clone()) else {
-            v.push(
-                join(&field, "address"),
-                "required (or set `address` at the top of the file)",
-            );
+        let Some((endpoint, service)) =
+            convert(&mut v, &field, node_id, file.address.as_deref(), instance)
+        else {
             continue;
         };
-        let health_check = instance
-            .health_check
-            .as_ref()
-            .map(|c| check(&mut v, &join(&field, "health_check"), c));
-        let endpoint = pb::Endpoint {
-            name: instance
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{}-{node_id}-{}", instance.service, instance.port)),
-            labels: instance.labels.clone(),
-            service: instance.service.clone(),
-            address,
-            port: instance.port,
-            weight: instance.weight,
-            node: node_id.to_owned(),
-            zone: instance.zone.clone().unwrap_or_default(),
-            health_check,
-            ..Default::default()
-        };
-        // Checked here too, so a mistake is reported against the file.
-        let resource = pb::Resource {
-            kind: Some(pb::resource::Kind::Endpoint(endpoint.clone())),
-        };
-        if let Err(invalid) = Resource::from_pb(&resource, &field) {
-            for problem in invalid.violations {
-                let at = problem
-                    .field
-                    .replacen(&format!("{field}.endpoint"), &field, 1);
-                v.push(at, problem.reason);
-            }
-        }
-        if let Some(create) = &instance.create {
-            let protocol = match create.protocol.as_deref() {
-                None | Some("http") => pb::Protocol::Http,
-                Some("http2") => pb::Protocol::Http2,
-                Some("grpc") => pb::Protocol::Grpc,
-                Some("tcp") => pb::Protocol::Tcp,
-                Some(other) => {
-                    v.push(
-                        join(&field, "create.protocol"),
-                        format_args!("{other:?} is not one of http, http2, grpc, tcp"),
-                    );
-                    pb::Protocol::Http
-                }
-            };
-            if !request.services.iter().any(|s| s.name == instance.service) {
-                request.services.push(pb::Service {
-                    name: instance.service.clone(),
-                    protocol: protocol as i32,
-                    ..Default::default()
-                });
-            }
+        if let Some(service) = service
+            && !request.services.iter().any(|s| s.name == service.name)
+        {
+            request.services.push(service);
         }
         if request.endpoints.iter().any(|e| e.name == endpoint.name) {
             v.push(
@@ -272,6 +224,125 @@ pub fn parse(text: &str, node_id: &str) -> Result<Registration, Error> {
         request,
         on_shutdown: file.on_shutdown,
     })
+}
+
+/// The endpoint `instance` declares (at `field`), and the service to create
+/// for it if it asks; `None` when it is unusable (problems go to `v`).
+fn convert(
+    v: &mut Violations,
+    field: &str,
+    node_id: &str,
+    default_address: Option<&str>,
+    instance: &Instance,
+) -> Option<(pb::Endpoint, Option<pb::Service>)> {
+    let Some(address) = instance
+        .address
+        .clone()
+        .or_else(|| default_address.map(str::to_owned))
+    else {
+        v.push(
+            join(field, "address"),
+            "required (or set `address` at the top of the file)",
+        );
+        return None;
+    };
+    let health_check = instance
+        .health_check
+        .as_ref()
+        .map(|c| check(v, &join(field, "health_check"), c));
+    let endpoint = pb::Endpoint {
+        name: instance
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{node_id}-{}", instance.service, instance.port)),
+        labels: instance.labels.clone(),
+        service: instance.service.clone(),
+        address,
+        port: instance.port,
+        weight: instance.weight,
+        node: node_id.to_owned(),
+        zone: instance.zone.clone().unwrap_or_default(),
+        health_check,
+        ..Default::default()
+    };
+    // Checked here too, so a mistake is reported against the file.
+    let resource = pb::Resource {
+        kind: Some(pb::resource::Kind::Endpoint(endpoint.clone())),
+    };
+    if let Err(invalid) = Resource::from_pb(&resource, field) {
+        let inner = join(field, "endpoint");
+        for problem in invalid.violations {
+            let at = match problem.field.strip_prefix(&inner) {
+                Some(rest) => format!("{field}{rest}").trim_start_matches('.').to_owned(),
+                None => problem.field,
+            };
+            v.push(at, problem.reason);
+        }
+    }
+    let service = instance.create.as_ref().map(|create| {
+        let protocol = match create.protocol.as_deref() {
+            None | Some("http") => pb::Protocol::Http,
+            Some("http2") => pb::Protocol::Http2,
+            Some("grpc") => pb::Protocol::Grpc,
+            Some("tcp") => pb::Protocol::Tcp,
+            Some(other) => {
+                v.push(
+                    join(field, "create.protocol"),
+                    format_args!("{other:?} is not one of http, http2, grpc, tcp"),
+                );
+                pb::Protocol::Http
+            }
+        };
+        pb::Service {
+            name: instance.service.clone(),
+            protocol: protocol as i32,
+            ..Default::default()
+        }
+    });
+    Some((endpoint, service))
+}
+
+impl Registration {
+    /// No instances yet: what a node starts from when only the local API
+    /// registers them.
+    pub fn empty(node_id: &str) -> Registration {
+        Registration {
+            request: pb::RegisterRequest {
+                node_id: node_id.to_owned(),
+                replace: true,
+                ..Default::default()
+            },
+            on_shutdown: OnShutdown::default(),
+        }
+    }
+
+    /// Adds (or replaces, by endpoint name) one instance; returns the
+    /// endpoint's name, or every problem with it.
+    pub fn add(&mut self, instance: &Instance) -> Result<String, Invalid> {
+        let mut v = Violations::new();
+        let node = self.request.node_id.clone();
+        let converted = convert(&mut v, "", &node, None, instance);
+        v.finish(())?;
+        let Some((endpoint, service)) = converted else {
+            return Err(Invalid::one("address", "required"));
+        };
+        if let Some(service) = service
+            && !self.request.services.iter().any(|s| s.name == service.name)
+        {
+            self.request.services.push(service);
+        }
+        let name = endpoint.name.clone();
+        self.request.endpoints.retain(|e| e.name != name);
+        self.request.endpoints.push(endpoint);
+        Ok(name)
+    }
+
+    /// Removes the instance registered as endpoint `name`; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.request.endpoints.len();
+        self.request.endpoints.retain(|e| e.name != name);
+        self.request.endpoints.len() != before
+    }
 }
 
 fn check(v: &mut Violations, field: &str, c: &Check) -> pb::HealthCheck {

@@ -80,7 +80,8 @@ pub struct Config {
     /// How often the agent re-sends the health of every endpoint it checks,
     /// even unchanged: it repairs anything a control plane lost.
     pub health_refresh: Duration,
-    /// Service instances of this node to register each time it connects.
+    /// Service instances of this node to register each time it connects
+    /// (the local API may add and remove instances later).
     pub registration: Option<Registration>,
 }
 
@@ -254,6 +255,8 @@ impl Stats {
 pub struct Agent {
     config: watch::Receiver<Arc<NodeConfig>>,
     health: watch::Receiver<Results>,
+    /// The node's registrations; a change is registered at once.
+    registrations: Arc<watch::Sender<Option<Registration>>>,
     stats: Arc<Stats>,
     check_stats: Arc<health::Checks>,
     control_planes: Arc<[String]>,
@@ -290,6 +293,7 @@ impl Agent {
         );
         let (publish, subscribe) = watch::channel(store.config());
         let (results, health) = watch::channel(Results::new());
+        let registrations = Arc::new(watch::Sender::new(config.registration.clone()));
         let stats = Arc::new(Stats::default());
         let check_stats = Arc::new(health::Checks::default());
         let control_planes = config.control_planes.clone().into();
@@ -308,6 +312,7 @@ impl Agent {
             store,
             publish,
             health: health.clone(),
+            registrations: registrations.subscribe(),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
         };
@@ -315,6 +320,7 @@ impl Agent {
         Ok(Agent {
             config: subscribe,
             health,
+            registrations,
             stats,
             check_stats,
             control_planes,
@@ -333,6 +339,12 @@ impl Agent {
     /// What the health checks of this node's endpoints concluded.
     pub fn health(&self) -> watch::Receiver<Results> {
         self.health.clone()
+    }
+
+    /// The node's registrations: replacing them (e.g. from the local API)
+    /// registers the new set with the control plane at once.
+    pub fn registrations(&self) -> Arc<watch::Sender<Option<Registration>>> {
+        self.registrations.clone()
     }
 
     /// The agent's counters.
@@ -407,6 +419,8 @@ struct Client {
     publish: watch::Sender<Arc<NodeConfig>>,
     /// Health check results, reported as they change.
     health: watch::Receiver<Results>,
+    /// The node's registrations, registered on each stream and on change.
+    registrations: watch::Receiver<Option<Registration>>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 }
@@ -445,8 +459,8 @@ impl Client {
     /// (bad file content, an endpoint owned by another node) is logged and
     /// does not stop syncing: the node keeps serving, and registration is
     /// tried again on the next connection.
-    async fn register(&self, channel: &tonic::transport::Channel) -> Result<(), Error> {
-        let Some(registration) = &self.config.registration else {
+    async fn register(&mut self, channel: &tonic::transport::Channel) -> Result<(), Error> {
+        let Some(registration) = self.registrations.borrow_and_update().clone() else {
             return Ok(());
         };
         let mut client = AgentServiceClient::new(channel.clone());
@@ -478,7 +492,7 @@ impl Client {
     /// On a clean shutdown, drains or deregisters this node's registrations
     /// as configured, through the first control plane that answers.
     async fn leave(&self) {
-        let Some(registration) = &self.config.registration else {
+        let Some(registration) = self.registrations.borrow().clone() else {
             return;
         };
         let mode = match registration.on_shutdown {
@@ -538,7 +552,7 @@ impl Client {
         };
         self.register(&channel).await?;
         let mut client =
-            AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+            AgentServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let hello = pb::Hello {
@@ -593,6 +607,10 @@ impl Client {
                 // Closed only when the checks stopped, i.e. at shutdown.
                 Ok(()) = self.health.changed() => {
                     self.report_health(&out, &mut reported).await?;
+                    continue;
+                }
+                Ok(()) = self.registrations.changed() => {
+                    self.register(&channel).await?;
                     continue;
                 }
                 _ = refresh.tick() => {

@@ -12,10 +12,19 @@ use switchyard::resource::{Kind, Ref};
 use switchyard::validate::{Invalid, MAX_BATCH, Violations, join};
 use tracing::info;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
 use crate::fanout::State;
 use crate::grpc::{Head, results, write};
 use crate::nodes::{Error, now_ms};
 use crate::store::{HealthWrite, Removal, Store};
+
+/// How long a registration waits for the replica's state to catch up with
+/// the store (normally a few milliseconds).
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The label Register puts on every endpoint it writes: it tells a node's
 /// own registrations from endpoints an operator assigned to the node.
@@ -24,11 +33,11 @@ pub const REGISTERED_BY: (&str, &str) = ("switchyard.io/registered-by", "agent")
 /// Creates or updates the endpoints of `req` (owned by `req.node_id`) and
 /// creates its missing services, in one transaction. With `replace`, then
 /// deletes the node's earlier registrations that `req` no longer lists, as
-/// `state` knows them.
+/// the replica's `state` knows them once it has caught up with the store.
 pub async fn register<S: Store>(
     store: &S,
     head: &Head,
-    state: &State,
+    state: &watch::Receiver<Arc<State>>,
     req: pb::RegisterRequest,
 ) -> Result<pb::RegisterResponse, Error> {
     let node = req.node_id.as_str();
@@ -119,6 +128,22 @@ pub async fn register<S: Store>(
         }
     }
     if req.replace {
+        // Read our own writes: the in-memory state trails the store by a
+        // debounce, and a registration made just before must be seen.
+        let floor = store.revision().await?;
+        let mut follow = state.clone();
+        let caught_up = tokio::time::timeout(CATCH_UP, follow.wait_for(|s| s.revision >= floor))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|state| state.clone());
+        let state = match caught_up {
+            Some(state) => state,
+            None => {
+                tracing::warn!(%node, floor, "state behind the store; stale registrations are left for the next registration");
+                follow.borrow().clone()
+            }
+        };
         let listed: std::collections::HashSet<&str> =
             req.endpoints.iter().map(|e| e.name.as_str()).collect();
         let stale: Vec<Removal> = state

@@ -79,11 +79,10 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let state = self.state.borrow().clone();
         crate::registration::register(
             self.store.as_ref(),
             &self.head,
-            &state,
+            &self.state,
             request.into_inner(),
         )
         .await

@@ -119,7 +119,7 @@ async fn only_get_metrics_is_served() {
     // A scraper's idle keep-alive connection does not hold up shutdown.
     let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(std::time::Duration::from_secs(5), server)
         .await
         .expect("the server stops")
         .unwrap();

@@ -1,7 +1,6 @@
-//! The agent's small HTTP surfaces on the node: the server loop they share,
-//! and the local registration API.
+//! The agent's local registration API.
 //!
-//! The registration API lets processes on the node register and deregister
+//! It lets processes on the node register and deregister
 //! themselves (like a Consul agent's `/v1/agent/service/register`):
 //!
 //! - `GET /v1/registrations`: the instances registered, as JSON;
@@ -17,84 +16,22 @@
 //! start, the `--services` file is the node's registration again. The API
 //! has no authentication, so it only listens on loopback.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::{Method, Request, Response, StatusCode};
+use switchyard::http::{response, serve};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::registration::{Instance, Registration};
 
-/// How long requests in progress may take to finish after shutdown.
-const DRAIN: Duration = Duration::from_secs(1);
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 << 10;
-
-/// Serves HTTP/1.1 on `listener`, answering each request with `handle`,
-/// until `shutdown`; then lets requests in progress finish (briefly).
-pub async fn serve<H, F>(listener: TcpListener, handle: H, shutdown: CancellationToken)
-where
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    let handle = Arc::new(handle);
-    let graceful = GracefulShutdown::new();
-    // Every connection task lives in this set and ends with this function.
-    let mut connections = JoinSet::new();
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    debug!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let handle = handle.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let response = handle(req);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(%error, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
-    connections.shutdown().await;
-}
-
-/// A response with `status`, `content_type` and `body`.
-pub fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = header::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
-    }
-    response
-}
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     response(status, "application/json", format!("{value}\n"))

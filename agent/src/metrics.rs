@@ -9,15 +9,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
-use switchyard::metrics::{CONTENT_TYPE, Encoder, Type};
+use switchyard::metrics::{Encoder, Type};
 use switchyard::pb;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::health::{Checks, Results};
 use crate::proxy;
@@ -152,50 +146,7 @@ impl Sources {
     }
 }
 
-/// Answers `GET /metrics` on `listener` with `render()` until `shutdown`;
-/// then lets scrapes in progress finish (briefly) and returns.
-pub async fn serve<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
-where
-    F: Fn() -> String + Send + Sync + 'static,
-{
-    let render = Arc::new(render);
-    let handle = move |req: Request<Incoming>| {
-        let response = answer(&req, render.as_ref());
-        async move { response }
-    };
-    crate::local::serve(listener, handle, shutdown).await;
-}
-
-/// The answer to one request: the metrics at `GET /metrics`, 405 for
-/// another method there, 404 anywhere else.
-fn answer(req: &Request<Incoming>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET | &hyper::Method::HEAD, "/metrics") => {
-            (StatusCode::OK, CONTENT_TYPE, render())
-        }
-        (_, "/metrics") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".to_owned(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found; metrics are at /metrics\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        headers.insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-    }
-    response
-}
+pub use switchyard::http::serve_metrics as serve;
 
 #[cfg(test)]
 mod tests;

@@ -7,24 +7,12 @@
 //! latencies — as relaxed atomics; a scrape reads them and writes text, so
 //! metrics cost the sync and API paths an atomic add each.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use switchyard::metrics::{CONTENT_TYPE, Encoder, Type};
-use tokio::net::TcpListener;
+use switchyard::metrics::{Encoder, Type};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
-use tracing::debug;
 
 use crate::fanout::State;
 use crate::grpc::Head;
@@ -34,9 +22,6 @@ use crate::store::{Call, Latency};
 
 /// The default address of the metrics endpoint (`--metrics-listen`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9700";
-
-/// How long scrapes in progress may take to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(1);
 
 /// The methods of the operator API, as metrics name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,80 +256,7 @@ impl Sources {
     }
 }
 
-/// Answers `GET /metrics` on `listener` with `render()` until `shutdown`;
-/// then lets scrapes in progress finish (briefly) and returns.
-pub async fn serve<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
-where
-    F: Fn() -> String + Send + Sync + 'static,
-{
-    let render = Arc::new(render);
-    let graceful = GracefulShutdown::new();
-    // Every connection task lives in this set and ends with this function.
-    let mut connections = JoinSet::new();
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    debug!(%error, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let render = render.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let response = answer(&req, render.as_ref());
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(%error, "metrics: connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
-    connections.shutdown().await;
-}
-
-/// The answer to one request: the metrics at `GET /metrics`, 405 for
-/// another method there, 404 anywhere else.
-fn answer(req: &Request<Incoming>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET | &hyper::Method::HEAD, "/metrics") => {
-            (StatusCode::OK, CONTENT_TYPE, render())
-        }
-        (_, "/metrics") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".to_owned(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found; metrics are at /metrics\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        headers.insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-    }
-    response
-}
+pub use switchyard::http::serve_metrics as serve;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,7 @@
 use std::time::SystemTime;
+use switchyard::metrics::CONTENT_TYPE;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use switchyard::metrics::parse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

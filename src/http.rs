@@ -1,0 +1,125 @@
+//! The daemons' small HTTP surfaces (metrics, the agent's local API): one
+//! HTTP/1.1 server loop owned by its caller's shutdown, and the `/metrics`
+//! answer. Behind the `http` feature, so that API clients do not build
+//! hyper.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::metrics::CONTENT_TYPE;
+
+/// How long requests in progress may take to finish after shutdown.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/1.1 on `listener`, answering each request with `handle`,
+/// until `shutdown`; then lets requests in progress finish (briefly).
+pub async fn serve<H, F>(listener: TcpListener, handle: H, shutdown: CancellationToken)
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let graceful = GracefulShutdown::new();
+    // Every connection task lives in this set and ends with this function.
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    debug!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let handle = handle.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = handle(req);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    connections.shutdown().await;
+}
+
+/// A response with `status`, `content_type` and `body`.
+pub fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Answers `GET /metrics` on `listener` with `render()` until `shutdown`;
+/// then lets scrapes in progress finish (briefly) and returns.
+pub async fn serve_metrics<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
+    let handle = move |req: Request<Incoming>| {
+        let response = metrics_answer(&req, render.as_ref());
+        async move { response }
+    };
+    serve(listener, handle, shutdown).await;
+}
+
+/// The answer to one request: the metrics at `GET /metrics`, 405 for
+/// another method there, 404 anywhere else.
+fn metrics_answer(req: &Request<Incoming>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET | &hyper::Method::HEAD, "/metrics") => {
+            (StatusCode::OK, CONTENT_TYPE, render())
+        }
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    }
+    response
+}

@@ -365,6 +365,95 @@ async fn operator_write_moves_proxied_traffic() {
     server.stop().await;
 }
 
+/// A listener the node cannot bind (its port is taken) is refused: the
+/// agent Nacks the configuration with the reason, the control plane shows
+/// it, and the node keeps serving the previous one. Once the port is free,
+/// the next change goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_that_cannot_bind_is_refused_and_the_previous_configuration_stays() {
+    use switchyard_agent::proxy::{Builtin, Driver};
+
+    let (backend, _b) = one_line_backend("hello").await;
+    let listen = free_port();
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.url()).await;
+    let first = apply(&server.url(), proxied_web(backend, listen)).await;
+    let builtin = Builtin::new();
+    let dir = Arc::new(TempDir::new());
+    let agent = TestAgent::start_with(
+        switchyard_agent::Config {
+            node_id: "edge-1".into(),
+            control_planes: vec![server.url()],
+            data_dir: dir.path().to_path_buf(),
+            backoff_base: Duration::from_millis(20),
+            preflight: Some(builtin.preflight()),
+            ..Default::default()
+        },
+        dir,
+    )
+    .await;
+    agent.until("initial sync", |c| c.revision >= first).await;
+    let stop = CancellationToken::new();
+    let proxy = tokio::spawn(builtin.run(agent.agent.config(), stop.clone()));
+    until_body(listen, "hello").await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = u32::from(taken.local_addr().unwrap().port());
+    let blocked = fixtures::listener("blocked", "127.0.0.1", port, "web");
+    let refused = apply(
+        &server.url(),
+        vec![item(pb::resource::Kind::Listener(blocked.clone()))],
+    )
+    .await;
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let nack = loop {
+        let nodes = client
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(nack) = nodes.nodes.iter().find_map(|n| n.last_nack.clone()) {
+            break nack;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no nack recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(nack.revision, refused);
+    assert!(
+        nack.error.contains("listener/blocked") && nack.error.contains("cannot bind"),
+        "{}",
+        nack.error
+    );
+    assert_eq!(
+        agent.config().revision,
+        first,
+        "the previous configuration stays"
+    );
+    assert_eq!(fetch(listen).await.as_deref(), Some("hello"));
+
+    drop(taken);
+    let accepted = apply(
+        &server.url(),
+        vec![item(pb::resource::Kind::Listener(pb::Listener {
+            labels: [("retry".to_string(), "1".to_string())].into(),
+            ..blocked
+        }))],
+    )
+    .await;
+    agent
+        .until("the next change", |c| c.revision >= accepted)
+        .await;
+    until_body(port as u16, "hello").await;
+    stop.cancel();
+    proxy.await.unwrap();
+    agent.agent.stop().await.unwrap();
+    server.stop().await;
+}
+
 /// The `switchyard-agent` binary as operators run it: it syncs from a real
 /// `switchyard-cp`, serves traffic through its built-in proxy, stops cleanly
 /// on SIGTERM, and `--dump` shows what it saved.

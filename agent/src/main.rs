@@ -139,7 +139,12 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Some(registration::load(path, &node_id).context("--services")?),
         None => None,
     };
+    // The built-in proxy serves whatever configuration the agent publishes,
+    // starting with the one saved on disk; the agent refuses what it could
+    // not serve (a listener that cannot bind).
+    let builtin = Builtin::new();
     let config = Config {
+        preflight: Some(builtin.preflight()),
         registration,
         node_id,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -180,9 +185,6 @@ async fn main() -> anyhow::Result<()> {
     let agent = Agent::start(config, shutdown.clone())
         .await
         .context("starting the agent")?;
-    // The built-in proxy serves whatever configuration the agent publishes,
-    // starting with the one saved on disk.
-    let builtin = Builtin::new();
     let sources = metrics::Sources::new(&agent, Some(builtin.metrics()));
     let proxy = tokio::spawn(builtin.run(agent.config(), shutdown.clone()));
     let metrics = metrics_listener.map(|listener| {

@@ -17,7 +17,7 @@
 //! the traffic counters of listeners, services and endpoints that the
 //! metrics endpoint reads (see [`Metrics`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,9 @@ pub struct Builtin {
     clients: http::Clients,
     services: Arc<Services>,
     listeners: Arc<ByName<ListenerStats>>,
+    /// The addresses of the listeners open now, for [`Builtin::preflight`].
+    /// A std mutex: replaced after each reconcile, read by the sync task.
+    bound: Arc<Mutex<HashSet<SocketAddr>>>,
 }
 
 /// What the proxy remembers about one service across configurations.
@@ -115,6 +118,35 @@ impl Builtin {
     /// A proxy with no listener open yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A check the agent runs on every configuration before accepting it:
+    /// each listener the proxy does not already hold must be bindable on
+    /// this node (port free, permission to bind it). A configuration that
+    /// fails is refused (`Nack`ed) with the reason, and the previous one
+    /// stays live, instead of being accepted with a listener that cannot
+    /// open. A port taken between the check and the proxy's bind is still
+    /// only logged.
+    pub fn preflight(&self) -> crate::sync::Preflight {
+        let bound = self.bound.clone();
+        crate::sync::Preflight::new(move |config: &NodeConfig| {
+            // Held for the whole check (see `run`): a few trial binds.
+            let held = bound.lock().expect("bound listeners");
+            let mut v = switchyard::validate::Violations::new();
+            for (name, l) in &config.listeners {
+                let addr = SocketAddr::new(l.address, l.port);
+                if held.contains(&addr) {
+                    continue;
+                }
+                if let Err(error) = std::net::TcpListener::bind(addr) {
+                    v.push(
+                        format!("listener/{name}"),
+                        format_args!("cannot bind {addr}: {error}"),
+                    );
+                }
+            }
+            v.finish(())
+        })
     }
 
     /// A handle on the proxy's traffic counters, which stays valid while
@@ -373,14 +405,20 @@ impl Driver for Builtin {
                 &self.clients,
                 &self.services,
             )));
-            reconcile(
-                &current,
-                &mut open,
-                &mut tasks,
-                &tables,
-                &self.listeners,
-                &shutdown,
-            );
+            {
+                // Held while sockets open and close, so that a preflight
+                // check never tries to bind what the proxy is binding.
+                let mut bound = self.bound.lock().expect("bound listeners");
+                reconcile(
+                    &current,
+                    &mut open,
+                    &mut tasks,
+                    &tables,
+                    &self.listeners,
+                    &shutdown,
+                );
+                *bound = open.values().map(|l| l.bind.addr).collect();
+            }
             debug!(
                 revision = current.revision,
                 listeners = open.len(),

@@ -83,6 +83,34 @@ pub struct Config {
     /// Service instances of this node to register each time it connects
     /// (the local API may add and remove instances later).
     pub registration: Option<Registration>,
+    /// What the node's proxy checks before a configuration is accepted
+    /// (e.g. that its listeners can bind), beyond validation.
+    pub preflight: Option<Preflight>,
+}
+
+/// A check of a configuration that only the node's proxy can make; a
+/// failure refuses the configuration (`Nack`) with its reasons.
+#[derive(Clone)]
+pub struct Preflight(Arc<PreflightFn>);
+
+type PreflightFn = dyn Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync;
+
+impl Preflight {
+    /// Wraps `check`.
+    pub fn new(check: impl Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(check))
+    }
+
+    /// Runs the check.
+    pub fn check(&self, config: &NodeConfig) -> Result<(), Invalid> {
+        (self.0)(config)
+    }
+}
+
+impl std::fmt::Debug for Preflight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Preflight")
+    }
 }
 
 impl Default for Config {
@@ -98,6 +126,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(2),
             health_refresh: Duration::from_secs(60),
             registration: None,
+            preflight: None,
         }
     }
 }
@@ -672,6 +701,10 @@ impl Client {
         revision: u64,
         candidate: Result<Candidate, state::Error>,
     ) -> Result<(), Error> {
+        let candidate = candidate.and_then(|c| match &self.config.preflight {
+            Some(preflight) => preflight.check(c.config()).map(|()| c).map_err(Into::into),
+            None => Ok(c),
+        });
         match candidate {
             Ok(candidate) => {
                 self.save(&candidate).await;

@@ -2,6 +2,8 @@
 //! domain types both the control plane and the agent work with, and the
 //! validation that turns one into the other.
 
+#[cfg(feature = "daemon")]
+pub mod daemon;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod label;

@@ -182,7 +182,7 @@ impl Load {
             async move {
                 let mut answers = vec![];
                 while !stop.load(Ordering::Relaxed) {
-                    match get(port).await {
+                    match get(port, "/").await {
                         Some((200, body)) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             answers.push((Instant::now(), body));
@@ -201,6 +201,18 @@ impl Load {
             errors,
             stop,
             task,
+        }
+    }
+
+    /// Waits until `n` requests have succeeded in all.
+    async fn until_ok(&self, n: u64) {
+        let started = Instant::now();
+        while self.ok.load(Ordering::Relaxed) < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the client's requests stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -256,7 +268,7 @@ async fn killed_backend_leaves_and_rejoins_without_client_errors() {
     until_body(listen, "web-1").await;
 
     let load = Load::start(listen);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.until_ok(20).await;
     backends[1].kill().await;
     let killed = Instant::now();
     let excluded = sidecar
@@ -265,8 +277,8 @@ async fn killed_backend_leaves_and_rejoins_without_client_errors() {
         })
         .await;
     // After that, the proxy sends web-2 nothing (a request answered by it
-    // would have to come from its dead process).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // would have to come from its dead process): let traffic flow a while.
+    load.until_ok(load.ok.load(Ordering::Relaxed) + 30).await;
     backends[1].restart().await;
     let restarted = Instant::now();
     let rejoined = sidecar
@@ -341,21 +353,7 @@ async fn silent_node_endpoints_become_unknown_and_keep_serving() {
         })
         .await;
     let after = stopped.elapsed();
-    let listed = server
-        .client()
-        .await
-        .get(pb::GetRequest {
-            r#ref: Some(pb::ResourceRef {
-                kind: pb::Kind::Endpoint as i32,
-                name: "web-1".into(),
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::resource::Kind::Endpoint(e)) = listed.resource.and_then(|r| r.kind) else {
-        panic!("no endpoint")
-    };
+    let e = stored_endpoint(&server, "web-1").await.unwrap();
     eprintln!(
         "agent stopped -> endpoint unknown after {after:?} (lease {lease:?}): {}",
         e.health_reason
@@ -456,10 +454,21 @@ async fn registered_instance_is_checked_drained_on_stop_and_back_on_start() {
             health_of(c, "api-1") == Some(Health::Draining)
         })
         .await;
-    // Draining: no new connection reaches it (the backend itself still
+    // Draining: once the proxy has taken the configuration the agent
+    // published, no new connection reaches it (the backend itself still
     // runs): the proxy closes the client's connection instead.
-    let answer = fetch(listen).await;
-    assert!(answer.as_deref().is_none_or(str::is_empty), "{answer:?}");
+    let started = Instant::now();
+    while fetch(listen).await.as_deref() == Some("api-1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still served while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..10 {
+        let answer = fetch(listen).await;
+        assert!(answer.as_deref().is_none_or(str::is_empty), "{answer:?}");
+    }
 
     let owner = start_owner().await;
     sidecar
@@ -473,20 +482,4 @@ async fn registered_instance_is_checked_drained_on_stop_and_back_on_start() {
     owner.agent.stop().await.unwrap();
     sidecar.agent.stop().await.unwrap();
     server.stop().await;
-}
-
-/// One GET through the proxy on `port`: status and body, or `None` when the
-/// connection failed.
-async fn get(port: u16) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out.rsplit("\r\n\r\n").next()?.to_owned()))
 }

@@ -9,6 +9,9 @@ use switchyard_control_plane::testing::{TestDb, TestServer};
 use tonic::Code;
 use tonic::transport::Channel;
 
+mod common;
+use common::stored_endpoint;
+
 async fn agent_client(server: &TestServer) -> AgentServiceClient<Channel> {
     AgentServiceClient::connect(server.url()).await.unwrap()
 }
@@ -23,27 +26,6 @@ fn register(
         endpoints,
         services,
         replace: false,
-    }
-}
-
-async fn get_endpoint(server: &TestServer, name: &str) -> Option<pb::Endpoint> {
-    let got = server
-        .client()
-        .await
-        .get(pb::GetRequest {
-            r#ref: Some(pb::ResourceRef {
-                kind: pb::Kind::Endpoint as i32,
-                name: name.into(),
-            }),
-        })
-        .await;
-    match got {
-        Ok(r) => match r.into_inner().resource.and_then(|r| r.kind) {
-            Some(pb::resource::Kind::Endpoint(e)) => Some(e),
-            _ => None,
-        },
-        Err(s) if s.code() == Code::NotFound => None,
-        Err(s) => panic!("{s:?}"),
     }
 }
 
@@ -107,7 +89,7 @@ async fn a_node_registers_its_instances_and_only_its_own(db: TestDb) {
             ("api-n1".into(), pb::ApplyAction::Created)
         ]
     );
-    assert_eq!(get_endpoint(&server, "api-n1").await.unwrap().node, "n1");
+    assert_eq!(stored_endpoint(&server, "api-n1").await.unwrap().node, "n1");
 
     // Again, as after an agent restart: nothing changes; an existing
     // service is never rewritten by a node.
@@ -174,7 +156,7 @@ async fn a_node_registers_its_instances_and_only_its_own(db: TestDb) {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert_eq!(revision(&server).await, before, "nothing written");
-    assert_eq!(get_endpoint(&server, "api-n1").await.unwrap().port, 9000);
+    assert_eq!(stored_endpoint(&server, "api-n1").await.unwrap().port, 9000);
     server.stop().await;
 }
 
@@ -207,13 +189,13 @@ async fn deregister_drains_or_deletes_own_endpoints(db: TestDb) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(get_endpoint(&server, "api-1").await.is_some());
+    assert!(stored_endpoint(&server, "api-1").await.is_some());
 
     agents
         .deregister(deregister(&["api-1"], "n1", pb::DeregisterMode::Drain))
         .await
         .unwrap();
-    let drained = get_endpoint(&server, "api-1").await.unwrap();
+    let drained = stored_endpoint(&server, "api-1").await.unwrap();
     assert_eq!(drained.health(), pb::Health::Draining);
     assert!(drained.health_reason.contains("draining"), "{drained:?}");
 
@@ -225,8 +207,8 @@ async fn deregister_drains_or_deletes_own_endpoints(db: TestDb) {
         ))
         .await
         .unwrap();
-    assert!(get_endpoint(&server, "api-2").await.is_none());
-    assert!(get_endpoint(&server, "api-1").await.is_some());
+    assert!(stored_endpoint(&server, "api-2").await.is_none());
+    assert!(stored_endpoint(&server, "api-1").await.is_some());
     server.stop().await;
 }
 
@@ -250,7 +232,7 @@ async fn replace_removes_what_the_node_no_longer_declares(db: TestDb) {
     );
     request.replace = true;
     agents.register(request.clone()).await.unwrap();
-    let registered = get_endpoint(&server, "api-2").await.unwrap();
+    let registered = stored_endpoint(&server, "api-2").await.unwrap();
     assert_eq!(registered.labels["switchyard.io/registered-by"], "agent");
     server
         .client()
@@ -270,11 +252,11 @@ async fn replace_removes_what_the_node_no_longer_declares(db: TestDb) {
     // writes before deciding what is stale.
     agents.register(request.clone()).await.unwrap();
     assert!(
-        get_endpoint(&server, "api-2").await.is_none(),
+        stored_endpoint(&server, "api-2").await.is_none(),
         "api-2 removed"
     );
-    assert!(get_endpoint(&server, "api-1").await.is_some());
-    assert!(get_endpoint(&server, "ops-assigned").await.is_some());
+    assert!(stored_endpoint(&server, "api-1").await.is_some());
+    assert!(stored_endpoint(&server, "ops-assigned").await.is_some());
     server.stop().await;
 }
 
@@ -323,7 +305,7 @@ async fn local_api_registrations_reach_the_control_plane(db: TestDb) {
         let server = &server;
         async move {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while get_endpoint(server, "api-n1-9000").await.is_some() != present {
+            while stored_endpoint(server, "api-n1-9000").await.is_some() != present {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "never present={present}"
@@ -341,7 +323,7 @@ async fn local_api_registrations_reach_the_control_plane(db: TestDb) {
     assert_eq!(status, 202);
     until(true).await;
     assert_eq!(
-        get_endpoint(&server, "api-n1-9000").await.unwrap().node,
+        stored_endpoint(&server, "api-n1-9000").await.unwrap().node,
         "n1"
     );
     assert_eq!(

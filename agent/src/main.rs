@@ -1,12 +1,12 @@
 //! `switchyard-agent`: the Switchyard node agent.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
 use switchyard_agent::proxy::{Builtin, Driver};
 use switchyard_agent::{Agent, Config, local, metrics, persist, registration};
 use tokio_util::sync::CancellationToken;
@@ -14,12 +14,6 @@ use tokio_util::sync::CancellationToken;
 /// How long the agent may take to stop after a shutdown signal: the proxy
 /// lets requests in flight finish (up to 30 s) before closing.
 const GRACE: Duration = Duration::from_secs(35);
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Switchyard node agent: keeps this node's proxy configuration in step with
 /// the control plane, and serves the last one it applied while the control
@@ -81,20 +75,6 @@ struct Args {
     dump: bool,
 }
 
-/// An address to listen on, or none.
-#[derive(Debug, Clone, Copy)]
-struct Listen(Option<SocketAddr>);
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    match s.trim() {
-        "" | "off" => Ok(Listen(None)),
-        addr => addr
-            .parse()
-            .map(|a| Listen(Some(a)))
-            .map_err(|e| format!("{addr:?}: {e} (expected HOST:PORT or `off`)")),
-    }
-}
-
 fn parse_loopback(s: &str) -> Result<Listen, String> {
     let listen = parse_listen(s)?;
     match listen.0 {
@@ -121,15 +101,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--data-dir {}", args.data_dir.display()));
     }
 
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    daemon::init_logs(args.log_format, "info");
 
     let node_id = match args.node_id {
         Some(id) => id,
@@ -247,13 +219,4 @@ fn flag(field: &str) -> String {
 fn host_name() -> std::io::Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     Ok(name.trim().to_lowercase())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn terminated() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
 }

@@ -4,18 +4,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
 use switchyard_control_plane::{health, metrics, server};
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight calls may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Switchyard control plane: stores services, endpoints and routes, and
 /// serves them to operators and agents over gRPC.
@@ -69,20 +64,6 @@ struct Args {
     metrics_listen: Listen,
 }
 
-/// An address to listen on, or none.
-#[derive(Debug, Clone, Copy)]
-struct Listen(Option<SocketAddr>);
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    match s.trim() {
-        "" | "off" => Ok(Listen(None)),
-        addr => addr
-            .parse()
-            .map(|a| Listen(Some(a)))
-            .map_err(|e| format!("{addr:?}: {e} (expected HOST:PORT or `off`)")),
-    }
-}
-
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("must be positive".into()),
@@ -94,15 +75,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    daemon::init_logs(args.log_format, "info");
 
     let replica = args.replica.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -139,14 +112,5 @@ async fn main() -> anyhow::Result<()> {
     match tokio::time::timeout(GRACE, server).await {
         Ok(result) => result.context("control plane failed"),
         Err(_) => anyhow::bail!("in-flight calls did not finish within {GRACE:?}"),
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn terminated() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
     }
 }

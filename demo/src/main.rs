@@ -40,12 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Quiet by default: the demo's own output is on stdout; warnings and
     // errors go to stderr (`SWITCHYARD_LOG=info` shows more).
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    switchyard::daemon::init_logs(switchyard::daemon::LogFormat::Text, "warn");
 
     let config = Config {
         listen: args.listen,
@@ -54,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     let shutdown = CancellationToken::new();
-    let mut signal = std::pin::pin!(terminated());
+    let mut signal = std::pin::pin!(switchyard::daemon::terminated());
 
     // A signal while starting cancels the start, which stops what it
     // started before returning.
@@ -92,14 +87,5 @@ async fn main() -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("the demo did not stop within {GRACE:?}"),
         },
         _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped at once by a second Ctrl-C"),
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn terminated() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
     }
 }

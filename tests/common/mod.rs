@@ -160,18 +160,54 @@ pub async fn one_line_backend(body: &'static str) -> (u16, tokio::task::JoinHand
     (port, task)
 }
 
-/// One GET through the proxy on `port`; the body, or `None` if it failed.
-pub async fn fetch(port: u16) -> Option<String> {
+/// One GET of `path` through the proxy on `port` (on a new connection):
+/// status and body, or `None` if the connection failed.
+pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .await
-        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
-    out.rsplit("\r\n\r\n").next().map(str::to_owned)
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Some((status, out.rsplit("\r\n\r\n").next()?.to_owned()))
+}
+
+/// One GET of `/` through the proxy on `port`; the body, or `None` if the
+/// connection failed.
+pub async fn fetch(port: u16) -> Option<String> {
+    get(port, "/").await.map(|(_, body)| body)
+}
+
+/// Endpoint `name` as the control plane at `server` stores it, if it exists.
+pub async fn stored_endpoint(
+    server: &switchyard_control_plane::testing::TestServer,
+    name: &str,
+) -> Option<pb::Endpoint> {
+    let got = server
+        .client()
+        .await
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Endpoint as i32,
+                name: name.into(),
+            }),
+        })
+        .await;
+    match got {
+        Ok(r) => match r.into_inner().resource.and_then(|r| r.kind) {
+            Some(pb::resource::Kind::Endpoint(e)) => Some(e),
+            other => panic!("not an endpoint: {other:?}"),
+        },
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => panic!("{s:?}"),
+    }
 }
 
 /// Waits (at most 15 s) until the proxy on `port` answers `want`.

@@ -193,9 +193,15 @@ impl State {
     /// that part's `Arc` with every node of the same labels: no copy, and a
     /// session sees at once that nothing in its scope changed.
     pub fn scope(&self, node_id: &str, labels: &Labels) -> Arc<View> {
+        self.scope_shared(node_id, labels).0
+    }
+
+    /// Like [`State::scope`], and whether the view is the one shared by
+    /// every node with `labels` (see [`State::shared_delta`]).
+    pub fn scope_shared(&self, node_id: &str, labels: &Labels) -> (Arc<View>, bool) {
         let selected = self.selected(labels);
         let Some(owned) = self.by_node.get(node_id) else {
-            return selected;
+            return (selected, true);
         };
         let mut extra = Vec::new();
         let mut need = |target: Ref, revision: u64| {
@@ -217,11 +223,11 @@ impl State {
             }
         }
         if extra.is_empty() {
-            return selected;
+            return (selected, true);
         }
         let mut view = (*selected).clone();
         view.extend(extra);
-        Arc::new(view)
+        (Arc::new(view), false)
     }
 
     /// The part of a scope that depends on labels only (memoized).
@@ -291,17 +297,17 @@ impl State {
         }
     }
 
-    /// Like [`State::delta`] from `from` to `to`, the scope of a node with
-    /// `labels`: computed once per state when `to` is the view shared by
-    /// every node with those labels, as it is for most nodes.
+    /// Like [`State::delta`] from `from` to `to`; computed once per state
+    /// when `to` is `shared` (the view of every node with the same labels,
+    /// as [`State::scope_shared`] says), as it is for most nodes.
     pub fn shared_delta(
         &self,
-        labels: &Labels,
+        shared: bool,
         from_revision: u64,
         from: &Arc<View>,
         to: &Arc<View>,
     ) -> Option<pb::Delta> {
-        if !Arc::ptr_eq(to, &self.selected(labels)) {
+        if !shared {
             return self.delta(from_revision, from, to);
         }
         let key = (

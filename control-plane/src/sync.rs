@@ -294,7 +294,7 @@ impl Session {
             return None;
         }
         self.checked = Some(state.revision);
-        let scope = state.scope(&self.row.id, &self.labels);
+        let (scope, shared) = state.scope_shared(&self.row.id, &self.labels);
         let message = if self.want_snapshot {
             self.want_snapshot = false;
             pb::sync_response::Message::Snapshot(state.snapshot(&scope))
@@ -304,7 +304,7 @@ impl Session {
             let first = !self.greeted;
             let unchanged = Arc::ptr_eq(&self.view, &scope);
             match (!unchanged)
-                .then(|| state.shared_delta(&self.labels, self.revision, &self.view, &scope))
+                .then(|| state.shared_delta(shared, self.revision, &self.view, &scope))
                 .flatten()
             {
                 Some(delta) => pb::sync_response::Message::Delta(delta),

@@ -213,17 +213,18 @@ fn shared_deltas_equal_computed_ones() {
         target: Ref::new(Kind::Endpoint, "web-1"),
         resource: Some(endpoint("web-1", "web", "n1", 10)),
     }]);
-    let to = after.scope("n9", &edge);
-    let once = after.shared_delta(&edge, 9, &from, &to);
-    let twice = after.shared_delta(&edge, 9, &from, &to);
+    let (to, shared) = after.scope_shared("n9", &edge);
+    assert!(shared);
+    let once = after.shared_delta(true, 9, &from, &to);
+    let twice = after.shared_delta(true, 9, &from, &to);
     assert_eq!(once, after.delta(9, &from, &to));
     assert_eq!(once, twice);
     assert_eq!(once.unwrap().upserts.len(), 1);
     // n3 owns db-1 outside its selected part: its own scope, computed afresh.
-    let owner_to = after.scope("n3", &edge);
-    assert!(!Arc::ptr_eq(&owner_to, &to));
+    let (owner_to, shared) = after.scope_shared("n3", &edge);
+    assert!(!shared && !Arc::ptr_eq(&owner_to, &to));
     assert_eq!(
-        after.shared_delta(&edge, 9, &owner_from, &owner_to),
+        after.shared_delta(false, 9, &owner_from, &owner_to),
         after.delta(9, &owner_from, &owner_to)
     );
 }

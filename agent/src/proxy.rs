@@ -10,7 +10,8 @@
 //! and connections; a removed one stops accepting and drains.
 //!
 //! What must outlive a configuration lives in the driver, keyed by name, and
-//! each table refers to it: the HTTP clients (warm connection pools), each
+//! each table refers to it: each service's upstream connections (warm
+//! keep-alive pools, and the counts its connection limits apply to), each
 //! endpoint's outlier-detection record (an ejected endpoint stays ejected
 //! across a change), each service's requests and retries in flight (so
 //! circuit breaking and the retry budget count traffic on every table), and
@@ -27,6 +28,7 @@ use switchyard::resource::{Endpoint, Health, Labels, ListenerTarget, Protocol, S
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::balance::{Balancer, Policy, Target};
@@ -37,6 +39,7 @@ mod http;
 mod limit;
 mod metrics;
 mod outlier;
+mod pool;
 mod tcp;
 
 pub use metrics::Metrics;
@@ -61,7 +64,8 @@ pub trait Driver: Send + 'static {
 /// The built-in proxy.
 #[derive(Debug, Default)]
 pub struct Builtin {
-    clients: http::Clients,
+    /// Upstream connection tasks, waited for at shutdown.
+    upstream_tasks: TaskTracker,
     services: Arc<Services>,
     listeners: Arc<ByName<ListenerStats>>,
     /// The addresses of the listeners open now, for [`Builtin::preflight`].
@@ -77,6 +81,8 @@ struct Shared {
     /// Requests and retries in flight, for circuit breaking and the retry
     /// budget.
     counters: Arc<limit::Counters>,
+    /// Its upstream connections.
+    connections: pool::Connections,
     /// Traffic counters of its endpoints, by endpoint name.
     endpoints: ByName<EndpointStats>,
     /// Its retries and circuit breaking, counted.
@@ -98,6 +104,14 @@ impl Services {
             .collect();
         map.retain(|n, _| wanted.contains_key(n));
         wanted
+    }
+
+    /// Closes every idle upstream connection, so that their tasks end.
+    fn close_connections(&self) {
+        let all: Vec<_> = self.0.lock().expect("services").values().cloned().collect();
+        for shared in all {
+            shared.connections.close_idle();
+        }
     }
 
     /// Every service's state, sorted by name.
@@ -160,7 +174,12 @@ impl Builtin {
 }
 
 /// One endpoint of a pool, with what outlives configurations.
-type Member = (Endpoint, Arc<outlier::Host>, Arc<EndpointStats>);
+type Member = (
+    Endpoint,
+    Arc<outlier::Host>,
+    Arc<EndpointStats>,
+    Arc<pool::Conns>,
+);
 
 /// One endpoint set with its balancer: the endpoints of a service, or of a
 /// labelled subset of it.
@@ -172,6 +191,8 @@ pub struct Pool {
     hosts: Vec<Arc<outlier::Host>>,
     /// Their traffic counters, in the same order.
     stats: Vec<Arc<EndpointStats>>,
+    /// Their upstream connections, in the same order.
+    conns: Vec<Arc<pool::Conns>>,
     balancer: Balancer,
     panic_threshold_percent: u8,
 }
@@ -181,10 +202,12 @@ impl Pool {
         let mut endpoints = Vec::with_capacity(members.len());
         let mut hosts = Vec::with_capacity(members.len());
         let mut stats = Vec::with_capacity(members.len());
-        for (endpoint, host, counters) in members {
+        let mut conns = Vec::with_capacity(members.len());
+        for (endpoint, host, counters, c) in members {
             endpoints.push(endpoint);
             hosts.push(host);
             stats.push(counters);
+            conns.push(c);
         }
         let targets = endpoints
             .iter()
@@ -200,6 +223,7 @@ impl Pool {
             endpoints,
             hosts,
             stats,
+            conns,
             panic_threshold_percent: service.panic_threshold_percent,
         }
     }
@@ -245,8 +269,8 @@ pub struct Upstream {
     pub all: Arc<Pool>,
     /// Labelled subsets used by routes.
     subsets: BTreeMap<Labels, Arc<Pool>>,
-    /// The HTTP client for its protocol and connect timeout.
-    client: http::Client,
+    /// What its upstream connections follow.
+    settings: pool::Settings,
     /// Its state that outlives configurations.
     shared: Arc<Shared>,
 }
@@ -300,7 +324,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn compile(config: &NodeConfig, clients: &http::Clients, services: &Services) -> Table {
+    fn compile(config: &NodeConfig, services: &Services) -> Table {
         let mut subsets: HashMap<&str, Vec<&Labels>> = HashMap::new();
         for route in config.routes.values() {
             for rule in &route.rules {
@@ -325,11 +349,22 @@ impl Table {
             let stats = shared
                 .endpoints
                 .sync(endpoints.iter().map(|e| e.name.as_str()));
+            let settings = pool::Settings {
+                http2: matches!(service.protocol, Protocol::Http2 | Protocol::Grpc),
+                connect_timeout: service.connect_timeout,
+                max_connections: service.circuit_breaker.max_connections,
+                max_pending: service.circuit_breaker.max_pending_requests,
+            };
+            let conns = shared.connections.sync(
+                endpoints.iter().map(|e| (e.address.as_str(), e.port)),
+                settings.http2,
+            );
             let members: Vec<Member> = endpoints
                 .into_iter()
                 .zip(hosts)
                 .zip(stats)
-                .map(|((e, h), s)| (e, h, s))
+                .zip(conns)
+                .map(|(((e, h), s), c)| (e, h, s, c))
                 .collect();
             let subsets = subsets
                 .get(service.name.as_str())
@@ -338,7 +373,7 @@ impl Table {
                 .map(|subset| {
                     let selected = members
                         .iter()
-                        .filter(|(e, _, _)| switchyard::label::matches_all(subset, &e.labels))
+                        .filter(|(e, ..)| switchyard::label::matches_all(subset, &e.labels))
                         .cloned()
                         .collect();
                     ((*subset).clone(), Arc::new(Pool::new(service, selected)))
@@ -349,7 +384,7 @@ impl Table {
                 Arc::new(Upstream {
                     all: Arc::new(Pool::new(service, members)),
                     subsets,
-                    client: clients.get(service),
+                    settings,
                     service: service.clone(),
                     shared,
                 }),
@@ -400,11 +435,7 @@ impl Driver for Builtin {
             // of new ones are created when they open.
             self.listeners
                 .sync(current.listeners.keys().map(String::as_str));
-            tables.send_replace(Arc::new(Table::compile(
-                &current,
-                &self.clients,
-                &self.services,
-            )));
+            tables.send_replace(Arc::new(Table::compile(&current, &self.services)));
             {
                 // Held while sockets open and close, so that a preflight
                 // check never tries to bind what the proxy is binding.
@@ -415,6 +446,7 @@ impl Driver for Builtin {
                     &mut tasks,
                     &tables,
                     &self.listeners,
+                    &self.upstream_tasks,
                     &shutdown,
                 );
                 *bound = open.values().map(|l| l.bind.addr).collect();
@@ -438,6 +470,17 @@ impl Driver for Builtin {
             l.stop.cancel();
         }
         while tasks.join_next().await.is_some() {}
+        // The listeners have drained: close the upstream connections left
+        // idle and wait for their tasks (busy ones end with their request).
+        drop(tables);
+        self.services.close_connections();
+        self.upstream_tasks.close();
+        if tokio::time::timeout(DRAIN, self.upstream_tasks.wait())
+            .await
+            .is_err()
+        {
+            debug!("upstream connections still open at shutdown");
+        }
     }
 }
 
@@ -448,6 +491,7 @@ fn reconcile(
     tasks: &mut JoinSet<()>,
     tables: &watch::Sender<Arc<Table>>,
     stats: &ByName<ListenerStats>,
+    upstream_tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
     open.retain(|name, l| {
@@ -487,6 +531,7 @@ fn reconcile(
             listener: name.clone(),
             tables: tables.subscribe(),
             stats: stats.get(name),
+            upstream_tasks: upstream_tasks.clone(),
         };
         let token = stop.clone();
         match bind.protocol {
@@ -504,6 +549,8 @@ struct Context {
     tables: watch::Receiver<Arc<Table>>,
     /// The listener's counters, kept across configurations.
     stats: Arc<ListenerStats>,
+    /// Where upstream connection tasks run.
+    upstream_tasks: TaskTracker,
 }
 
 impl Context {

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 struct Backend {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    connections: Arc<AtomicU64>,
     stop: CancellationToken,
     _task: JoinHandle<()>,
 }
@@ -43,8 +45,9 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let (h, s) = (hits.clone(), stop.clone());
+        let (h, s, accepted) = (hits.clone(), stop.clone(), connections.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -52,6 +55,7 @@ impl Backend {
                     _ = s.cancelled() => break,
                     a = listener.accept() => a.unwrap(),
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let h = h.clone();
                 conns.spawn(async move {
                     let svc =
@@ -95,6 +99,7 @@ impl Backend {
         Backend {
             addr,
             hits,
+            connections,
             stop,
             _task: task,
         }
@@ -636,7 +641,7 @@ async fn tcp_relays_both_ways_with_half_close() {
         }],
         ..Default::default()
     };
-    let proxy = Proxy::start(config(1, snap)).await;
+    let proxy = Proxy::start(config(1, snap.clone())).await;
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -649,6 +654,49 @@ async fn tcp_relays_both_ways_with_half_close() {
         .unwrap()
         .unwrap();
     assert_eq!(answer, "got 100000 bytes");
+
+    // With max_connections 1, a second connection while one is open is
+    // closed at once, and the backend never sees it.
+    let limited = pb::Snapshot {
+        services: vec![pb::Service {
+            protocol: pb::Protocol::Tcp as i32,
+            circuit_breaker: Some(pb::CircuitBreaker {
+                max_connections: 1,
+                ..Default::default()
+            }),
+            ..service("db", pb::LbPolicy::RoundRobin)
+        }],
+        ..snap
+    };
+    proxy.config.send_replace(config(2, limited));
+    // The first connection holds the one place (it has not half-closed);
+    // until the new configuration is live, a second one is relayed.
+    let mut first = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    first.write_all(b"held").await.unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        second.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), second.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        if answer.is_empty() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a second connection over max_connections is closed");
+    first.shutdown().await.unwrap();
+    let mut answer = String::new();
+    first.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "got 4 bytes", "the first is relayed");
     server.abort();
     proxy.stop().await;
 }
@@ -999,6 +1047,80 @@ async fn circuit_breaker_sheds_requests_over_the_limit() {
     // Once the two finish, the circuit closes again.
     let a = get(&c, &url, &[]).await;
     assert_eq!(a.status, 200);
+    proxy.stop().await;
+}
+
+/// `max_connections` caps the connections to a service; requests beyond
+/// them wait for one (up to `max_pending_requests`), and the rest are shed
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_queues_then_sheds() {
+    let slow = Backend::start("slow").await;
+    let port = free_port();
+    let snap = web_snapshot(
+        pb::Service {
+            circuit_breaker: Some(pb::CircuitBreaker {
+                max_connections: 2,
+                max_pending_requests: 3,
+                ..Default::default()
+            }),
+            // Long enough that the last pending request (two backend turns
+            // of 300 ms) does not give up waiting.
+            connect_timeout: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            ..service("web", pb::LbPolicy::RoundRobin)
+        },
+        vec![endpoint("slow", "web", slow.addr, 1, &[])],
+        port,
+    );
+    let proxy = Proxy::start(config(1, snap)).await;
+    let url = format!("http://127.0.0.1:{port}/slow");
+    let c = client();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let (c, url) = (c.clone(), url.clone());
+        requests.spawn(async move {
+            // The first five in order, so that two hold the connections
+            // and three wait before the rest arrive.
+            tokio::time::sleep(Duration::from_millis(20 * i.min(5))).await;
+            let started = std::time::Instant::now();
+            let a = get(&c, &url, &[]).await;
+            (a, started.elapsed())
+        });
+    }
+    let (mut served, mut shed) = (vec![], vec![]);
+    while let Some(done) = requests.join_next().await {
+        let (a, took) = done.unwrap();
+        match a.status {
+            200 => served.push(took),
+            503 => {
+                assert_eq!(
+                    a.body,
+                    "switchyard: circuit open (max_connections open, max_pending_requests waiting)\n"
+                );
+                shed.push(took);
+            }
+            other => panic!("unexpected {other}: {}", a.body),
+        }
+    }
+    served.sort();
+    eprintln!("served after {served:?}; shed after {shed:?}");
+    assert_eq!((served.len(), shed.len()), (5, 5));
+    // Two at once, two after one backend turn, the last after two.
+    assert!(served[4] >= Duration::from_millis(550), "{served:?}");
+    let slowest = shed.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_millis(150),
+        "shed requests must not wait: slowest {slowest:?}"
+    );
+    assert_eq!(slow.hits.load(Ordering::Relaxed), 5);
+    assert_eq!(
+        slow.connections.load(Ordering::Relaxed),
+        2,
+        "five requests over the two connections"
+    );
     proxy.stop().await;
 }
 

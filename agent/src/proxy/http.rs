@@ -1,20 +1,19 @@
 //! HTTP listeners: HTTP/1.1 and cleartext HTTP/2 (gRPC included) on one
 //! socket, routed per request and forwarded over pooled keep-alive
-//! connections.
+//! connections (see [`super::pool`]).
 //!
 //! A request is refused at once when its service has `max_requests` in
-//! flight (the circuit breaker). A route's retry policy sends it again only
+//! flight, or `max_connections` open and `max_pending_requests` waiting for
+//! one (the circuit breaker). A route's retry policy sends it again only
 //! when that is safe: the method is idempotent, or the try failed to
 //! connect (nothing was sent); and only when its body can be sent again
 //! (empty, or of known size up to [`MAX_REPLAY`], buffered). Retries go to
 //! another endpoint when there is one, after a fully jittered exponential
 //! backoff, within the route's timeout and the service's retry budget.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -25,11 +24,10 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
-use switchyard::resource::{HashOn, Protocol, RetryOn, RetryPolicy, Service};
+use switchyard::resource::{HashOn, RetryOn, RetryPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +36,7 @@ use tracing::debug;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
+use super::pool::{Failure, Lease};
 use super::{Backend, Context, DRAIN, next_connection, random};
 use crate::balance::hash_key;
 use crate::router::RequestView;
@@ -48,35 +47,6 @@ pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 /// A request body sent upstream: the client's, streamed, or a buffered copy
 /// (for requests that may be retried).
 pub(super) type Outbound = Either<Incoming, Full<Bytes>>;
-
-/// A pooled HTTP client (HTTP/1.1, or HTTP/2 prior knowledge).
-pub(super) type Client = hyper_util::client::legacy::Client<HttpConnector, Outbound>;
-
-/// Clients shared across configurations, one per protocol and connect
-/// timeout, so that a configuration change keeps the connection pools warm.
-#[derive(Debug, Default)]
-pub(super) struct Clients(Mutex<HashMap<(bool, Duration), Client>>);
-
-impl Clients {
-    /// The client for `service`.
-    pub(super) fn get(&self, service: &Service) -> Client {
-        let http2 = matches!(service.protocol, Protocol::Http2 | Protocol::Grpc);
-        let key = (http2, service.connect_timeout);
-        let mut clients = self.0.lock().expect("clients");
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(service.connect_timeout));
-                connector.set_nodelay(true);
-                hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .http2_only(http2)
-                    .build(connector)
-            })
-            .clone()
-    }
-}
 
 /// Accepts connections until `stop`, then drains them.
 pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
@@ -238,10 +208,13 @@ async fn forward(
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"))
     });
     // HTTP/2 clients send the authority, not a Host header; keep it for
-    // HTTP/1.1 upstreams.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    // HTTP/1.1 upstreams (which get the endpoint's when there is neither).
+    let client_authority = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = client_authority
+        && !parts.headers.contains_key(header::HOST)
     {
         parts.headers.insert(header::HOST, host);
     }
@@ -292,20 +265,16 @@ async fn forward(
             return fail(Refusal::NoHealthyUpstream);
         };
         let endpoint = &pool.endpoints[id];
+        let conns = &pool.conns[id];
         let in_flight = pool.balancer().start(id);
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(format!("{}:{}", endpoint.address, endpoint.port))
-            .path_and_query(path_and_query.clone())
-            .build();
-        let Ok(uri) = uri else {
+        let Some(uri) = conns.uri(path_and_query.clone()) else {
             return fail(Refusal::Internal);
         };
         let last = match (&body, retry) {
             (Payload::Buffered(_), Some(policy)) => retries >= policy.attempts,
             _ => true,
         };
-        let request = match (last, parts.take()) {
+        let mut request = match (last, parts.take()) {
             // The last try takes the request; earlier ones copy it.
             (true, Some(mut p)) => {
                 p.uri = uri;
@@ -322,8 +291,20 @@ async fn forward(
             }
             (_, None) => return fail(Refusal::Internal),
         };
+        if !request.headers().contains_key(header::HOST)
+            && let Some(host) = conns
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
 
-        let sent = upstream.client.request(request);
+        let sent = conns.send(
+            &upstream.shared.connections,
+            upstream.settings,
+            &ctx.upstream_tasks,
+            request,
+        );
         let per_try = retry
             .and_then(|p| p.per_try_timeout)
             .map(|t| Instant::now() + t);
@@ -333,14 +314,22 @@ async fn forward(
         };
         let result = match limit {
             Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
-                Ok(r) => r.map_err(Failure::from),
+                Ok(r) => r,
                 Err(_) => Err(Failure::TimedOut),
             },
-            None => sent.await.map_err(Failure::from),
+            None => sent.await,
         };
+        if let Err(Failure::Overflow) = result {
+            upstream
+                .shared
+                .stats
+                .circuit_open
+                .fetch_add(1, Ordering::Relaxed);
+            return fail(Refusal::PendingOverflow);
+        }
         let counters = &pool.stats[id];
         match &result {
-            Ok(resp) => {
+            Ok((resp, _)) => {
                 counters.response(resp.status());
                 upstream.record(pool, id, Outcome::Status(resp.status().as_u16()));
             }
@@ -354,6 +343,7 @@ async fn forward(
             // A slow endpoint is not a broken one: timeouts are the route's
             // business, not outlier detection's.
             Err(Failure::TimedOut) => counters.failed(TryFailure::Timeout),
+            Err(Failure::Overflow) => {}
         }
         if let Err(e) = &result {
             debug!(endpoint = %endpoint.name, error = ?e, "try failed");
@@ -393,12 +383,14 @@ async fn forward(
         }
 
         return match result {
-            Ok(resp) => {
+            Ok((resp, lease)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 rule.response_headers().apply(&mut parts.headers);
                 let body = Counted {
                     inner: body,
+                    ended: false,
+                    lease,
                     _guard: request_guard,
                 };
                 Response::from_parts(parts, body.boxed())
@@ -406,6 +398,7 @@ async fn forward(
             Err(Failure::Connect) => fail(Refusal::Connect),
             Err(Failure::Reset) => fail(Refusal::Reset),
             Err(Failure::TimedOut) => fail(Refusal::Timeout),
+            Err(Failure::Overflow) => fail(Refusal::PendingOverflow),
         };
     }
 }
@@ -464,33 +457,13 @@ async fn replayable(body: Incoming, deadline: Option<Instant>) -> Result<Bytes, 
         .map_err(|_| Unbuffered::Failed)
 }
 
-/// How one try failed before a response began.
-#[derive(Debug)]
-enum Failure {
-    /// No connection could be opened; nothing was sent.
-    Connect,
-    /// The connection broke (or the protocol failed) before a response.
-    Reset,
-    /// The per-try or route timeout passed first.
-    TimedOut,
-}
-
-impl From<hyper_util::client::legacy::Error> for Failure {
-    fn from(e: hyper_util::client::legacy::Error) -> Failure {
-        if e.is_connect() {
-            Failure::Connect
-        } else {
-            Failure::Reset
-        }
-    }
-}
-
 /// Whether `policy` retries after `result`.
 ///
 /// Following Envoy: `gateway-error` and `5xx` also cover failures that the
 /// proxy would answer with a 502 or 504 itself (connect failure, reset,
 /// per-try timeout).
-fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Incoming>, Failure>) -> bool {
+fn wants_retry<T>(policy: &RetryPolicy, result: &Result<(Response<Incoming>, T), Failure>) -> bool {
+    let result = result.as_ref().map(|(r, _)| r);
     policy.retry_on.iter().any(|on| match (on, result) {
         (RetryOn::ServerError, Ok(r)) => r.status().is_server_error(),
         (RetryOn::GatewayError, Ok(r)) => matches!(r.status().as_u16(), 502..=504),
@@ -516,10 +489,23 @@ fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
 }
 
 /// A response body that counts its request as in flight (for the circuit
-/// breaker) until it ends or is dropped.
+/// breaker) until it ends or is dropped, and gives its HTTP/1.1 connection
+/// back to the pool if it was read to the end.
 struct Counted {
     inner: Incoming,
+    ended: bool,
+    lease: Option<Lease>,
     _guard: Guard,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (self.ended || self.inner.is_end_stream())
+        {
+            lease.release();
+        }
+    }
 }
 
 impl hyper::body::Body for Counted {
@@ -530,7 +516,12 @@ impl hyper::body::Body for Counted {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -34,6 +34,11 @@ pub(crate) enum Refusal {
     UnknownService,
     /// The service has `max_requests` in flight.
     CircuitOpen,
+    /// The service has `max_connections` open and `max_pending_requests`
+    /// waiting for one.
+    PendingOverflow,
+    /// A TCP connection: the service has `max_connections` open.
+    ConnectionLimit,
     /// No endpoint of the service may take the request.
     NoHealthyUpstream,
     /// The request body could not be read.
@@ -50,12 +55,14 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// Every reason, in label order.
-    const ALL: [Refusal; 11] = [
+    const ALL: [Refusal; 13] = [
         Refusal::NotConfigured,
         Refusal::NoRoute,
         Refusal::NoDestination,
         Refusal::UnknownService,
         Refusal::CircuitOpen,
+        Refusal::PendingOverflow,
+        Refusal::ConnectionLimit,
         Refusal::NoHealthyUpstream,
         Refusal::BadRequest,
         Refusal::Connect,
@@ -72,6 +79,8 @@ impl Refusal {
             Refusal::NoDestination => "no_destination",
             Refusal::UnknownService => "unknown_service",
             Refusal::CircuitOpen => "circuit_open",
+            Refusal::PendingOverflow => "pending_overflow",
+            Refusal::ConnectionLimit => "connection_limit",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::BadRequest => "bad_request",
             Refusal::Connect => "connect_error",
@@ -92,6 +101,8 @@ impl Refusal {
             | Refusal::NoDestination
             | Refusal::UnknownService
             | Refusal::CircuitOpen
+            | Refusal::PendingOverflow
+            | Refusal::ConnectionLimit
             | Refusal::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -104,6 +115,10 @@ impl Refusal {
             Refusal::NoDestination => "the route has no destination with weight",
             Refusal::UnknownService => "unknown service",
             Refusal::CircuitOpen => "circuit open (max_requests)",
+            Refusal::PendingOverflow => {
+                "circuit open (max_connections open, max_pending_requests waiting)"
+            }
+            Refusal::ConnectionLimit => "circuit open (max_connections)",
             Refusal::NoHealthyUpstream => "no healthy upstream",
             Refusal::BadRequest => "cannot read the request body",
             Refusal::Connect => "upstream connect error",

@@ -1,5 +1,7 @@
 //! TCP listeners: each connection is relayed, both ways, to one endpoint of
-//! the listener's service; a half-close on either side is passed on.
+//! the listener's service; a half-close on either side is passed on. A
+//! connection is closed at once when the service has `max_connections`
+//! open (its relays and its HTTP connections, from this proxy).
 
 use switchyard::resource::{Balance, HashOn};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +40,17 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             let pool = upstream.all.clone();
             let Some(id) = pool.pick(hash, None) else {
                 stats.refused(Refusal::NoHealthyUpstream);
+                return;
+            };
+            let limits = &upstream.shared.connections.limits;
+            let Some(_slot) = limits.try_connect(upstream.service.circuit_breaker.max_connections)
+            else {
+                upstream
+                    .shared
+                    .stats
+                    .circuit_open
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats.refused(Refusal::ConnectionLimit);
                 return;
             };
             let _in_flight = pool.balancer().start(id);

@@ -1,0 +1,431 @@
+//! Upstream HTTP connections: per endpoint, a stack of idle keep-alive
+//! HTTP/1.1 connections or one multiplexed HTTP/2 connection; per service,
+//! the circuit breaker's connection limits (`max_connections`,
+//! `max_pending_requests`).
+//!
+//! The proxy keeps its own pool rather than a general-purpose pooled client
+//! because it already knows which endpoint a request goes to: a checkout is
+//! a pop from that endpoint's stack, and a connection goes back when its
+//! response body ends (from the body's drop, with no task to wait for it).
+//! It also needs per-service limits that a client keyed by authority
+//! cannot count.
+//!
+//! A request waits for a connection only when the service has
+//! `max_connections` open: it is then *pending* (refused at once past
+//! `max_pending_requests`), takes the first connection that comes back to
+//! its endpoint, or takes the place of one that closes, or of an idle one
+//! of another endpoint, which is closed for it. The wait counts against
+//! the connect timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::http::Outbound;
+
+/// How long an idle connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How one try failed before a response began.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// No connection could be opened (or none freed up within the connect
+    /// timeout); nothing was sent.
+    Connect,
+    /// The connection broke (or the protocol failed) before a response.
+    Reset,
+    /// The per-try or route timeout passed first.
+    TimedOut,
+    /// The service has `max_connections` open and `max_pending_requests`
+    /// waiting already; nothing was sent.
+    Overflow,
+}
+
+/// A service's open connections and waiting requests, kept across
+/// configurations.
+#[derive(Debug, Default)]
+pub(crate) struct Limits {
+    /// Connections open to its endpoints (HTTP and TCP relays).
+    open: AtomicUsize,
+    /// Requests waiting for a connection.
+    pending: AtomicUsize,
+    /// Signalled when a connection closes or goes back idle while requests
+    /// wait.
+    freed: Notify,
+}
+
+impl Limits {
+    /// Connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection, or `None` when `max` are open already.
+    pub(super) fn try_connect(self: &Arc<Self>, max: Option<u32>) -> Option<Slot> {
+        let max = max.map_or(usize::MAX, |m| m as usize);
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.clone()))
+    }
+
+    fn wake_pending(&self) {
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// One counted connection; dropping it uncounts it and wakes a pending
+/// request.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<Limits>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.wake_pending();
+    }
+}
+
+/// What a service's connections follow.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    /// HTTP/2 (prior knowledge) rather than HTTP/1.1.
+    pub http2: bool,
+    /// Limit on opening a connection, and on waiting for one.
+    pub connect_timeout: Duration,
+    /// `max_connections`.
+    pub max_connections: Option<u32>,
+    /// `max_pending_requests`.
+    pub max_pending: Option<u32>,
+}
+
+/// The connections of one service: its limits, and the connections of each
+/// of its endpoints by address.
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    pub(crate) limits: Arc<Limits>,
+    by_address: Mutex<HashMap<(String, u16, bool), Arc<Conns>>>,
+}
+
+impl Connections {
+    /// The connections to each of `endpoints` (address, port), in order,
+    /// forgetting (and so closing, once idle) those of other addresses.
+    pub(super) fn sync<'a>(
+        &self,
+        endpoints: impl Iterator<Item = (&'a str, u16)>,
+        http2: bool,
+    ) -> Vec<Arc<Conns>> {
+        let mut map = self.by_address.lock().expect("connections");
+        let wanted: Vec<_> = endpoints
+            .map(|(address, port)| {
+                let key = (address.to_owned(), port, http2);
+                map.entry(key)
+                    .or_insert_with(|| Arc::new(Conns::new(address, port, http2)))
+                    .clone()
+            })
+            .collect();
+        map.retain(|_, c| wanted.iter().any(|w| Arc::ptr_eq(w, c)));
+        wanted
+    }
+
+    /// Closes every idle connection (the HTTP/2 one when no request uses
+    /// it).
+    pub(super) fn close_idle(&self) {
+        let all: Vec<Arc<Conns>> = self
+            .by_address
+            .lock()
+            .expect("connections")
+            .values()
+            .cloned()
+            .collect();
+        for c in all {
+            c.idle.lock().expect("idle").clear();
+            c.shared.lock().expect("http2").take();
+        }
+    }
+
+    /// Closes one idle HTTP/1.1 connection of another endpoint than
+    /// `except`, so that a pending request can open one; whether there was
+    /// one.
+    fn evict_idle(&self, except: &Conns) -> bool {
+        let all: Vec<Arc<Conns>> = self
+            .by_address
+            .lock()
+            .expect("connections")
+            .values()
+            .cloned()
+            .collect();
+        all.iter()
+            .filter(|c| !std::ptr::eq(c.as_ref(), except))
+            .any(|c| c.idle.lock().expect("idle").pop_front().is_some())
+    }
+}
+
+/// An idle HTTP/1.1 connection.
+struct Idle {
+    tx: http1::SendRequest<Outbound>,
+    since: Instant,
+}
+
+/// The connections to one endpoint.
+pub(crate) struct Conns {
+    host: String,
+    port: u16,
+    authority: Option<Authority>,
+    http2: bool,
+    /// Idle HTTP/1.1 connections, the most recently used at the back.
+    idle: Mutex<VecDeque<Idle>>,
+    /// The HTTP/2 connection, shared by all requests.
+    shared: Mutex<Option<http2::SendRequest<Outbound>>>,
+}
+
+impl std::fmt::Debug for Conns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conns")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("http2", &self.http2)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection lent to one HTTP/1.1 exchange; it goes back to its
+/// endpoint when the response body has been read to the end.
+pub(super) struct Lease {
+    conns: Arc<Conns>,
+    limits: Arc<Limits>,
+    tx: http1::SendRequest<Outbound>,
+}
+
+impl Lease {
+    /// Returns the connection for reuse.
+    pub(super) fn release(self) {
+        self.conns.idle.lock().expect("idle").push_back(Idle {
+            tx: self.tx,
+            since: Instant::now(),
+        });
+        self.limits.wake_pending();
+    }
+}
+
+/// An executor for HTTP/2 connection tasks whose tasks the proxy can wait
+/// for at shutdown.
+#[derive(Clone)]
+struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// Marks a request waiting for a connection until dropped.
+struct Pending<'a>(&'a Limits);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Conns {
+    fn new(host: &str, port: u16, http2: bool) -> Conns {
+        Conns {
+            host: host.to_owned(),
+            port,
+            authority: Authority::try_from(format!("{host}:{port}")).ok(),
+            http2,
+            idle: Mutex::new(VecDeque::new()),
+            shared: Mutex::new(None),
+        }
+    }
+
+    /// The URI of a request to this endpoint for `path`: origin form for
+    /// HTTP/1.1, absolute for HTTP/2 (whose pseudo-headers need scheme and
+    /// authority).
+    pub(super) fn uri(&self, path: PathAndQuery) -> Option<Uri> {
+        let mut parts = hyper::http::uri::Parts::default();
+        if self.http2 {
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(self.authority.clone()?);
+        }
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).ok()
+    }
+
+    /// The endpoint's authority (`host:port`), for a request with no Host.
+    pub(super) fn authority(&self) -> Option<&Authority> {
+        self.authority.as_ref()
+    }
+
+    /// Sends `req` on a connection to this endpoint, reusing an idle one
+    /// when there is one; the response, and for HTTP/1.1 the connection to
+    /// release when its body ends.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        service: &Connections,
+        settings: Settings,
+        tasks: &TaskTracker,
+        mut req: Request<Outbound>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
+        let limits = &service.limits;
+        let wait_until = tokio::time::Instant::now() + settings.connect_timeout;
+        let mut pending = None;
+        loop {
+            if self.http2 {
+                let shared = self.shared.lock().expect("http2").clone();
+                if let Some(mut tx) = shared.filter(|tx| !tx.is_closed()) {
+                    return match tx.try_send_request(req).await {
+                        Ok(resp) => Ok((resp, None)),
+                        Err(mut e) => match e.take_message() {
+                            // Closed before it was sent: a new connection.
+                            Some(r) => {
+                                self.shared.lock().expect("http2").take();
+                                req = r;
+                                continue;
+                            }
+                            None => Err(Failure::Reset),
+                        },
+                    };
+                }
+            } else if let Some(mut tx) = self.checkout() {
+                if tx.ready().await.is_err() {
+                    continue;
+                }
+                return match tx.try_send_request(req).await {
+                    Ok(resp) => Ok((
+                        resp,
+                        Some(Lease {
+                            conns: self.clone(),
+                            limits: limits.clone(),
+                            tx,
+                        }),
+                    )),
+                    Err(mut e) => match e.take_message() {
+                        // The connection closed before the request went
+                        // out: another one.
+                        Some(r) => {
+                            req = r;
+                            continue;
+                        }
+                        None => Err(Failure::Reset),
+                    },
+                };
+            }
+            if let Some(slot) = limits.try_connect(settings.max_connections) {
+                drop(pending.take());
+                let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
+                let stream = tokio::time::timeout(
+                    left.max(Duration::from_millis(1)),
+                    TcpStream::connect((self.host.as_str(), self.port)),
+                )
+                .await;
+                let stream = match stream {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        debug!(host = %self.host, port = self.port, %error, "connect failed");
+                        return Err(Failure::Connect);
+                    }
+                    Err(_) => return Err(Failure::Connect),
+                };
+                let _ = stream.set_nodelay(true);
+                let io = TokioIo::new(stream);
+                if self.http2 {
+                    let exec = Tracked(tasks.clone());
+                    let (tx, conn) = http2::handshake(exec, io)
+                        .await
+                        .map_err(|_| Failure::Connect)?;
+                    tasks.spawn(async move {
+                        let _slot = slot;
+                        if let Err(error) = conn.await {
+                            debug!(%error, "upstream connection ended with an error");
+                        }
+                    });
+                    *self.shared.lock().expect("http2") = Some(tx);
+                } else {
+                    let (tx, conn) = http1::handshake(io).await.map_err(|_| Failure::Connect)?;
+                    tasks.spawn(async move {
+                        let _slot = slot;
+                        if let Err(error) = conn.await {
+                            debug!(%error, "upstream connection ended with an error");
+                        }
+                    });
+                    self.idle.lock().expect("idle").push_back(Idle {
+                        tx,
+                        since: Instant::now(),
+                    });
+                }
+                continue;
+            }
+            // At max_connections: wait, if the pending limit allows.
+            if pending.is_none() {
+                let max = settings.max_pending.map_or(usize::MAX, |m| m as usize);
+                let waiting =
+                    limits
+                        .pending
+                        .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                            (n < max).then_some(n + 1)
+                        });
+                if waiting.is_err() {
+                    return Err(Failure::Overflow);
+                }
+                pending = Some(Pending(limits));
+            }
+            let freed = limits.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            // Checked again now that a wake-up cannot be missed.
+            let ready = if self.http2 {
+                self.shared.lock().expect("http2").is_some()
+            } else {
+                !self.idle.lock().expect("idle").is_empty()
+            };
+            if ready || limits.open() < settings.max_connections.map_or(usize::MAX, |m| m as usize)
+            {
+                continue;
+            }
+            service.evict_idle(self);
+            if tokio::time::timeout_at(wait_until, freed).await.is_err() {
+                return Err(Failure::Connect);
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and
+    /// fresh. The least recently used one is dropped if it is not (one per
+    /// checkout, so that old connections do not pile up under a stack that
+    /// is never emptied).
+    fn checkout(&self) -> Option<http1::SendRequest<Outbound>> {
+        let mut idle = self.idle.lock().expect("idle");
+        let usable = |c: &Idle| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT;
+        if idle.front().is_some_and(|c| !usable(c)) {
+            idle.pop_front();
+        }
+        while let Some(conn) = idle.pop_back() {
+            if usable(&conn) {
+                return Some(conn.tx);
+            }
+        }
+        None
+    }
+}

@@ -692,7 +692,10 @@ async fn tcp_relays_both_ways_with_half_close() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(refused, "a second connection over max_connections is closed");
+    assert!(
+        refused,
+        "a second connection over max_connections is closed"
+    );
     first.shutdown().await.unwrap();
     let mut answer = String::new();
     first.read_to_string(&mut answer).await.unwrap();
@@ -1047,6 +1050,46 @@ async fn circuit_breaker_sheds_requests_over_the_limit() {
     // Once the two finish, the circuit closes again.
     let a = get(&c, &url, &[]).await;
     assert_eq!(a.status, 200);
+    proxy.stop().await;
+}
+
+/// A request head over 64 KiB is refused with 431 before it reaches an
+/// endpoint; a large one under the limit passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_head_is_refused() {
+    let web = Backend::start("web").await;
+    let port = free_port();
+    let snap = web_snapshot(
+        service("web", pb::LbPolicy::RoundRobin),
+        vec![endpoint("web-1", "web", web.addr, 1, &[])],
+        port,
+    );
+    let proxy = Proxy::start(config(1, snap)).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    let big = "a".repeat(16 * 1024);
+    let a = get(&c, &url, &[("x-big", &big)]).await;
+    assert_eq!(a.status, 200, "a 16 KiB header passes");
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let huge = "a".repeat(100 * 1024);
+    let request = format!("GET / HTTP/1.1\r\nhost: web\r\nx-huge: {huge}\r\n\r\n");
+    // The proxy may answer and close before it has read everything.
+    let _ = conn.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "a 100 KiB header is refused: {answer:?}"
+    );
+    assert_eq!(
+        web.hits.load(Ordering::Relaxed),
+        1,
+        "only the first reached the backend"
+    );
     proxy.stop().await;
 }
 

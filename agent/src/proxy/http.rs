@@ -25,7 +25,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use switchyard::resource::{HashOn, RetryOn, RetryPolicy};
 use tokio::net::TcpListener;
@@ -48,9 +48,27 @@ pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 /// (for requests that may be retried).
 pub(super) type Outbound = Either<Incoming, Full<Bytes>>;
 
+/// The largest request head (request line and headers) accepted; a larger
+/// one is answered `431 Request Header Fields Too Large` (HTTP/1.1) or
+/// refused (HTTP/2).
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+
+/// How long a client may take to send a request head, so that slow clients
+/// cannot hold connections open for free.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Accepts connections until `stop`, then drains them.
 pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
-    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD);
+    server
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD as u32);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     while let Some((stream, peer)) = next_connection(&listener, &stop, &mut connections).await {

@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_API_LISTEN", default_value = "127.0.0.1:9702",
           value_parser = parse_loopback)]
     api_listen: Listen,
+    /// Threads the built-in proxy serves traffic on, each with its own
+    /// single-threaded runtime (default: one per CPU); 0 serves it on the
+    /// agent's own runtime.
+    #[arg(long, env = "SWITCHYARD_PROXY_THREADS")]
+    proxy_threads: Option<usize>,
     /// Print the configuration saved in the data directory and exit, without
     /// connecting.
     #[arg(long)]
@@ -114,7 +119,10 @@ async fn main() -> anyhow::Result<()> {
     // The built-in proxy serves whatever configuration the agent publishes,
     // starting with the one saved on disk; the agent refuses what it could
     // not serve (a listener that cannot bind).
-    let builtin = Builtin::new();
+    let threads = args.proxy_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let builtin = Builtin::new().with_threads(threads);
     let config = Config {
         preflight: Some(builtin.preflight()),
         registration,

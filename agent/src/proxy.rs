@@ -41,6 +41,7 @@ mod metrics;
 mod outlier;
 mod pool;
 mod tcp;
+mod workers;
 
 pub use metrics::Metrics;
 use metrics::{ByName, EndpointStats, ListenerStats, ServiceStats};
@@ -64,6 +65,8 @@ pub trait Driver: Send + 'static {
 /// The built-in proxy.
 #[derive(Debug, Default)]
 pub struct Builtin {
+    /// Threads to serve traffic on; 0: the runtime that runs the proxy.
+    threads: usize,
     /// Upstream connection tasks, waited for at shutdown.
     upstream_tasks: TaskTracker,
     services: Arc<Services>,
@@ -129,9 +132,19 @@ impl Services {
 }
 
 impl Builtin {
-    /// A proxy with no listener open yet.
+    /// A proxy with no listener open yet, serving traffic on the runtime
+    /// that runs it.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Serves traffic on `n` threads of its own, each with a
+    /// single-threaded runtime (see [`workers`](self::workers)); 0 (the
+    /// default) serves it on the runtime that runs the proxy.
+    #[must_use]
+    pub fn with_threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
     }
 
     /// A check the agent runs on every configuration before accepting it:
@@ -324,7 +337,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn compile(config: &NodeConfig, services: &Services) -> Table {
+    fn compile(config: &NodeConfig, services: &Services, threads: usize) -> Table {
         let mut subsets: HashMap<&str, Vec<&Labels>> = HashMap::new();
         for route in config.routes.values() {
             for rule in &route.rules {
@@ -358,6 +371,7 @@ impl Table {
             let conns = shared.connections.sync(
                 endpoints.iter().map(|e| (e.address.as_str(), e.port)),
                 settings.http2,
+                threads,
             );
             let members: Vec<Member> = endpoints
                 .into_iter()
@@ -426,6 +440,13 @@ struct Open {
 
 impl Driver for Builtin {
     async fn run(self, mut config: watch::Receiver<Arc<NodeConfig>>, shutdown: CancellationToken) {
+        let workers = match workers::Workers::start(self.threads) {
+            Ok(w) => w,
+            Err(error) => {
+                warn!(%error, threads = self.threads, "cannot start the proxy threads; serving on the agent's runtime");
+                workers::Workers::start(0).expect("no thread to start")
+            }
+        };
         let tables = watch::Sender::new(Arc::new(Table::default()));
         let mut open: HashMap<String, Open> = HashMap::new();
         let mut tasks = JoinSet::new();
@@ -435,20 +456,23 @@ impl Driver for Builtin {
             // of new ones are created when they open.
             self.listeners
                 .sync(current.listeners.keys().map(String::as_str));
-            tables.send_replace(Arc::new(Table::compile(&current, &self.services)));
+            tables.send_replace(Arc::new(Table::compile(
+                &current,
+                &self.services,
+                workers.count(),
+            )));
             {
                 // Held while sockets open and close, so that a preflight
                 // check never tries to bind what the proxy is binding.
                 let mut bound = self.bound.lock().expect("bound listeners");
-                reconcile(
-                    &current,
-                    &mut open,
-                    &mut tasks,
-                    &tables,
-                    &self.listeners,
-                    &self.upstream_tasks,
-                    &shutdown,
-                );
+                let serving = Serving {
+                    tables: &tables,
+                    stats: &self.listeners,
+                    upstream_tasks: &self.upstream_tasks,
+                    workers: &workers,
+                    shutdown: &shutdown,
+                };
+                reconcile(&current, &mut open, &mut tasks, &serving);
                 *bound = open.values().map(|l| l.bind.addr).collect();
             }
             debug!(
@@ -481,7 +505,17 @@ impl Driver for Builtin {
         {
             debug!("upstream connections still open at shutdown");
         }
+        workers.stop().await;
     }
+}
+
+/// What the listeners [`reconcile`] opens are served with.
+struct Serving<'a> {
+    tables: &'a watch::Sender<Arc<Table>>,
+    stats: &'a ByName<ListenerStats>,
+    upstream_tasks: &'a TaskTracker,
+    workers: &'a workers::Workers,
+    shutdown: &'a CancellationToken,
 }
 
 /// Opens, keeps and closes listeners so that exactly the configured ones run.
@@ -489,11 +523,15 @@ fn reconcile(
     config: &NodeConfig,
     open: &mut HashMap<String, Open>,
     tasks: &mut JoinSet<()>,
-    tables: &watch::Sender<Arc<Table>>,
-    stats: &ByName<ListenerStats>,
-    upstream_tasks: &TaskTracker,
-    shutdown: &CancellationToken,
+    serving: &Serving<'_>,
 ) {
+    let Serving {
+        tables,
+        stats,
+        upstream_tasks,
+        workers,
+        shutdown,
+    } = serving;
     open.retain(|name, l| {
         let wanted = config.listeners.get(name).map(|c| Bind {
             addr: SocketAddr::new(c.address, c.port),
@@ -516,7 +554,7 @@ fn reconcile(
         };
         let listener = match std::net::TcpListener::bind(bind.addr).and_then(|l| {
             l.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(l)
+            Ok(l)
         }) {
             Ok(l) => l,
             Err(error) => {
@@ -531,13 +569,27 @@ fn reconcile(
             listener: name.clone(),
             tables: tables.subscribe(),
             stats: stats.get(name),
-            upstream_tasks: upstream_tasks.clone(),
+            upstream_tasks: (*upstream_tasks).clone(),
         };
-        let token = stop.clone();
-        match bind.protocol {
-            Protocol::Tcp => tasks.spawn(tcp::serve(listener, ctx, token)),
-            _ => tasks.spawn(http::serve(listener, ctx, token)),
-        };
+        // Every thread accepts on its own handle of the socket.
+        workers.spawn_each(tasks, |_| {
+            let (ctx, token) = (ctx.clone(), stop.clone());
+            let listener = listener.try_clone();
+            let protocol = bind.protocol;
+            async move {
+                let listener = match listener.and_then(tokio::net::TcpListener::from_std) {
+                    Ok(l) => l,
+                    Err(error) => {
+                        warn!(listener = %ctx.listener, %error, "cannot serve listener");
+                        return;
+                    }
+                };
+                match protocol {
+                    Protocol::Tcp => tcp::serve(listener, ctx, token).await,
+                    _ => http::serve(listener, ctx, token).await,
+                }
+            }
+        });
         open.insert(name.clone(), Open { bind, stop });
     }
 }

@@ -222,7 +222,7 @@ impl Proxy {
     async fn start(initial: Arc<NodeConfig>) -> Proxy {
         let (config, rx) = watch::channel(initial.clone());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(Builtin::new().run(rx, stop.clone()));
+        let task = tokio::spawn(Builtin::new().with_threads(2).run(rx, stop.clone()));
         let proxy = Proxy { config, stop, task };
         for l in initial.listeners.values() {
             wait_listening(SocketAddr::new(l.address, l.port)).await;

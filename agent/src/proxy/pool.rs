@@ -1,5 +1,6 @@
-//! Upstream HTTP connections: per endpoint, a stack of idle keep-alive
-//! HTTP/1.1 connections or one multiplexed HTTP/2 connection; per service,
+//! Upstream HTTP connections: per endpoint and proxy thread, a stack of idle
+//! keep-alive HTTP/1.1 connections or one multiplexed HTTP/2 connection (a
+//! connection is used by the thread whose runtime drives it); per service,
 //! the circuit breaker's connection limits (`max_connections`,
 //! `max_pending_requests`).
 //!
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::http::Outbound;
+use super::workers;
 
 /// How long an idle connection is kept for reuse.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -115,28 +117,34 @@ pub(super) struct Settings {
     pub max_pending: Option<u32>,
 }
 
+/// What identifies an endpoint's connections: address, port, HTTP/2, and the
+/// number of proxy threads.
+type ConnsKey = (String, u16, bool, usize);
+
 /// The connections of one service: its limits, and the connections of each
 /// of its endpoints by address.
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
     pub(crate) limits: Arc<Limits>,
-    by_address: Mutex<HashMap<(String, u16, bool), Arc<Conns>>>,
+    by_address: Mutex<HashMap<ConnsKey, Arc<Conns>>>,
 }
 
 impl Connections {
     /// The connections to each of `endpoints` (address, port), in order,
-    /// forgetting (and so closing, once idle) those of other addresses.
+    /// for `threads` proxy threads, forgetting (and so closing, once idle)
+    /// those of other addresses.
     pub(super) fn sync<'a>(
         &self,
         endpoints: impl Iterator<Item = (&'a str, u16)>,
         http2: bool,
+        threads: usize,
     ) -> Vec<Arc<Conns>> {
         let mut map = self.by_address.lock().expect("connections");
         let wanted: Vec<_> = endpoints
             .map(|(address, port)| {
-                let key = (address.to_owned(), port, http2);
+                let key = (address.to_owned(), port, http2, threads);
                 map.entry(key)
-                    .or_insert_with(|| Arc::new(Conns::new(address, port, http2)))
+                    .or_insert_with(|| Arc::new(Conns::new(address, port, http2, threads)))
                     .clone()
             })
             .collect();
@@ -155,8 +163,12 @@ impl Connections {
             .cloned()
             .collect();
         for c in all {
-            c.idle.lock().expect("idle").clear();
-            c.shared.lock().expect("http2").take();
+            for idle in &c.idle {
+                idle.lock().expect("idle").clear();
+            }
+            for shared in &c.shared {
+                shared.lock().expect("http2").take();
+            }
         }
     }
 
@@ -173,7 +185,8 @@ impl Connections {
             .collect();
         all.iter()
             .filter(|c| !std::ptr::eq(c.as_ref(), except))
-            .any(|c| c.idle.lock().expect("idle").pop_front().is_some())
+            .flat_map(|c| c.idle.iter())
+            .any(|idle| idle.lock().expect("idle").pop_front().is_some())
     }
 }
 
@@ -189,10 +202,11 @@ pub(crate) struct Conns {
     port: u16,
     authority: Option<Authority>,
     http2: bool,
-    /// Idle HTTP/1.1 connections, the most recently used at the back.
-    idle: Mutex<VecDeque<Idle>>,
-    /// The HTTP/2 connection, shared by all requests.
-    shared: Mutex<Option<http2::SendRequest<Outbound>>>,
+    /// Per proxy thread, idle HTTP/1.1 connections, the most recently used
+    /// at the back.
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
+    /// Per proxy thread, the HTTP/2 connection its requests share.
+    shared: Box<[Mutex<Option<http2::SendRequest<Outbound>>>]>,
 }
 
 impl std::fmt::Debug for Conns {
@@ -211,15 +225,20 @@ pub(super) struct Lease {
     conns: Arc<Conns>,
     limits: Arc<Limits>,
     tx: http1::SendRequest<Outbound>,
+    /// The proxy thread whose runtime drives the connection.
+    thread: usize,
 }
 
 impl Lease {
     /// Returns the connection for reuse.
     pub(super) fn release(self) {
-        self.conns.idle.lock().expect("idle").push_back(Idle {
-            tx: self.tx,
-            since: Instant::now(),
-        });
+        self.conns.idle[self.thread]
+            .lock()
+            .expect("idle")
+            .push_back(Idle {
+                tx: self.tx,
+                since: Instant::now(),
+            });
         self.limits.wake_pending();
     }
 }
@@ -249,14 +268,15 @@ impl Drop for Pending<'_> {
 }
 
 impl Conns {
-    fn new(host: &str, port: u16, http2: bool) -> Conns {
+    fn new(host: &str, port: u16, http2: bool, threads: usize) -> Conns {
+        let threads = threads.max(1);
         Conns {
             host: host.to_owned(),
             port,
             authority: Authority::try_from(format!("{host}:{port}")).ok(),
             http2,
-            idle: Mutex::new(VecDeque::new()),
-            shared: Mutex::new(None),
+            idle: (0..threads).map(|_| Mutex::default()).collect(),
+            shared: (0..threads).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -289,18 +309,32 @@ impl Conns {
         mut req: Request<Outbound>,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
         let limits = &service.limits;
+        let thread = workers::index().min(self.idle.len() - 1);
+        let (idle, shared) = (&self.idle[thread], &self.shared[thread]);
         let wait_until = tokio::time::Instant::now() + settings.connect_timeout;
+        let max_connections = settings.max_connections.map_or(usize::MAX, |m| m as usize);
         let mut pending = None;
         loop {
+            // At the connection limit, another thread's connection is
+            // better than none (its runtime keeps driving it).
+            let anywhere = limits.open() >= max_connections;
             if self.http2 {
-                let shared = self.shared.lock().expect("http2").clone();
-                if let Some(mut tx) = shared.filter(|tx| !tx.is_closed()) {
+                let mut current = shared.lock().expect("http2").clone();
+                if anywhere && current.as_ref().is_none_or(|tx| tx.is_closed()) {
+                    current = self.shared.iter().find_map(|s| {
+                        s.lock()
+                            .expect("http2")
+                            .clone()
+                            .filter(|tx| !tx.is_closed())
+                    });
+                }
+                if let Some(mut tx) = current.filter(|tx| !tx.is_closed()) {
                     return match tx.try_send_request(req).await {
                         Ok(resp) => Ok((resp, None)),
                         Err(mut e) => match e.take_message() {
                             // Closed before it was sent: a new connection.
                             Some(r) => {
-                                self.shared.lock().expect("http2").take();
+                                shared.lock().expect("http2").take();
                                 req = r;
                                 continue;
                             }
@@ -308,7 +342,18 @@ impl Conns {
                         },
                     };
                 }
-            } else if let Some(mut tx) = self.checkout() {
+            } else if let Some((mut tx, home)) =
+                checkout(idle).map(|tx| (tx, thread)).or_else(|| {
+                    anywhere
+                        .then(|| {
+                            self.idle
+                                .iter()
+                                .enumerate()
+                                .find_map(|(t, other)| Some((checkout(other)?, t)))
+                        })
+                        .flatten()
+                })
+            {
                 if tx.ready().await.is_err() {
                     continue;
                 }
@@ -319,6 +364,7 @@ impl Conns {
                             conns: self.clone(),
                             limits: limits.clone(),
                             tx,
+                            thread: home,
                         }),
                     )),
                     Err(mut e) => match e.take_message() {
@@ -361,7 +407,7 @@ impl Conns {
                             debug!(%error, "upstream connection ended with an error");
                         }
                     });
-                    *self.shared.lock().expect("http2") = Some(tx);
+                    *shared.lock().expect("http2") = Some(tx);
                 } else {
                     let (tx, conn) = http1::handshake(io).await.map_err(|_| Failure::Connect)?;
                     tasks.spawn(async move {
@@ -370,7 +416,7 @@ impl Conns {
                             debug!(%error, "upstream connection ended with an error");
                         }
                     });
-                    self.idle.lock().expect("idle").push_back(Idle {
+                    idle.lock().expect("idle").push_back(Idle {
                         tx,
                         since: Instant::now(),
                     });
@@ -396,12 +442,18 @@ impl Conns {
             freed.as_mut().enable();
             // Checked again now that a wake-up cannot be missed.
             let ready = if self.http2 {
-                self.shared.lock().expect("http2").is_some()
+                self.shared.iter().any(|s| {
+                    s.lock()
+                        .expect("http2")
+                        .as_ref()
+                        .is_some_and(|tx| !tx.is_closed())
+                })
             } else {
-                !self.idle.lock().expect("idle").is_empty()
+                self.idle
+                    .iter()
+                    .any(|i| !i.lock().expect("idle").is_empty())
             };
-            if ready || limits.open() < settings.max_connections.map_or(usize::MAX, |m| m as usize)
-            {
+            if ready || limits.open() < max_connections {
                 continue;
             }
             service.evict_idle(self);
@@ -410,22 +462,22 @@ impl Conns {
             }
         }
     }
+}
 
-    /// The most recently used idle connection that is still open and
-    /// fresh. The least recently used one is dropped if it is not (one per
-    /// checkout, so that old connections do not pile up under a stack that
-    /// is never emptied).
-    fn checkout(&self) -> Option<http1::SendRequest<Outbound>> {
-        let mut idle = self.idle.lock().expect("idle");
-        let usable = |c: &Idle| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT;
-        if idle.front().is_some_and(|c| !usable(c)) {
-            idle.pop_front();
-        }
-        while let Some(conn) = idle.pop_back() {
-            if usable(&conn) {
-                return Some(conn.tx);
-            }
-        }
-        None
+/// The most recently used idle connection of `idle` that is still open and
+/// fresh. The least recently used one is dropped if it is not (one per
+/// checkout, so that old connections do not pile up under a stack that is
+/// never emptied).
+fn checkout(idle: &Mutex<VecDeque<Idle>>) -> Option<http1::SendRequest<Outbound>> {
+    let mut idle = idle.lock().expect("idle");
+    let usable = |c: &Idle| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT;
+    if idle.front().is_some_and(|c| !usable(c)) {
+        idle.pop_front();
     }
+    while let Some(conn) = idle.pop_back() {
+        if usable(&conn) {
+            return Some(conn.tx);
+        }
+    }
+    None
 }

@@ -392,6 +392,14 @@ async fn failing_backends_show_in_health_and_proxy_metrics() {
         ),
         0.0
     );
+    // The keep-alive connections to the backend stay open, counted.
+    assert!(
+        value(
+            &after,
+            "switchyard_agent_proxy_upstream_connections",
+            &[("service", "web")]
+        ) >= 1.0
+    );
 
     node.stop().await;
     cp.stop().await;

@@ -109,11 +109,12 @@ impl Services {
         wanted
     }
 
-    /// Closes every idle upstream connection, so that their tasks end.
-    fn close_connections(&self) {
+    /// Closes the idle upstream connections that `keep` refuses, so that
+    /// their tasks end.
+    fn close_connections(&self, keep: impl Fn(std::time::Instant) -> bool + Copy) {
         let all: Vec<_> = self.0.lock().expect("services").values().cloned().collect();
         for shared in all {
-            shared.connections.close_idle();
+            shared.connections.close_idle(keep);
         }
     }
 
@@ -448,6 +449,7 @@ impl Driver for Builtin {
             }
         };
         let tables = watch::Sender::new(Arc::new(Table::default()));
+        let mut prune = tokio::time::interval(pool::IDLE_TIMEOUT / 3);
         let mut open: HashMap<String, Open> = HashMap::new();
         let mut tasks = JoinSet::new();
         loop {
@@ -480,14 +482,28 @@ impl Driver for Builtin {
                 listeners = open.len(),
                 "proxy configured"
             );
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                changed = config.changed() => if changed.is_err() { break },
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Err(error) = done {
-                        warn!(%error, "listener task failed");
+            // Until the next change (or a listener task ends): whether to
+            // stop.
+            let stop = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break true,
+                    changed = config.changed() => break changed.is_err(),
+                    _ = prune.tick() => {
+                        // Connections idle for long are closed even when no
+                        // request comes to take (and drop) them.
+                        self.services
+                            .close_connections(|since| since.elapsed() < pool::IDLE_TIMEOUT);
+                    }
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                        if let Err(error) = done {
+                            warn!(%error, "listener task failed");
+                        }
+                        break false;
                     }
                 }
+            };
+            if stop {
+                break;
             }
         }
         for (_, l) in open.drain() {
@@ -497,7 +513,7 @@ impl Driver for Builtin {
         // The listeners have drained: close the upstream connections left
         // idle and wait for their tasks (busy ones end with their request).
         drop(tables);
-        self.services.close_connections();
+        self.services.close_connections(|_| false);
         self.upstream_tasks.close();
         if tokio::time::timeout(DRAIN, self.upstream_tasks.wait())
             .await

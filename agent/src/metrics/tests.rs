@@ -93,6 +93,7 @@ fn every_family_is_written_and_parses() {
         ("switchyard_agent_proxy_ejections_total", Type::Counter),
         ("switchyard_agent_proxy_retries_total", Type::Counter),
         ("switchyard_agent_proxy_circuit_open_total", Type::Counter),
+        ("switchyard_agent_proxy_upstream_connections", Type::Gauge),
     ] {
         assert_eq!(s.families.get(family), Some(&kind), "{family}");
     }

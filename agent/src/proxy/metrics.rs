@@ -347,10 +347,18 @@ impl Metrics {
         let mut f = enc.family(
             "switchyard_agent_proxy_circuit_open_total",
             Type::Counter,
-            "Requests refused by the circuit breaker (max_requests in flight), by service.",
+            "Requests and TCP connections refused by the circuit breaker (max_requests, max_connections, max_pending_requests), by service.",
         );
         for (name, s) in &services {
             f.sample(&[("service", name)], load(&s.stats.circuit_open));
+        }
+        let mut f = enc.family(
+            "switchyard_agent_proxy_upstream_connections",
+            Type::Gauge,
+            "Connections open to the service's endpoints (HTTP, busy or idle, and TCP relays), by service.",
+        );
+        for (name, s) in &services {
+            f.sample(&[("service", name)], s.connections.limits.open() as u64);
         }
 
         let endpoints: Vec<(&str, String, Arc<EndpointStats>)> = services

@@ -38,7 +38,7 @@ use super::http::Outbound;
 use super::workers;
 
 /// How long an idle connection is kept for reuse.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How one try failed before a response began.
 #[derive(Debug)]
@@ -152,9 +152,10 @@ impl Connections {
         wanted
     }
 
-    /// Closes every idle connection (the HTTP/2 one when no request uses
-    /// it).
-    pub(super) fn close_idle(&self) {
+    /// Closes the idle HTTP/1.1 connections that `keep` refuses (given
+    /// when each went idle), and the closed ones; with `keep` refusing all,
+    /// the HTTP/2 ones too (they close when no request uses them).
+    pub(super) fn close_idle(&self, keep: impl Fn(Instant) -> bool) {
         let all: Vec<Arc<Conns>> = self
             .by_address
             .lock()
@@ -164,10 +165,14 @@ impl Connections {
             .collect();
         for c in all {
             for idle in &c.idle {
-                idle.lock().expect("idle").clear();
+                idle.lock()
+                    .expect("idle")
+                    .retain(|i| !i.tx.is_closed() && keep(i.since));
             }
-            for shared in &c.shared {
-                shared.lock().expect("http2").take();
+            if !keep(Instant::now()) {
+                for shared in &c.shared {
+                    shared.lock().expect("http2").take();
+                }
             }
         }
     }

@@ -1167,6 +1167,36 @@ async fn connection_limit_queues_then_sheds() {
     proxy.stop().await;
 }
 
+/// With one connection allowed, requests arriving on either proxy thread
+/// share it: a thread at the limit uses the other thread's idle
+/// connection instead of waiting for one of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_threads_share_a_limited_connection() {
+    let web = Backend::start("web").await;
+    let port = free_port();
+    let snap = web_snapshot(
+        pb::Service {
+            circuit_breaker: Some(pb::CircuitBreaker {
+                max_connections: 1,
+                ..Default::default()
+            }),
+            ..service("web", pb::LbPolicy::RoundRobin)
+        },
+        vec![endpoint("web-1", "web", web.addr, 1, &[])],
+        port,
+    );
+    let proxy = Proxy::start(config(1, snap)).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    for i in 0..20 {
+        // A new client connection each time, taken by either thread.
+        let a = get(&client(), &url, &[]).await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.body);
+    }
+    assert_eq!(web.hits.load(Ordering::Relaxed), 20);
+    assert_eq!(web.connections.load(Ordering::Relaxed), 1);
+    proxy.stop().await;
+}
+
 /// gRPC end to end: a gRPC client speaks HTTP/2 cleartext to a `grpc`
 /// listener, and the proxy forwards over HTTP/2 to a gRPC backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

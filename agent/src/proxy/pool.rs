@@ -12,11 +12,13 @@
 //! cannot count.
 //!
 //! A request waits for a connection only when the service has
-//! `max_connections` open: it is then *pending* (refused at once past
-//! `max_pending_requests`), takes the first connection that comes back to
-//! its endpoint, or takes the place of one that closes, or of an idle one
-//! of another endpoint, which is closed for it. The wait counts against
-//! the connect timeout.
+//! `max_connections` open and none of them is idle on its endpoint (on any
+//! proxy thread): it is then *pending* (refused at once past
+//! `max_pending_requests`), and takes the first connection that comes back
+//! to its endpoint, or the place of one that closes, or of an idle one of
+//! another endpoint, which is closed for it. A request still waiting after
+//! the connect timeout is refused like one over `max_pending_requests`
+//! (the endpoint is not blamed for it).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -43,15 +45,15 @@ pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How one try failed before a response began.
 #[derive(Debug)]
 pub(super) enum Failure {
-    /// No connection could be opened (or none freed up within the connect
-    /// timeout); nothing was sent.
+    /// No connection could be opened; nothing was sent.
     Connect,
     /// The connection broke (or the protocol failed) before a response.
     Reset,
     /// The per-try or route timeout passed first.
     TimedOut,
-    /// The service has `max_connections` open and `max_pending_requests`
-    /// waiting already; nothing was sent.
+    /// The service has `max_connections` open, and `max_pending_requests`
+    /// wait already or none freed up within the connect timeout; nothing
+    /// was sent.
     Overflow,
 }
 
@@ -463,7 +465,8 @@ impl Conns {
             }
             service.evict_idle(self);
             if tokio::time::timeout_at(wait_until, freed).await.is_err() {
-                return Err(Failure::Connect);
+                // Not the endpoint's failure: the service is at its limit.
+                return Err(Failure::Overflow);
             }
         }
     }

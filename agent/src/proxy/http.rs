@@ -51,7 +51,7 @@ pub(super) type Outbound = Either<Incoming, Full<Bytes>>;
 /// The largest request head (request line and headers) accepted; a larger
 /// one is answered `431 Request Header Fields Too Large` (HTTP/1.1) or
 /// refused (HTTP/2).
-pub(super) const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 
 /// How long a client may take to send a request head, so that slow clients
 /// cannot hold connections open for free.
@@ -227,12 +227,9 @@ async fn forward(
     });
     // HTTP/2 clients send the authority, not a Host header; keep it for
     // HTTP/1.1 upstreams (which get the endpoint's when there is neither).
-    let client_authority = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    if let Some(host) = client_authority
-        && !parts.headers.contains_key(header::HOST)
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, host);
     }

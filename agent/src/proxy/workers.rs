@@ -38,8 +38,16 @@ pub(super) struct Workers {
 
 impl Workers {
     /// Starts `n` threads; with 0, the proxy runs on the caller's runtime.
+    /// On an error, the threads started already stop.
     pub(super) fn start(n: usize) -> io::Result<Workers> {
         let stop = CancellationToken::new();
+        let on_error = stop.clone().drop_guard();
+        let workers = Workers::spawn(n, &stop)?;
+        on_error.disarm();
+        Ok(workers)
+    }
+
+    fn spawn(n: usize, stop: &CancellationToken) -> io::Result<Workers> {
         let mut workers = Workers {
             handles: Vec::with_capacity(n),
             stop: stop.clone(),

@@ -59,7 +59,6 @@ pub struct Registry {
     flush_interval: Duration,
     // A std mutex: held only to insert or swap the map, never across .await.
     pending: Mutex<HashMap<String, NodeRow>>,
-    sent: Mutex<HashMap<String, u64>>,
     /// Snapshots and deltas sent by this replica.
     pub pushes: AtomicU64,
     /// Encoded bytes of those pushes.
@@ -101,7 +100,6 @@ impl Registry {
             lease,
             flush_interval,
             pending: Mutex::default(),
-            sent: Mutex::default(),
             pushes: AtomicU64::new(0),
             push_bytes: AtomicU64::new(0),
             stats: SessionStats::default(),
@@ -129,26 +127,11 @@ impl Registry {
             .insert(row.id.clone(), row);
     }
 
-    /// Counts one push of `bytes` to `node`.
-    pub fn count_push(&self, node: &str, bytes: usize) {
+    /// Counts one push of `bytes`. Lock-free: ten thousand sessions push
+    /// after every change.
+    pub fn count_push(&self, bytes: usize) {
         self.pushes.fetch_add(1, Ordering::Relaxed);
         self.push_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        *self
-            .sent
-            .lock()
-            .expect("push counts")
-            .entry(node.to_owned())
-            .or_default() += 1;
-    }
-
-    /// How many snapshots and deltas this replica has sent to `node`.
-    pub fn pushes_to(&self, node: &str) -> u64 {
-        self.sent
-            .lock()
-            .expect("push counts")
-            .get(node)
-            .copied()
-            .unwrap_or(0)
     }
 
     /// Writes every pending row. On failure the rows are kept for the next

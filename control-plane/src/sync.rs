@@ -339,8 +339,7 @@ impl Session {
         let message = pb::SyncResponse {
             message: Some(message),
         };
-        self.registry
-            .count_push(&self.row.id, message.encoded_len());
+        self.registry.count_push(message.encoded_len());
         Some(message)
     }
 

@@ -4,6 +4,7 @@
 
 use switchyard::pb;
 use switchyard::pb::agent_service_client::AgentServiceClient;
+use switchyard_agent::testing::http_call;
 use switchyard_control_plane::testing::fixtures::{endpoint, item, service};
 use switchyard_control_plane::testing::{TestDb, TestServer};
 use tonic::Code;
@@ -264,7 +265,6 @@ async fn replace_removes_what_the_node_no_longer_declares(db: TestDb) {
 /// the agent registers it with the control plane at once, and deregisters
 /// it the same way.
 async fn local_api_registrations_reach_the_control_plane(db: TestDb) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start(db.url()).await;
     let dir = switchyard_control_plane::testing::TempDir::new();
     let agent = switchyard_agent::Agent::start(
@@ -288,19 +288,7 @@ async fn local_api_registrations_reach_the_control_plane(db: TestDb) {
         agent.registrations(),
         stop.clone(),
     ));
-    let call = |method: &'static str, path: &'static str, body: &'static str| async move {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: local\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out[9..12].parse::<u16>().unwrap()
-    };
+    let call = |method, path, body| async move { http_call(port, method, path, body).await.0 };
     let until = |present: bool| {
         let server = &server;
         async move {

@@ -112,8 +112,7 @@ impl Services {
     /// Closes the idle upstream connections that `keep` refuses, so that
     /// their tasks end.
     fn close_connections(&self, keep: impl Fn(std::time::Instant) -> bool + Copy) {
-        let all: Vec<_> = self.0.lock().expect("services").values().cloned().collect();
-        for shared in all {
+        for (_, shared) in self.all() {
             shared.connections.close_idle(keep);
         }
     }
@@ -299,6 +298,14 @@ impl Upstream {
         }
     }
 
+    /// Counts a request or connection the circuit breaker refused.
+    fn count_circuit_open(&self) {
+        self.shared
+            .stats
+            .circuit_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts what a try at `pool`'s endpoint `id` came to, for outlier
     /// detection (if the service has it).
     fn record(&self, pool: &Pool, id: usize, outcome: outlier::Outcome) {
@@ -363,15 +370,15 @@ impl Table {
             let stats = shared
                 .endpoints
                 .sync(endpoints.iter().map(|e| e.name.as_str()));
+            let http2 = matches!(service.protocol, Protocol::Http2 | Protocol::Grpc);
             let settings = pool::Settings {
-                http2: matches!(service.protocol, Protocol::Http2 | Protocol::Grpc),
                 connect_timeout: service.connect_timeout,
                 max_connections: service.circuit_breaker.max_connections,
                 max_pending: service.circuit_breaker.max_pending_requests,
             };
             let conns = shared.connections.sync(
                 endpoints.iter().map(|e| (e.address.as_str(), e.port)),
-                settings.http2,
+                http2,
                 threads,
             );
             let members: Vec<Member> = endpoints
@@ -588,7 +595,7 @@ fn reconcile(
             upstream_tasks: (*upstream_tasks).clone(),
         };
         // Every thread accepts on its own handle of the socket.
-        workers.spawn_each(tasks, |_| {
+        workers.spawn_each(tasks, || {
             let (ctx, token) = (ctx.clone(), stop.clone());
             let listener = listener.try_clone();
             let protocol = bind.protocol;

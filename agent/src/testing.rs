@@ -1,8 +1,27 @@
 //! Test helpers: small, valid protobuf resources to build Snapshots and
-//! Deltas from.
+//! Deltas from, and a raw HTTP/1.1 call for the agent's local API.
 
 use switchyard::pb;
 use switchyard::resource::set_pb_revision;
+
+/// One request to an HTTP/1.1 server on loopback `port` (the connection
+/// closed after it): the answer's status and its body, trimmed.
+pub async fn http_call(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: local\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let (_, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    (status, body.trim().to_owned())
+}
 
 /// Wraps a resource kind into a `pb::Resource` carrying `revision`.
 fn at(revision: u64, kind: pb::resource::Kind) -> pb::Resource {

@@ -192,6 +192,26 @@ fn web_snapshot(web: pb::Service, endpoints: Vec<pb::Endpoint>, port: u16) -> pb
     }
 }
 
+/// A proxy serving `web` with `backend` as its one endpoint behind the
+/// catch-all route; its port.
+async fn proxy_for(web: pb::Service, backend: &Backend) -> (Proxy, u16) {
+    let port = free_port();
+    let snap = web_snapshot(
+        web,
+        vec![endpoint("web-1", "web", backend.addr, 1, &[])],
+        port,
+    );
+    (Proxy::start(config(1, snap)).await, port)
+}
+
+/// Service `web` (round robin) with `breaker`.
+fn web_with_breaker(breaker: pb::CircuitBreaker) -> pb::Service {
+    pb::Service {
+        circuit_breaker: Some(breaker),
+        ..service("web", pb::LbPolicy::RoundRobin)
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -998,19 +1018,11 @@ async fn a_post_that_reached_the_endpoint_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breaker_sheds_requests_over_the_limit() {
     let slow = Backend::start("slow").await;
-    let port = free_port();
-    let snap = web_snapshot(
-        pb::Service {
-            circuit_breaker: Some(pb::CircuitBreaker {
-                max_requests: 2,
-                ..Default::default()
-            }),
-            ..service("web", pb::LbPolicy::RoundRobin)
-        },
-        vec![endpoint("slow", "web", slow.addr, 1, &[])],
-        port,
-    );
-    let proxy = Proxy::start(config(1, snap)).await;
+    let breaker = pb::CircuitBreaker {
+        max_requests: 2,
+        ..Default::default()
+    };
+    let (proxy, port) = proxy_for(web_with_breaker(breaker), &slow).await;
     let url = format!("http://127.0.0.1:{port}/slow");
     let c = client();
     let mut requests = tokio::task::JoinSet::new();
@@ -1058,13 +1070,7 @@ async fn circuit_breaker_sheds_requests_over_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_head_is_refused() {
     let web = Backend::start("web").await;
-    let port = free_port();
-    let snap = web_snapshot(
-        service("web", pb::LbPolicy::RoundRobin),
-        vec![endpoint("web-1", "web", web.addr, 1, &[])],
-        port,
-    );
-    let proxy = Proxy::start(config(1, snap)).await;
+    let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &web).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
     let big = "a".repeat(16 * 1024);
@@ -1099,35 +1105,28 @@ async fn oversized_request_head_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_queues_then_sheds() {
     let slow = Backend::start("slow").await;
-    let port = free_port();
-    let snap = web_snapshot(
-        pb::Service {
-            circuit_breaker: Some(pb::CircuitBreaker {
-                max_connections: 2,
-                max_pending_requests: 3,
-                ..Default::default()
-            }),
-            // Long enough that the last pending request (two backend turns
-            // of 300 ms) does not give up waiting.
-            connect_timeout: Some(prost_types::Duration {
-                seconds: 10,
-                nanos: 0,
-            }),
-            ..service("web", pb::LbPolicy::RoundRobin)
-        },
-        vec![endpoint("slow", "web", slow.addr, 1, &[])],
-        port,
-    );
-    let proxy = Proxy::start(config(1, snap)).await;
+    let web = pb::Service {
+        // Long enough that the last pending request (two backend turns of
+        // 300 ms) does not give up waiting.
+        connect_timeout: Some(prost_types::Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        ..web_with_breaker(pb::CircuitBreaker {
+            max_connections: 2,
+            max_pending_requests: 3,
+            ..Default::default()
+        })
+    };
+    let (proxy, port) = proxy_for(web, &slow).await;
     let url = format!("http://127.0.0.1:{port}/slow");
     let c = client();
     let mut requests = tokio::task::JoinSet::new();
-    for i in 0..10 {
+    // Whichever two come first take the connections, the next three wait
+    // for them, and the rest are shed.
+    for _ in 0..10 {
         let (c, url) = (c.clone(), url.clone());
         requests.spawn(async move {
-            // The first five in order, so that two hold the connections
-            // and three wait before the rest arrive.
-            tokio::time::sleep(Duration::from_millis(20 * i.min(5))).await;
             let started = std::time::Instant::now();
             let a = get(&c, &url, &[]).await;
             (a, started.elapsed())
@@ -1173,19 +1172,11 @@ async fn connection_limit_queues_then_sheds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_threads_share_a_limited_connection() {
     let web = Backend::start("web").await;
-    let port = free_port();
-    let snap = web_snapshot(
-        pb::Service {
-            circuit_breaker: Some(pb::CircuitBreaker {
-                max_connections: 1,
-                ..Default::default()
-            }),
-            ..service("web", pb::LbPolicy::RoundRobin)
-        },
-        vec![endpoint("web-1", "web", web.addr, 1, &[])],
-        port,
-    );
-    let proxy = Proxy::start(config(1, snap)).await;
+    let breaker = pb::CircuitBreaker {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let (proxy, port) = proxy_for(web_with_breaker(breaker), &web).await;
     let url = format!("http://127.0.0.1:{port}/");
     for i in 0..20 {
         // A new client connection each time, taken by either thread.

@@ -1,25 +1,5 @@
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::*;
-
-/// One request to the API on `port`: status and body.
-async fn call(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: local\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    (
-        status,
-        out.split_once("\r\n\r\n").unwrap().1.trim().to_owned(),
-    )
-}
+use crate::testing::http_call as call;
 
 #[tokio::test]
 async fn processes_register_and_deregister_through_the_local_api() {

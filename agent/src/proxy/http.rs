@@ -201,11 +201,7 @@ async fn forward(
         .counters
         .try_request(service.circuit_breaker.max_requests)
     else {
-        upstream
-            .shared
-            .stats
-            .circuit_open
-            .fetch_add(1, Ordering::Relaxed);
+        upstream.count_circuit_open();
         return fail(Refusal::CircuitOpen);
     };
     let pool = upstream.pool(&dest.subset);
@@ -334,12 +330,9 @@ async fn forward(
             },
             None => sent.await,
         };
+        // Refused before anything was sent: no retry, no outlier record.
         if let Err(Failure::Overflow) = result {
-            upstream
-                .shared
-                .stats
-                .circuit_open
-                .fetch_add(1, Ordering::Relaxed);
+            upstream.count_circuit_open();
             return fail(Refusal::PendingOverflow);
         }
         let counters = &pool.stats[id];
@@ -358,7 +351,7 @@ async fn forward(
             // A slow endpoint is not a broken one: timeouts are the route's
             // business, not outlier detection's.
             Err(Failure::TimedOut) => counters.failed(TryFailure::Timeout),
-            Err(Failure::Overflow) => {}
+            Err(Failure::Overflow) => {} // returned above
         }
         if let Err(e) = &result {
             debug!(endpoint = %endpoint.name, error = ?e, "try failed");

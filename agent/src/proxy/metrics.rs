@@ -224,7 +224,7 @@ pub(crate) struct ServiceStats {
     pub(crate) retries: AtomicU64,
     /// Retries the policy asked for but the retry budget refused.
     pub(crate) retries_refused: AtomicU64,
-    /// Requests refused because `max_requests` were in flight.
+    /// Requests and TCP connections refused by the circuit breaker.
     pub(crate) circuit_open: AtomicU64,
 }
 

@@ -109,8 +109,6 @@ impl Drop for Slot {
 /// What a service's connections follow.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
-    /// HTTP/2 (prior knowledge) rather than HTTP/1.1.
-    pub http2: bool,
     /// Limit on opening a connection, and on waiting for one.
     pub connect_timeout: Duration,
     /// `max_connections`.
@@ -158,14 +156,7 @@ impl Connections {
     /// when each went idle), and the closed ones; with `keep` refusing all,
     /// the HTTP/2 ones too (they close when no request uses them).
     pub(super) fn close_idle(&self, keep: impl Fn(Instant) -> bool) {
-        let all: Vec<Arc<Conns>> = self
-            .by_address
-            .lock()
-            .expect("connections")
-            .values()
-            .cloned()
-            .collect();
-        for c in all {
+        for c in self.all() {
             for idle in &c.idle {
                 idle.lock()
                     .expect("idle")
@@ -180,20 +171,26 @@ impl Connections {
     }
 
     /// Closes one idle HTTP/1.1 connection of another endpoint than
-    /// `except`, so that a pending request can open one; whether there was
-    /// one.
-    fn evict_idle(&self, except: &Conns) -> bool {
-        let all: Vec<Arc<Conns>> = self
-            .by_address
+    /// `except`, if there is one, so that a pending request can open one.
+    fn evict_idle(&self, except: &Conns) {
+        let all = self.all();
+        let others = all.iter().filter(|c| !std::ptr::eq(c.as_ref(), except));
+        for idle in others.flat_map(|c| c.idle.iter()) {
+            if idle.lock().expect("idle").pop_front().is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Every endpoint's connections (a copy, so that no lock is held while
+    /// they are worked on).
+    fn all(&self) -> Vec<Arc<Conns>> {
+        self.by_address
             .lock()
             .expect("connections")
             .values()
             .cloned()
-            .collect();
-        all.iter()
-            .filter(|c| !std::ptr::eq(c.as_ref(), except))
-            .flat_map(|c| c.idle.iter())
-            .any(|idle| idle.lock().expect("idle").pop_front().is_some())
+            .collect()
     }
 }
 

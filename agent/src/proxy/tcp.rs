@@ -45,11 +45,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             let limits = &upstream.shared.connections.limits;
             let Some(_slot) = limits.try_connect(upstream.service.circuit_breaker.max_connections)
             else {
-                upstream
-                    .shared
-                    .stats
-                    .circuit_open
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                upstream.count_circuit_open();
                 stats.refused(Refusal::ConnectionLimit);
                 return;
             };

@@ -75,18 +75,18 @@ impl Workers {
         self.handles.len().max(1)
     }
 
-    /// Runs one copy of `task(i)` on each thread (one on the caller's
-    /// runtime when there are none), in `set`.
+    /// Runs one `task()` on each thread (one on the caller's runtime when
+    /// there are none), in `set`.
     pub(super) fn spawn_each<F, T>(&self, set: &mut JoinSet<()>, mut task: T)
     where
-        T: FnMut(usize) -> F,
+        T: FnMut() -> F,
         F: Future<Output = ()> + Send + 'static,
     {
         if self.handles.is_empty() {
-            set.spawn(task(0));
+            set.spawn(task());
         }
-        for (i, handle) in self.handles.iter().enumerate() {
-            set.spawn_on(task(i), handle);
+        for handle in &self.handles {
+            set.spawn_on(task(), handle);
         }
     }
 

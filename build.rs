@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.btree_map(["."]);
 
     tonic_prost_build::configure()
+        // Smaller per-stream buffers than tonic's default (see src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out.join("switchyard_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
     for p in protos {

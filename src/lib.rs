@@ -2,6 +2,7 @@
 //! domain types both the control plane and the agent work with, and the
 //! validation that turns one into the other.
 
+pub mod codec;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "http")]

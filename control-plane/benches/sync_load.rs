@@ -6,6 +6,9 @@
 //! agent), control-plane RSS per connected agent, bytes pushed per change,
 //! and the time for every agent to resync after a `kill -9` and restart.
 //!
+//! Each simulated agent has its own HTTP/2 connection, as real agents do;
+//! `--connections N` multiplexes their streams over N connections instead.
+//!
 //! Run through `scripts/bench-sync` (builds the release binary, finds
 //! Postgres), or directly:
 //! `cargo bench -p switchyard-control-plane --bench sync_load -- --agents 10000`.
@@ -28,7 +31,9 @@ struct Args {
     agents: usize,
     changes: usize,
     rate: f64,
-    connections: usize,
+    /// HTTP/2 connections the agents' streams share; `None`: one per agent,
+    /// as real agents connect.
+    connections: Option<usize>,
     filler: usize,
     sqlite: bool,
 }
@@ -38,7 +43,7 @@ fn parse(all: Vec<String>) -> Args {
         agents: 1000,
         changes: 100,
         rate: 20.0,
-        connections: 64,
+        connections: None,
         filler: 0,
         sqlite: false,
     };
@@ -49,7 +54,7 @@ fn parse(all: Vec<String>) -> Args {
             "--agents" => a.agents = value().parse().expect("--agents"),
             "--changes" => a.changes = value().parse().expect("--changes"),
             "--rate" => a.rate = value().parse().expect("--rate"),
-            "--connections" => a.connections = value().parse().expect("--connections"),
+            "--connections" => a.connections = Some(value().parse().expect("--connections")),
             "--filler" => a.filler = value().parse().expect("--filler"),
             "--sqlite" => a.sqlite = true,
             other => panic!(
@@ -132,9 +137,10 @@ async fn main() {
     let pid = cp.child.id().expect("pid");
     let idle_rss = rss_kib(pid);
 
+    let connections = a.connections.unwrap_or(a.agents).clamp(1, a.agents.max(1));
     let channels: Vec<Channel> = {
         let mut v = vec![];
-        for _ in 0..a.connections {
+        for _ in 0..connections {
             v.push(
                 Endpoint::from_shared(format!("http://{addr}"))
                     .unwrap()
@@ -229,7 +235,7 @@ async fn main() {
 
     let per_agent = (connected_rss.saturating_sub(idle_rss)) as f64 * 1024.0 / a.agents as f64;
     println!(
-        "sync_load: backend={backend} agents={} changes={} rate={}/s filler_services={}",
+        "sync_load: backend={backend} agents={} connections={connections} changes={} rate={}/s filler_services={}",
         a.agents, a.changes, a.rate, a.filler
     );
     println!("  initial sync of all agents:     {connect:?}");

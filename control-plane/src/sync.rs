@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::Stream;
 use prost::Message;
 use switchyard::pb;
-use switchyard::resource::{Labels, Ref};
+use switchyard::resource::Ref;
 use switchyard::validate::{Violations, join};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -147,7 +147,6 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         }
         let id = self.registry.session_id();
         let session = Session {
-            labels: hello.labels.clone(),
             inbound,
             state: self.state.clone(),
             registry: self.registry.clone(),
@@ -183,8 +182,10 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             .connected
             .fetch_add(1, Ordering::Relaxed);
         info!(node = %session.row.id, revision = session.revision, fresh, "agent connected");
+        // Boxed, so that the stream's state and the future of its next
+        // message share one copy of the session rather than holding two.
         Ok(Response::new(Box::pin(futures::stream::unfold(
-            session,
+            Box::new(session),
             Session::next,
         ))))
     }
@@ -204,7 +205,6 @@ struct InFlight {
 
 /// One agent stream.
 struct Session {
-    labels: Labels,
     inbound: Streaming<pb::SyncRequest>,
     state: watch::Receiver<Arc<State>>,
     registry: Arc<Registry>,
@@ -241,7 +241,7 @@ struct Session {
 }
 
 impl Session {
-    async fn next(mut self) -> Option<(Result<pb::SyncResponse, Status>, Session)> {
+    async fn next(mut self: Box<Self>) -> Option<(Result<pb::SyncResponse, Status>, Box<Self>)> {
         loop {
             if self.in_flight.is_none()
                 && let Some(message) = self.push()
@@ -294,7 +294,7 @@ impl Session {
             return None;
         }
         self.checked = Some(state.revision);
-        let (scope, shared) = state.scope_shared(&self.row.id, &self.labels);
+        let (scope, shared) = state.scope_shared(&self.row.id, &self.row.labels);
         let message = if self.want_snapshot {
             self.want_snapshot = false;
             pb::sync_response::Message::Snapshot(state.snapshot(&scope))

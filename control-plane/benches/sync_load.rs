@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 mod load;
-use load::{Shared, Sim, cpu, percentile, wait_for};
+use load::{Shared, Sim, cpu, machine_cpu, percentile, wait_for};
 
 struct Args {
     agents: usize,
@@ -178,7 +178,12 @@ async fn main() {
 
     // The change stream: one endpoint's port, at a fixed rate.
     let bytes_before = shared.bytes.load(Ordering::Relaxed);
-    let (cp_cpu0, tool_cpu0, wall0) = (cpu(&pid.to_string()), cpu("self"), Instant::now());
+    let (cp_cpu0, tool_cpu0, all_cpu0, wall0) = (
+        cpu(&pid.to_string()),
+        cpu("self"),
+        machine_cpu(),
+        Instant::now(),
+    );
     let mut commits = vec![];
     let interval = Duration::from_secs_f64(1.0 / a.rate);
     let mut tick = tokio::time::interval(interval);
@@ -205,6 +210,7 @@ async fn main() {
     let change_bytes = shared.bytes.load(Ordering::Relaxed) - bytes_before;
     let wall = wall0.elapsed();
     let (cp_cpu, tool_cpu) = (cpu(&pid.to_string()) - cp_cpu0, cpu("self") - tool_cpu0);
+    let other_cpu = (machine_cpu() - all_cpu0).saturating_sub(cp_cpu + tool_cpu);
 
     // Restart: kill -9 the control plane, start it again on the same port
     // and database, and time until every agent has resynced.
@@ -256,6 +262,6 @@ async fn main() {
     );
     println!("  resync after kill -9 + restart: {resync:?} (snapshots sent: {resync_snapshots})");
     println!(
-        "  CPU during the change stream:   control plane {cp_cpu:?}, load tool {tool_cpu:?}, over {wall:?} wall (2 cores shared)"
+        "  CPU during the change stream:   control plane {cp_cpu:?}, load tool {tool_cpu:?}, everything else (Postgres) {other_cpu:?}, over {wall:?} wall (2 cores shared)"
     );
 }

@@ -202,6 +202,29 @@ pub fn cpu(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time every process of the machine used (busy time of all CPUs, from
+/// `/proc/stat`): with [`cpu`] of the control plane and the tool, what the
+/// rest (Postgres) took from the same cores.
+pub fn machine_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Duration::from_millis(busy * 10)
+}
+
 /// The `p` quantile of sorted durations.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -45,6 +45,7 @@ mod workers;
 
 pub use metrics::Metrics;
 use metrics::{ByName, EndpointStats, ListenerStats, ServiceStats};
+use workers::Lane;
 
 /// How long a removed listener's connections may take to finish.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -594,8 +595,10 @@ fn reconcile(
             stats: stats.get(name),
             upstream_tasks: (*upstream_tasks).clone(),
         };
-        // Every thread accepts on its own handle of the socket.
-        workers.spawn_each(tasks, || {
+        // Every thread accepts on its own handle of the socket, and keeps
+        // or hands over what it accepts (see `workers::Lane`).
+        let lanes = Lane::all(ctx.stats.open_by_thread(workers.count()));
+        workers.spawn_each(tasks, lanes, |lane| {
             let (ctx, token) = (ctx.clone(), stop.clone());
             let listener = listener.try_clone();
             let protocol = bind.protocol;
@@ -608,8 +611,8 @@ fn reconcile(
                     }
                 };
                 match protocol {
-                    Protocol::Tcp => tcp::serve(listener, ctx, token).await,
-                    _ => http::serve(listener, ctx, token).await,
+                    Protocol::Tcp => tcp::serve(listener, lane, ctx, token).await,
+                    _ => http::serve(listener, lane, ctx, token).await,
                 }
             }
         });
@@ -632,31 +635,6 @@ impl Context {
     /// The table new requests and connections use.
     fn table(&self) -> Arc<Table> {
         self.tables.borrow().clone()
-    }
-}
-
-/// The next connection of `listener`, or `None` once `stop` is cancelled.
-/// Finished connection tasks are reaped meanwhile, so the set holds only
-/// open connections.
-async fn next_connection(
-    listener: &tokio::net::TcpListener,
-    stop: &CancellationToken,
-    connections: &mut JoinSet<()>,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => return Some(a),
-                Err(error) => {
-                    // E.g. out of file descriptors: back off instead of
-                    // spinning on the error.
-                    debug!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
     }
 }
 

@@ -236,18 +236,33 @@ struct Proxy {
     config: watch::Sender<Arc<NodeConfig>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    metrics: switchyard_agent::proxy::Metrics,
 }
 
 impl Proxy {
     async fn start(initial: Arc<NodeConfig>) -> Proxy {
         let (config, rx) = watch::channel(initial.clone());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(Builtin::new().with_threads(2).run(rx, stop.clone()));
-        let proxy = Proxy { config, stop, task };
+        let builtin = Builtin::new().with_threads(2);
+        let metrics = builtin.metrics();
+        let task = tokio::spawn(builtin.run(rx, stop.clone()));
+        let proxy = Proxy {
+            config,
+            stop,
+            task,
+            metrics,
+        };
         for l in initial.listeners.values() {
             wait_listening(SocketAddr::new(l.address, l.port)).await;
         }
         proxy
+    }
+
+    /// The proxy's metrics, as its endpoint serves them.
+    fn metrics(&self) -> String {
+        let mut enc = switchyard::metrics::Encoder::new();
+        self.metrics.encode(&mut enc);
+        enc.finish()
     }
 
     async fn stop(self) {
@@ -695,6 +710,18 @@ async fn tcp_relays_both_ways_with_half_close() {
         .await
         .unwrap();
     first.write_all(b"held").await.unwrap();
+    // Its relay holds the place before a second connection asks for one
+    // (either may be accepted by either proxy thread first).
+    let held = "switchyard_agent_proxy_upstream_connections{service=\"db\"} 1";
+    let mut is_held = false;
+    for _ in 0..500 {
+        if proxy.metrics().lines().any(|l| l == held) {
+            is_held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(is_held, "the first connection is relayed");
     let mut refused = false;
     for _ in 0..100 {
         let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -1185,6 +1212,60 @@ async fn proxy_threads_share_a_limited_connection() {
     }
     assert_eq!(web.hits.load(Ordering::Relaxed), 20);
     assert_eq!(web.connections.load(Ordering::Relaxed), 1);
+    proxy.stop().await;
+}
+
+/// Client connections are spread evenly over the proxy's threads: whichever
+/// thread accepts a connection hands it to the one serving the fewest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_proxy_threads() {
+    let web = Backend::start("web").await;
+    let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &web).await;
+    let open_by_thread = |proxy: &Proxy| -> Vec<u64> {
+        proxy
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("switchyard_agent_proxy_open_connections{listener=\"front\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    // The probe connections of start-up close first.
+    for _ in 0..200 {
+        if open_by_thread(&proxy).iter().sum::<u64>() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Ten keep-alive connections, opened one after another, each answered
+    // before the next opens, all kept open.
+    let mut clients = vec![];
+    for i in 0..10 {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let driver = tokio::spawn(conn);
+        let req = Request::get("/")
+            .header("host", "web")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "connection {i}");
+        resp.into_body().collect().await.unwrap();
+        clients.push((tx, driver));
+    }
+    let open = open_by_thread(&proxy);
+    assert_eq!(open, vec![5, 5], "open connections by proxy thread");
+    drop(clients);
+    for _ in 0..200 {
+        if open_by_thread(&proxy).iter().sum::<u64>() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open_by_thread(&proxy), vec![0, 0], "after the clients left");
     proxy.stop().await;
 }
 

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 
 mod load;
-use load::{OnPush, Shared, Sim, cpu, percentile, wait_for};
+use load::{OnPush, Shared, Sim, cpu, machine_cpu, percentile, wait_for};
 
 struct Args {
     agents: usize,
@@ -257,7 +257,8 @@ async fn main() {
     let slice = Duration::from_millis(10);
     let per_slice = a.rate * slice.as_secs_f64();
     let (mut sent, mut dropped) = (0u64, 0u64);
-    let (cp_cpu0, tool_cpu0, wall0) = (cpu(&pid), cpu("self"), Instant::now());
+    let (cp_cpu0, tool_cpu0, all_cpu0, wall0) =
+        (cpu(&pid), cpu("self"), machine_cpu(), Instant::now());
     let mut tick = tokio::time::interval(slice);
     let mut due = 0.0f64;
     while sent + dropped < total {
@@ -320,6 +321,7 @@ async fn main() {
     }
     let committed_for = wall0.elapsed();
     let (cp_cpu, tool_cpu) = (cpu(&pid) - cp_cpu0, cpu("self") - tool_cpu0);
+    let other_cpu = (machine_cpu() - all_cpu0).saturating_sub(cp_cpu + tool_cpu);
     // The last pushes land.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -359,6 +361,6 @@ async fn main() {
         open
     );
     println!(
-        "  CPU:                             control plane {cp_cpu:?}, load tool {tool_cpu:?}, over {committed_for:?} wall (2 cores shared with Postgres)"
+        "  CPU:                             control plane {cp_cpu:?}, load tool {tool_cpu:?}, everything else (Postgres) {other_cpu:?}, over {committed_for:?} wall (2 cores shared)"
     );
 }

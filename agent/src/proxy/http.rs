@@ -37,7 +37,8 @@ use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
 use super::pool::{Failure, Lease};
-use super::{Backend, Context, DRAIN, next_connection, random};
+use super::workers::Lane;
+use super::{Backend, Context, DRAIN, random};
 use crate::balance::hash_key;
 use crate::router::RequestView;
 
@@ -58,7 +59,12 @@ const MAX_HEAD: usize = 64 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts connections until `stop`, then drains them.
-pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    mut lane: Lane,
+    ctx: Context,
+    stop: CancellationToken,
+) {
     let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     server
         .http1()
@@ -71,7 +77,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
         .max_header_list_size(MAX_HEAD as u32);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    while let Some((stream, peer)) = next_connection(&listener, &stop, &mut connections).await {
+    while let Some((stream, peer)) = lane.next(&listener, &stop, &mut connections).await {
         ctx.stats.connection();
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
@@ -83,7 +89,9 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let open = lane.opened();
         connections.spawn(async move {
+            let _open = open;
             if let Err(error) = conn.await {
                 debug!(%error, "connection ended with an error");
             }

@@ -12,8 +12,8 @@
 //! with no lookup, lock or allocation.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -149,6 +149,9 @@ pub(crate) struct ListenerStats {
     refusals: [AtomicU64; Refusal::ALL.len()],
     /// Time until the answer's head was ready (the body then streams).
     latency: Histogram,
+    /// Connections open now, by proxy thread; sized by the first listener
+    /// opened under this name (the thread count is fixed at start).
+    open: OnceLock<Arc<[AtomicUsize]>>,
 }
 
 impl ListenerStats {
@@ -166,6 +169,14 @@ impl ListenerStats {
     /// Counts an answer the proxy made itself.
     pub(crate) fn refused(&self, why: Refusal) {
         self.refusals[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The listener's open connections, one counter for each of `threads`
+    /// proxy threads (at least one).
+    pub(crate) fn open_by_thread(&self, threads: usize) -> Arc<[AtomicUsize]> {
+        self.open
+            .get_or_init(|| (0..threads.max(1)).map(|_| AtomicUsize::new(0)).collect())
+            .clone()
     }
 }
 
@@ -297,6 +308,20 @@ impl Metrics {
         );
         for (name, s) in &listeners {
             f.sample(&[("listener", name)], load(&s.connections));
+        }
+        let mut f = enc.family(
+            "switchyard_agent_proxy_open_connections",
+            Type::Gauge,
+            "Client connections open now, by listener and proxy thread.",
+        );
+        for (name, s) in &listeners {
+            for (thread, n) in s.open.get().iter().flat_map(|o| o.iter()).enumerate() {
+                let thread = thread.to_string();
+                f.sample(
+                    &[("listener", name), ("thread", &thread)],
+                    n.load(Ordering::Relaxed) as u64,
+                );
+            }
         }
         let mut f = enc.family(
             "switchyard_agent_proxy_requests_total",

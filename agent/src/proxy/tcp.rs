@@ -11,14 +11,20 @@ use tracing::debug;
 
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
-use super::{Backend, Context, DRAIN, next_connection};
+use super::workers::Lane;
+use super::{Backend, Context, DRAIN};
 use crate::balance::hash_key;
 
 /// Accepts connections until `stop`, then lets open ones finish (up to the
 /// drain time).
-pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    mut lane: Lane,
+    ctx: Context,
+    stop: CancellationToken,
+) {
     let mut connections = JoinSet::new();
-    while let Some((client, peer)) = next_connection(&listener, &stop, &mut connections).await {
+    while let Some((client, peer)) = lane.next(&listener, &stop, &mut connections).await {
         ctx.stats.connection();
         let table = ctx.table();
         let Some(Backend::Tcp(service)) = table.listeners.get(&ctx.listener) else {
@@ -30,7 +36,9 @@ pub(super) async fn serve(listener: TcpListener, ctx: Context, stop: Cancellatio
             continue;
         };
         let stats = ctx.stats.clone();
+        let open = lane.opened();
         connections.spawn(async move {
+            let _open = open;
             let hash = match &upstream.service.balance {
                 Balance::RingHash(HashOn::SourceIp) | Balance::Maglev(HashOn::SourceIp) => {
                     Some(hash_key(peer.ip().to_string().as_bytes()))

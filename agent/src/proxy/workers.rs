@@ -5,18 +5,27 @@
 //!
 //! A single-threaded runtime spends measurably less CPU per proxied
 //! request than a work-stealing one (no cross-thread wake-ups, no atomic
-//! task hand-offs; see BENCHMARKS.md), and a connection never moves between
-//! threads. Every thread accepts on its own copy of each listening socket;
-//! the kernel hands each new connection to one of them.
+//! task hand-offs; see BENCHMARKS.md), and a connection is served by one
+//! thread from start to end. Every thread accepts on its own copy of each
+//! listening socket, but whichever wakes first takes the connection, which
+//! left one thread with twice the connections of another; so the thread
+//! that accepts a connection hands it to the thread serving the fewest of
+//! that listener's connections ([`Lane`]), as Envoy's exact balancing does.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 thread_local! {
     /// This thread's index among the proxy's threads (0 elsewhere).
@@ -75,18 +84,22 @@ impl Workers {
         self.handles.len().max(1)
     }
 
-    /// Runs one `task()` on each thread (one on the caller's runtime when
-    /// there are none), in `set`.
-    pub(super) fn spawn_each<F, T>(&self, set: &mut JoinSet<()>, mut task: T)
+    /// Runs `task(value)` on each thread, with the values in thread order
+    /// (one on the caller's runtime when there are no threads), in `set`.
+    pub(super) fn spawn_each<V, F, T>(&self, set: &mut JoinSet<()>, values: Vec<V>, mut task: T)
     where
-        T: FnMut() -> F,
+        T: FnMut(V) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
+        let mut values = values.into_iter();
         if self.handles.is_empty() {
-            set.spawn(task());
+            if let Some(value) = values.next() {
+                set.spawn(task(value));
+            }
+            return;
         }
-        for handle in &self.handles {
-            set.spawn_on(task(), handle);
+        for (handle, value) in self.handles.iter().zip(values) {
+            set.spawn_on(task(value), handle);
         }
     }
 
@@ -105,6 +118,129 @@ impl Workers {
         .await;
         if let Err(error) = joined {
             warn!(%error, "waiting for the proxy threads failed");
+        }
+    }
+}
+
+/// A connection accepted by one thread for another to serve.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// One thread's share of a listener: where connections handed to it
+/// arrive, and every thread's count of the listener's open connections.
+#[derive(Debug)]
+pub(super) struct Lane {
+    index: usize,
+    /// Open connections of this listener, by thread (shared with the
+    /// listener's metrics).
+    open: Arc<[AtomicUsize]>,
+    others: Arc<[mpsc::UnboundedSender<Handoff>]>,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+}
+
+impl Lane {
+    /// One lane per thread of a listener (at least one), counting its open
+    /// connections in `open` (one counter per thread).
+    pub(super) fn all(open: Arc<[AtomicUsize]>) -> Vec<Lane> {
+        let (senders, inboxes): (Vec<_>, Vec<_>) = (0..open.len().max(1))
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        let others: Arc<[_]> = senders.into();
+        inboxes
+            .into_iter()
+            .enumerate()
+            .map(|(index, inbox)| Lane {
+                index,
+                open: open.clone(),
+                others: others.clone(),
+                inbox,
+            })
+            .collect()
+    }
+
+    /// The next connection this thread serves, or `None` once `stop` is
+    /// cancelled: one it accepted and keeps, or one another thread handed
+    /// it. Finished connection tasks are reaped meanwhile, so the set holds
+    /// only open connections.
+    pub(super) async fn next(
+        &mut self,
+        listener: &TcpListener,
+        stop: &CancellationToken,
+        connections: &mut JoinSet<()>,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => match self.place(stream, peer) {
+                        Some(mine) => return Some(mine),
+                        None => continue,
+                    },
+                    Err(error) => {
+                        // E.g. out of file descriptors: back off instead of
+                        // spinning on the error.
+                        debug!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some((stream, peer)) = self.inbox.recv() => match TcpStream::from_std(stream) {
+                    Ok(stream) => return Some((stream, peer)),
+                    Err(error) => debug!(%error, "cannot take over a connection"),
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+
+    /// Keeps a connection this thread accepted, or hands it to the thread
+    /// serving the fewest of the listener's connections when that is not
+    /// this one.
+    fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+        let load = |i: usize| self.open.get(i).map_or(0, |n| n.load(Ordering::Relaxed));
+        let target = (0..self.others.len())
+            .min_by_key(|&i| (load(i), i != self.index))
+            .unwrap_or(self.index);
+        if target == self.index || load(target) >= load(self.index) {
+            return Some((stream, peer));
+        }
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(error) => {
+                debug!(%error, "cannot hand over a connection");
+                return None;
+            }
+        };
+        match self.others[target].send((stream, peer)) {
+            Ok(()) => None,
+            // That thread stopped serving the listener: keep it.
+            Err(mpsc::error::SendError((stream, peer))) => {
+                TcpStream::from_std(stream).ok().map(|s| (s, peer))
+            }
+        }
+    }
+
+    /// Counts a connection as open on this thread until the guard drops.
+    pub(super) fn opened(&self) -> Served {
+        if let Some(n) = self.open.get(self.index) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        Served {
+            open: self.open.clone(),
+            index: self.index,
+        }
+    }
+}
+
+/// One open connection in its thread's count.
+#[derive(Debug)]
+pub(super) struct Served {
+    open: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(n) = self.open.get(self.index) {
+            n.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -77,7 +77,7 @@ pub(super) async fn serve(
         .max_header_list_size(MAX_HEAD as u32);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    while let Some((stream, peer)) = lane.next(&listener, &stop, &mut connections).await {
+    while let Some((stream, peer, served)) = lane.next(&listener, &stop, &mut connections).await {
         ctx.stats.connection();
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
@@ -89,9 +89,8 @@ pub(super) async fn serve(
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        let open = lane.opened();
         connections.spawn(async move {
-            let _open = open;
+            let _served = served;
             if let Err(error) = conn.await {
                 debug!(%error, "connection ended with an error");
             }

@@ -24,7 +24,7 @@ pub(super) async fn serve(
     stop: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
-    while let Some((client, peer)) = lane.next(&listener, &stop, &mut connections).await {
+    while let Some((client, peer, served)) = lane.next(&listener, &stop, &mut connections).await {
         ctx.stats.connection();
         let table = ctx.table();
         let Some(Backend::Tcp(service)) = table.listeners.get(&ctx.listener) else {
@@ -36,9 +36,8 @@ pub(super) async fn serve(
             continue;
         };
         let stats = ctx.stats.clone();
-        let open = lane.opened();
         connections.spawn(async move {
-            let _open = open;
+            let _served = served;
             let hash = match &upstream.service.balance {
                 Balance::RingHash(HashOn::SourceIp) | Balance::Maglev(HashOn::SourceIp) => {
                     Some(hash_key(peer.ip().to_string().as_bytes()))

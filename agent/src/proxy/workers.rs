@@ -122,8 +122,13 @@ impl Workers {
     }
 }
 
-/// A connection accepted by one thread for another to serve.
-type Handoff = (std::net::TcpStream, SocketAddr);
+/// A connection accepted by one thread for another to serve, already
+/// counted as that thread's.
+type Handoff = (std::net::TcpStream, SocketAddr, Served);
+
+/// A connection for this thread to serve, counted as open on it until the
+/// [`Served`] guard drops.
+pub(super) type Accepted = (TcpStream, SocketAddr, Served);
 
 /// One thread's share of a listener: where connections handed to it
 /// arrive, and every thread's count of the listener's open connections.
@@ -138,12 +143,11 @@ pub(super) struct Lane {
 }
 
 impl Lane {
-    /// One lane per thread of a listener (at least one), counting its open
-    /// connections in `open` (one counter per thread).
+    /// One lane per counter of `open`, the listener's open connections by
+    /// thread.
     pub(super) fn all(open: Arc<[AtomicUsize]>) -> Vec<Lane> {
-        let (senders, inboxes): (Vec<_>, Vec<_>) = (0..open.len().max(1))
-            .map(|_| mpsc::unbounded_channel())
-            .unzip();
+        let (senders, inboxes): (Vec<_>, Vec<_>) =
+            (0..open.len()).map(|_| mpsc::unbounded_channel()).unzip();
         let others: Arc<[_]> = senders.into();
         inboxes
             .into_iter()
@@ -166,7 +170,7 @@ impl Lane {
         listener: &TcpListener,
         stop: &CancellationToken,
         connections: &mut JoinSet<()>,
-    ) -> Option<(TcpStream, SocketAddr)> {
+    ) -> Option<Accepted> {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return None,
@@ -182,8 +186,8 @@ impl Lane {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                Some((stream, peer)) = self.inbox.recv() => match TcpStream::from_std(stream) {
-                    Ok(stream) => return Some((stream, peer)),
+                Some((stream, peer, served)) = self.inbox.recv() => match TcpStream::from_std(stream) {
+                    Ok(stream) => return Some((stream, peer, served)),
                     Err(error) => debug!(%error, "cannot take over a connection"),
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -193,14 +197,16 @@ impl Lane {
 
     /// Keeps a connection this thread accepted, or hands it to the thread
     /// serving the fewest of the listener's connections when that is not
-    /// this one.
-    fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
-        let load = |i: usize| self.open.get(i).map_or(0, |n| n.load(Ordering::Relaxed));
-        let target = (0..self.others.len())
+    /// this one. The connection counts as the chosen thread's at once, so
+    /// that a burst of accepts does not send them all to one thread before
+    /// it has taken any.
+    fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
+        let load = |i: usize| self.open[i].load(Ordering::Relaxed);
+        let target = (0..self.open.len())
             .min_by_key(|&i| (load(i), i != self.index))
             .unwrap_or(self.index);
         if target == self.index || load(target) >= load(self.index) {
-            return Some((stream, peer));
+            return Some((stream, peer, self.serve(self.index)));
         }
         let stream = match stream.into_std() {
             Ok(s) => s,
@@ -209,23 +215,21 @@ impl Lane {
                 return None;
             }
         };
-        match self.others[target].send((stream, peer)) {
+        match self.others[target].send((stream, peer, self.serve(target))) {
             Ok(()) => None,
             // That thread stopped serving the listener: keep it.
-            Err(mpsc::error::SendError((stream, peer))) => {
-                TcpStream::from_std(stream).ok().map(|s| (s, peer))
-            }
+            Err(mpsc::error::SendError((stream, peer, _))) => TcpStream::from_std(stream)
+                .ok()
+                .map(|s| (s, peer, self.serve(self.index))),
         }
     }
 
-    /// Counts a connection as open on this thread until the guard drops.
-    pub(super) fn opened(&self) -> Served {
-        if let Some(n) = self.open.get(self.index) {
-            n.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts a connection as open on thread `index` until the guard drops.
+    fn serve(&self, index: usize) -> Served {
+        self.open[index].fetch_add(1, Ordering::Relaxed);
         Served {
             open: self.open.clone(),
-            index: self.index,
+            index,
         }
     }
 }
@@ -239,8 +243,6 @@ pub(super) struct Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if let Some(n) = self.open.get(self.index) {
-            n.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.open[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 }

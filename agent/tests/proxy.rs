@@ -1032,6 +1032,7 @@ async fn a_post_that_reached_the_endpoint_is_not_retried() {
     assert_eq!(busy.hits.load(Ordering::Relaxed), 1, "a POST is sent once");
 
     // The same answer to a GET is retried twice.
+    let before = busy.connections.load(Ordering::Relaxed);
     let a = get(&client(), &url, &[]).await;
     assert_eq!(a.status, 503);
     assert_eq!(
@@ -1039,6 +1040,11 @@ async fn a_post_that_reached_the_endpoint_is_not_retried() {
         4,
         "a GET is tried 3 times"
     );
+    // Each refused answer is read during the backoff, so its connection
+    // serves the next try instead of being closed: the three tries open one
+    // connection at most (none when the POST's is idle on the same thread).
+    let opened = busy.connections.load(Ordering::Relaxed) - before;
+    assert!(opened <= 1, "the GET's tries opened {opened} connections");
     proxy.stop().await;
 }
 

@@ -382,10 +382,10 @@ async fn forward(
                 Some(guard) => {
                     let pause = backoff(policy, retries);
                     if deadline.is_none_or(|d| Instant::now() + pause < d) {
-                        drop((result, in_flight));
+                        drop(in_flight);
                         _retry_guard = Some(guard);
                         stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(pause).await;
+                        pause_reading(pause, result).await;
                         retries += 1;
                         failed_on = Some(id);
                         continue;
@@ -416,6 +416,38 @@ async fn forward(
             Err(Failure::Overflow) => fail(Refusal::PendingOverflow),
         };
     }
+}
+
+/// The largest refused answer's body read so that its connection can serve
+/// the retry (see [`pause_reading`]).
+const MAX_DRAIN: usize = 16 * 1024;
+
+/// How long reading a refused answer's body may hold up a retry when the
+/// backoff is shorter.
+const DRAIN_FLOOR: Duration = Duration::from_millis(10);
+
+/// Waits out a retry's backoff `pause` while reading the rest of the answer
+/// being retried (up to [`MAX_DRAIN`] bytes, until the pause or
+/// [`DRAIN_FLOOR`] is over), so that its keep-alive connection goes back to
+/// the pool instead of being closed with the body unread.
+async fn pause_reading(
+    pause: Duration,
+    refused: Result<(Response<Incoming>, Option<Lease>), Failure>,
+) {
+    let drain = async {
+        if let Ok((resp, Some(lease))) = refused {
+            let body = Limited::new(resp.into_body(), MAX_DRAIN);
+            if body.collect().await.is_ok() {
+                lease.release();
+            }
+        }
+    };
+    // Past the time allowed, the answer is dropped and its connection
+    // closed, as before.
+    let drain = async {
+        let _ = tokio::time::timeout(pause.max(DRAIN_FLOOR), drain).await;
+    };
+    tokio::join!(tokio::time::sleep(pause), drain);
 }
 
 /// The largest request body buffered so that it can be sent again.

@@ -266,6 +266,8 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// Below this share of healthy endpoints, route to all.
     pub panic_threshold_percent: u8,
+    /// How long an idle keep-alive connection to an endpoint is kept.
+    pub idle_timeout: Duration,
 }
 
 /// Health of an endpoint, as reported by its node's agent.
@@ -952,6 +954,14 @@ impl Service {
             MS,
             Duration::from_secs(60),
         );
+        let idle_timeout = check::duration(
+            &mut v,
+            &join(field, "idle_timeout"),
+            s.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+            MS,
+            Duration::from_secs(3600),
+        );
         let panic_threshold_percent = match s.panic_threshold_percent {
             None => 50,
             Some(p) => percent(&mut v, &join(field, "panic_threshold_percent"), p),
@@ -972,6 +982,7 @@ impl Service {
             },
             connect_timeout,
             panic_threshold_percent,
+            idle_timeout,
         })
     }
 }

@@ -189,6 +189,14 @@ fn invalid_cases() -> Vec<(&'static str, pb::ApplyItem, &'static str)> {
         "items[1].resource.service.connect_timeout",
     );
     add(
+        "idle timeout over an hour",
+        svc(pb::Service {
+            idle_timeout: dur(7200, 0),
+            ..service("s8b")
+        }),
+        "items[1].resource.service.idle_timeout",
+    );
+    add(
         "ejection share above 100%",
         svc(pb::Service {
             outlier_detection: Some(pb::OutlierDetection {

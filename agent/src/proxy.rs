@@ -50,6 +50,10 @@ use workers::Lane;
 /// How long a removed listener's connections may take to finish.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// How often idle upstream connections past their service's idle timeout
+/// are closed when no request comes to find them so.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 /// A data plane the agent drives from the node's configuration.
 ///
 /// The built-in proxy is one; a driver for an external proxy (rendering its
@@ -112,7 +116,7 @@ impl Services {
 
     /// Closes the idle upstream connections that `keep` refuses, so that
     /// their tasks end.
-    fn close_connections(&self, keep: impl Fn(std::time::Instant) -> bool + Copy) {
+    fn close_connections(&self, keep: impl Fn(std::time::Instant, Duration) -> bool + Copy) {
         for (_, shared) in self.all() {
             shared.connections.close_idle(keep);
         }
@@ -376,7 +380,9 @@ impl Table {
                 connect_timeout: service.connect_timeout,
                 max_connections: service.circuit_breaker.max_connections,
                 max_pending: service.circuit_breaker.max_pending_requests,
+                idle_timeout: service.idle_timeout,
             };
+            shared.connections.set_idle_timeout(service.idle_timeout);
             let conns = shared.connections.sync(
                 endpoints.iter().map(|e| (e.address.as_str(), e.port)),
                 http2,
@@ -457,7 +463,7 @@ impl Driver for Builtin {
             }
         };
         let tables = watch::Sender::new(Arc::new(Table::default()));
-        let mut prune = tokio::time::interval(pool::IDLE_TIMEOUT / 3);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
         let mut open: HashMap<String, Open> = HashMap::new();
         let mut tasks = JoinSet::new();
         loop {
@@ -500,7 +506,7 @@ impl Driver for Builtin {
                         // Connections idle for long are closed even when no
                         // request comes to take (and drop) them.
                         self.services
-                            .close_connections(|since| since.elapsed() < pool::IDLE_TIMEOUT);
+                            .close_connections(|since, timeout| since.elapsed() < timeout);
                     }
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                         if let Err(error) = done {
@@ -521,7 +527,7 @@ impl Driver for Builtin {
         // The listeners have drained: close the upstream connections left
         // idle and wait for their tasks (busy ones end with their request).
         drop(tables);
-        self.services.close_connections(|_| false);
+        self.services.close_connections(|_, _| false);
         self.upstream_tasks.close();
         if tokio::time::timeout(DRAIN, self.upstream_tasks.wait())
             .await

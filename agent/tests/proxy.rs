@@ -31,6 +31,8 @@ struct Backend {
     hits: Arc<AtomicU64>,
     /// Connections accepted.
     connections: Arc<AtomicU64>,
+    /// Connections that ended (closed by either side).
+    closed: Arc<AtomicU64>,
     stop: CancellationToken,
     _task: JoinHandle<()>,
 }
@@ -46,8 +48,10 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let (h, s, accepted) = (hits.clone(), stop.clone(), connections.clone());
+        let ended = closed.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -56,7 +60,7 @@ impl Backend {
                     a = listener.accept() => a.unwrap(),
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
-                let h = h.clone();
+                let (h, ended) = (h.clone(), ended.clone());
                 conns.spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -93,6 +97,7 @@ impl Backend {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    ended.fetch_add(1, Ordering::Relaxed);
                 });
             }
         });
@@ -100,6 +105,7 @@ impl Backend {
             addr,
             hits,
             connections,
+            closed,
             stop,
             _task: task,
         }
@@ -1218,6 +1224,54 @@ async fn proxy_threads_share_a_limited_connection() {
     }
     assert_eq!(web.hits.load(Ordering::Relaxed), 20);
     assert_eq!(web.connections.load(Ordering::Relaxed), 1);
+    proxy.stop().await;
+}
+
+/// An idle upstream connection is reused within the service's idle
+/// timeout, and closed after it even when no request comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let web = Backend::start("web").await;
+    let quick = pb::Service {
+        idle_timeout: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 400_000_000,
+        }),
+        ..service("web", pb::LbPolicy::RoundRobin)
+    };
+    let (proxy, port) = proxy_for(quick, &web).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    // One client connection, so that both requests use one proxy thread's
+    // idle connections.
+    let client = client();
+    assert_eq!(get(&client, &url, &[]).await.status, 200);
+    assert_eq!(get(&client, &url, &[]).await.status, 200);
+    assert_eq!(
+        web.connections.load(Ordering::Relaxed),
+        1,
+        "reused within the idle timeout"
+    );
+    let idle_since = std::time::Instant::now();
+    let mut closed_after = None;
+    for _ in 0..400 {
+        if web.closed.load(Ordering::Relaxed) == 1 {
+            closed_after = Some(idle_since.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closed_after = closed_after.expect("the idle connection was closed");
+    // Pruned once a second: between the timeout and a second after it.
+    assert!(
+        closed_after >= Duration::from_millis(350) && closed_after < Duration::from_millis(2500),
+        "closed {closed_after:?} after going idle"
+    );
+    assert_eq!(get(&client, &url, &[]).await.status, 200);
+    assert_eq!(
+        web.connections.load(Ordering::Relaxed),
+        2,
+        "a new one after"
+    );
     proxy.stop().await;
 }
 

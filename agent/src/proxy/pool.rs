@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,6 @@ use tracing::debug;
 
 use super::http::Outbound;
 use super::workers;
-
-/// How long an idle connection is kept for reuse.
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How one try failed before a response began.
 #[derive(Debug)]
@@ -115,6 +112,8 @@ pub(super) struct Settings {
     pub max_connections: Option<u32>,
     /// `max_pending_requests`.
     pub max_pending: Option<u32>,
+    /// How long an idle connection is kept for reuse.
+    pub idle_timeout: Duration,
 }
 
 /// What identifies an endpoint's connections: address, port, HTTP/2, and the
@@ -127,6 +126,9 @@ type ConnsKey = (String, u16, bool, usize);
 pub(crate) struct Connections {
     pub(crate) limits: Arc<Limits>,
     by_address: Mutex<HashMap<ConnsKey, Arc<Conns>>>,
+    /// The service's idle timeout in milliseconds, as its newest
+    /// configuration says (set before it has any connection).
+    idle_timeout_ms: AtomicU64,
 }
 
 impl Connections {
@@ -152,10 +154,20 @@ impl Connections {
         wanted
     }
 
+    /// Sets how long idle connections are kept (from the service's
+    /// configuration).
+    pub(super) fn set_idle_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.idle_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Closes the idle HTTP/1.1 connections that `keep` refuses (given
-    /// when each went idle), and the closed ones; with `keep` refusing all,
-    /// the HTTP/2 ones too (they close when no request uses them).
-    pub(super) fn close_idle(&self, keep: impl Fn(Instant) -> bool) {
+    /// when each went idle and the service's idle timeout), and the closed
+    /// ones; with `keep` refusing all, the HTTP/2 ones too (they close when
+    /// no request uses them).
+    pub(super) fn close_idle(&self, keep: impl Fn(Instant, Duration) -> bool) {
+        let timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
+        let keep = |since| keep(since, timeout);
         for c in self.all() {
             for idle in &c.idle {
                 idle.lock()
@@ -346,14 +358,14 @@ impl Conns {
                         },
                     };
                 }
-            } else if let Some((mut tx, home)) =
-                checkout(idle).map(|tx| (tx, thread)).or_else(|| {
+            } else if let Some((mut tx, home)) = checkout(idle, settings.idle_timeout)
+                .map(|tx| (tx, thread))
+                .or_else(|| {
                     anywhere
                         .then(|| {
-                            self.idle
-                                .iter()
-                                .enumerate()
-                                .find_map(|(t, other)| Some((checkout(other)?, t)))
+                            self.idle.iter().enumerate().find_map(|(t, other)| {
+                                Some((checkout(other, settings.idle_timeout)?, t))
+                            })
                         })
                         .flatten()
                 })
@@ -470,12 +482,15 @@ impl Conns {
 }
 
 /// The most recently used idle connection of `idle` that is still open and
-/// fresh. The least recently used one is dropped if it is not (one per
-/// checkout, so that old connections do not pile up under a stack that is
-/// never emptied).
-fn checkout(idle: &Mutex<VecDeque<Idle>>) -> Option<http1::SendRequest<Outbound>> {
+/// idle for less than `timeout`. The least recently used one is dropped if
+/// it is not (one per checkout, so that old connections do not pile up
+/// under a stack that is never emptied).
+fn checkout(
+    idle: &Mutex<VecDeque<Idle>>,
+    timeout: Duration,
+) -> Option<http1::SendRequest<Outbound>> {
     let mut idle = idle.lock().expect("idle");
-    let usable = |c: &Idle| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT;
+    let usable = |c: &Idle| !c.tx.is_closed() && c.since.elapsed() < timeout;
     if idle.front().is_some_and(|c| !usable(c)) {
         idle.pop_front();
     }

@@ -1227,6 +1227,37 @@ async fn proxy_threads_share_a_limited_connection() {
     proxy.stop().await;
 }
 
+/// A burst of first requests to an HTTP/2 endpoint opens one connection
+/// per proxy thread, not one per request: requests that find a connection
+/// being opened wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_shares_one_http2_connection_per_thread() {
+    let web = Backend::start("web").await;
+    let h2 = pb::Service {
+        protocol: pb::Protocol::Http2 as i32,
+        ..service("web", pb::LbPolicy::RoundRobin)
+    };
+    let (proxy, port) = proxy_for(h2, &web).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            // Each on a client connection of its own.
+            tokio::spawn(async move { get(&client(), &url, &[]).await.status })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(web.hits.load(Ordering::Relaxed), 20);
+    let opened = web.connections.load(Ordering::Relaxed);
+    assert!(
+        opened <= 2,
+        "20 concurrent requests opened {opened} HTTP/2 connections (2 proxy threads)"
+    );
+    proxy.stop().await;
+}
+
 /// An idle upstream connection is reused within the service's idle
 /// timeout, and closed after it even when no request comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

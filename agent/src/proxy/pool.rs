@@ -223,6 +223,10 @@ pub(crate) struct Conns {
     idle: Box<[Mutex<VecDeque<Idle>>]>,
     /// Per proxy thread, the HTTP/2 connection its requests share.
     shared: Box<[Mutex<Option<http2::SendRequest<Outbound>>>]>,
+    /// Per proxy thread, held by the request opening its HTTP/2 connection:
+    /// a burst of first requests waits for that one instead of each
+    /// opening its own. An async mutex, since it is held while connecting.
+    opening: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl std::fmt::Debug for Conns {
@@ -293,6 +297,7 @@ impl Conns {
             http2,
             idle: (0..threads).map(|_| Mutex::default()).collect(),
             shared: (0..threads).map(|_| Mutex::default()).collect(),
+            opening: (0..threads).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -331,6 +336,8 @@ impl Conns {
         let max_connections = settings.max_connections.map_or(usize::MAX, |m| m as usize);
         let mut pending = None;
         loop {
+            // Held from finding no HTTP/2 connection to storing a new one.
+            let mut opening = None;
             // At the connection limit, another thread's connection is
             // better than none (its runtime keeps driving it).
             let anywhere = limits.open() >= max_connections;
@@ -357,6 +364,27 @@ impl Conns {
                             None => Err(Failure::Reset),
                         },
                     };
+                }
+                // None open on this thread: open one, or wait for the
+                // request opening it and look again.
+                match self.opening[thread].try_lock() {
+                    Ok(guard) => opening = Some(guard),
+                    Err(_) => {
+                        let opened = self.opening[thread].lock();
+                        if tokio::time::timeout_at(wait_until, opened).await.is_err() {
+                            return Err(Failure::Connect);
+                        }
+                        continue;
+                    }
+                }
+                // Another request may have stored one meanwhile.
+                if shared
+                    .lock()
+                    .expect("http2")
+                    .as_ref()
+                    .is_some_and(|tx| !tx.is_closed())
+                {
+                    continue;
                 }
             } else if let Some((mut tx, home)) = checkout(idle, settings.idle_timeout)
                 .map(|tx| (tx, thread))
@@ -439,6 +467,9 @@ impl Conns {
                 }
                 continue;
             }
+            // A request waiting for a free connection does not keep others
+            // of its thread from using one opened meanwhile.
+            drop(opening);
             // At max_connections: wait, if the pending limit allows.
             if pending.is_none() {
                 let max = settings.max_pending.map_or(usize::MAX, |m| m as usize);

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -138,6 +138,8 @@ pub(super) struct Lane {
     /// Open connections of this listener, by thread (shared with the
     /// listener's metrics).
     open: Arc<[AtomicUsize]>,
+    /// Whether each thread still serves the listener (its lane is alive).
+    alive: Arc<[AtomicBool]>,
     others: Arc<[mpsc::UnboundedSender<Handoff>]>,
     inbox: mpsc::UnboundedReceiver<Handoff>,
 }
@@ -149,12 +151,14 @@ impl Lane {
         let (senders, inboxes): (Vec<_>, Vec<_>) =
             (0..open.len()).map(|_| mpsc::unbounded_channel()).unzip();
         let others: Arc<[_]> = senders.into();
+        let alive: Arc<[AtomicBool]> = (0..open.len()).map(|_| AtomicBool::new(true)).collect();
         inboxes
             .into_iter()
             .enumerate()
             .map(|(index, inbox)| Lane {
                 index,
                 open: open.clone(),
+                alive: alive.clone(),
                 others: others.clone(),
                 inbox,
             })
@@ -203,6 +207,7 @@ impl Lane {
     fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
         let load = |i: usize| self.open[i].load(Ordering::Relaxed);
         let target = (0..self.open.len())
+            .filter(|&i| i == self.index || self.alive[i].load(Ordering::Relaxed))
             .min_by_key(|&i| (load(i), i != self.index))
             .unwrap_or(self.index);
         if target == self.index || load(target) >= load(self.index) {
@@ -234,6 +239,14 @@ impl Lane {
     }
 }
 
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // No more connections for this thread (e.g. its listener task could
+        // not start): the others stop trying to hand it any.
+        self.alive[self.index].store(false, Ordering::Relaxed);
+    }
+}
+
 /// One open connection in its thread's count.
 #[derive(Debug)]
 pub(super) struct Served {
@@ -244,5 +257,72 @@ pub(super) struct Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.open[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(n: usize) -> Arc<[AtomicUsize]> {
+        (0..n).map(|_| AtomicUsize::new(0)).collect()
+    }
+
+    /// Three connections accepted by lane 0 of two: it keeps the first,
+    /// hands the second to the idle lane 1, and keeps the third (a tie).
+    #[tokio::test]
+    async fn the_accepting_lane_hands_over_to_the_least_loaded() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = counters(2);
+        let mut lanes = Lane::all(open.clone());
+        let mut second = lanes.pop().unwrap();
+        let mut first = lanes.pop().unwrap();
+        let (stop, mut set) = (CancellationToken::new(), JoinSet::new());
+        let mut kept = vec![];
+        let mut clients = vec![];
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        while kept.len() < 2 {
+            kept.push(first.next(&listener, &stop, &mut set).await.unwrap());
+        }
+        let handed = second.next(&listener, &stop, &mut set).await.unwrap();
+        assert_eq!(
+            handed.0.peer_addr().unwrap(),
+            clients[1].local_addr().unwrap()
+        );
+        let loads: Vec<usize> = open.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert_eq!(loads, vec![2, 1]);
+        drop((kept, handed));
+        let loads: Vec<usize> = open.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert_eq!(loads, vec![0, 0], "counted until the connections end");
+    }
+
+    /// A lane that is gone (its thread no longer serves the listener)
+    /// loses no connection: the accepting lane keeps every one.
+    #[tokio::test]
+    async fn a_gone_lane_loses_no_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = counters(2);
+        let mut lanes = Lane::all(open.clone());
+        drop(lanes.pop());
+        let mut first = lanes.pop().unwrap();
+        let (stop, mut set) = (CancellationToken::new(), JoinSet::new());
+        let mut clients = vec![];
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut kept = vec![];
+        for _ in 0..3 {
+            let next = tokio::time::timeout(
+                Duration::from_secs(5),
+                first.next(&listener, &stop, &mut set),
+            );
+            kept.push(next.await.expect("kept, not handed over").unwrap());
+        }
+        let loads: Vec<usize> = open.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert_eq!(loads, vec![3, 0]);
     }
 }

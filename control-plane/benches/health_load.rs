@@ -41,7 +41,9 @@ struct Args {
     rate: f64,
     seconds: f64,
     probe_every: u64,
-    connections: usize,
+    /// HTTP/2 connections the agents' streams share; `None`: one per agent,
+    /// as real agents connect.
+    connections: Option<usize>,
     sqlite: bool,
 }
 
@@ -53,7 +55,7 @@ fn parse(all: Vec<String>) -> Args {
         rate: 5000.0,
         seconds: 10.0,
         probe_every: 10,
-        connections: 32,
+        connections: None,
         sqlite: false,
     };
     let mut it = all.into_iter();
@@ -66,7 +68,7 @@ fn parse(all: Vec<String>) -> Args {
             "--rate" => a.rate = value().parse().expect("--rate"),
             "--seconds" => a.seconds = value().parse().expect("--seconds"),
             "--probe-every" => a.probe_every = value().parse().expect("--probe-every"),
-            "--connections" => a.connections = value().parse().expect("--connections"),
+            "--connections" => a.connections = Some(value().parse().expect("--connections")),
             "--sqlite" => a.sqlite = true,
             other => panic!(
                 "unknown flag {other}; flags: --agents --services --endpoints --rate --seconds \
@@ -179,7 +181,8 @@ async fn main() {
     }
     let pid = cp.child.id().expect("pid").to_string();
 
-    let channels: Vec<_> = (0..a.connections)
+    let connections = a.connections.unwrap_or(a.agents).clamp(1, a.agents.max(1));
+    let channels: Vec<_> = (0..connections)
         .map(|_| {
             Endpoint::from_shared(format!("http://{}", cp.addr))
                 .unwrap()
@@ -333,7 +336,7 @@ async fn main() {
     p.done.sort();
 
     println!(
-        "health_load: backend={backend} agents={} services={} endpoints/agent={} rate={}/s for {}s",
+        "health_load: backend={backend} agents={} connections={connections} services={} endpoints/agent={} rate={}/s for {}s",
         a.agents, a.services, a.endpoints, a.rate, a.seconds
     );
     println!("  initial sync of all agents:      {connect:?}");

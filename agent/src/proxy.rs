@@ -287,8 +287,6 @@ pub struct Upstream {
     pub all: Arc<Pool>,
     /// Labelled subsets used by routes.
     subsets: BTreeMap<Labels, Arc<Pool>>,
-    /// What its upstream connections follow.
-    settings: pool::Settings,
     /// Its state that outlives configurations.
     shared: Arc<Shared>,
 }
@@ -376,12 +374,6 @@ impl Table {
                 .endpoints
                 .sync(endpoints.iter().map(|e| e.name.as_str()));
             let http2 = matches!(service.protocol, Protocol::Http2 | Protocol::Grpc);
-            let settings = pool::Settings {
-                connect_timeout: service.connect_timeout,
-                max_connections: service.circuit_breaker.max_connections,
-                max_pending: service.circuit_breaker.max_pending_requests,
-                idle_timeout: service.idle_timeout,
-            };
             shared.connections.set_idle_timeout(service.idle_timeout);
             let conns = shared.connections.sync(
                 endpoints.iter().map(|e| (e.address.as_str(), e.port)),
@@ -413,7 +405,6 @@ impl Table {
                 Arc::new(Upstream {
                     all: Arc::new(Pool::new(service, members)),
                     subsets,
-                    settings,
                     service: service.clone(),
                     shared,
                 }),

@@ -280,6 +280,19 @@ impl Proxy {
     }
 }
 
+/// Polls `done` every 10 ms until it holds (`true`) or 5 s have passed
+/// (`false`): for what the proxy does on its own time (a count changing, a
+/// connection closing).
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
 async fn wait_listening(addr: SocketAddr) {
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -719,15 +732,10 @@ async fn tcp_relays_both_ways_with_half_close() {
     // Its relay holds the place before a second connection asks for one
     // (either may be accepted by either proxy thread first).
     let held = "switchyard_agent_proxy_upstream_connections{service=\"db\"} 1";
-    let mut is_held = false;
-    for _ in 0..500 {
-        if proxy.metrics().lines().any(|l| l == held) {
-            is_held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(is_held, "the first connection is relayed");
+    assert!(
+        eventually(|| proxy.metrics().lines().any(|l| l == held)).await,
+        "the first connection is relayed"
+    );
     let mut refused = false;
     for _ in 0..100 {
         let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -1147,10 +1155,7 @@ async fn connection_limit_queues_then_sheds() {
     let web = pb::Service {
         // Long enough that the last pending request (two backend turns of
         // 300 ms) does not give up waiting.
-        connect_timeout: Some(prost_types::Duration {
-            seconds: 10,
-            nanos: 0,
-        }),
+        connect_timeout: millis(10_000),
         ..web_with_breaker(pb::CircuitBreaker {
             max_connections: 2,
             max_pending_requests: 3,
@@ -1264,10 +1269,7 @@ async fn a_burst_shares_one_http2_connection_per_thread() {
 async fn idle_upstream_connections_close_after_the_idle_timeout() {
     let web = Backend::start("web").await;
     let quick = pb::Service {
-        idle_timeout: Some(prost_types::Duration {
-            seconds: 0,
-            nanos: 400_000_000,
-        }),
+        idle_timeout: millis(400),
         ..service("web", pb::LbPolicy::RoundRobin)
     };
     let (proxy, port) = proxy_for(quick, &web).await;
@@ -1283,15 +1285,11 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
         "reused within the idle timeout"
     );
     let idle_since = std::time::Instant::now();
-    let mut closed_after = None;
-    for _ in 0..400 {
-        if web.closed.load(Ordering::Relaxed) == 1 {
-            closed_after = Some(idle_since.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let closed_after = closed_after.expect("the idle connection was closed");
+    assert!(
+        eventually(|| web.closed.load(Ordering::Relaxed) == 1).await,
+        "the idle connection was closed"
+    );
+    let closed_after = idle_since.elapsed();
     // Pruned once a second: between the timeout and a second after it.
     assert!(
         closed_after >= Duration::from_millis(350) && closed_after < Duration::from_millis(2500),
@@ -1321,12 +1319,7 @@ async fn connections_are_spread_over_proxy_threads() {
             .collect()
     };
     // The probe connections of start-up close first.
-    for _ in 0..200 {
-        if open_by_thread(&proxy).iter().sum::<u64>() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| open_by_thread(&proxy).iter().sum::<u64>() == 0).await;
     // Ten keep-alive connections, opened one after another, each answered
     // before the next opens, all kept open.
     let mut clients = vec![];
@@ -1350,12 +1343,7 @@ async fn connections_are_spread_over_proxy_threads() {
     let open = open_by_thread(&proxy);
     assert_eq!(open, vec![5, 5], "open connections by proxy thread");
     drop(clients);
-    for _ in 0..200 {
-        if open_by_thread(&proxy).iter().sum::<u64>() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| open_by_thread(&proxy).iter().sum::<u64>() == 0).await;
     assert_eq!(open_by_thread(&proxy), vec![0, 0], "after the clients left");
     proxy.stop().await;
 }

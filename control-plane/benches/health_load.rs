@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 
 mod load;
-use load::{OnPush, Shared, Sim, cpu, machine_cpu, percentile, wait_for};
+use load::{OnPush, Shared, Sim, connection_count, cpu, machine_cpu, percentile, wait_for};
 
 struct Args {
     agents: usize,
@@ -181,7 +181,7 @@ async fn main() {
     }
     let pid = cp.child.id().expect("pid").to_string();
 
-    let connections = a.connections.unwrap_or(a.agents).clamp(1, a.agents.max(1));
+    let connections = connection_count(a.connections, a.agents);
     let channels: Vec<_> = (0..connections)
         .map(|_| {
             Endpoint::from_shared(format!("http://{}", cp.addr))

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 mod load;
-use load::{Shared, Sim, cpu, machine_cpu, percentile, wait_for};
+use load::{Shared, Sim, connection_count, cpu, machine_cpu, percentile, wait_for};
 
 struct Args {
     agents: usize,
@@ -137,7 +137,7 @@ async fn main() {
     let pid = cp.child.id().expect("pid");
     let idle_rss = rss_kib(pid);
 
-    let connections = a.connections.unwrap_or(a.agents).clamp(1, a.agents.max(1));
+    let connections = connection_count(a.connections, a.agents);
     let channels: Vec<Channel> = {
         let mut v = vec![];
         for _ in 0..connections {

@@ -319,7 +319,7 @@ async fn forward(
 
         let sent = conns.send(
             &upstream.shared.connections,
-            upstream.settings,
+            &upstream.service,
             &ctx.upstream_tasks,
             request,
         );
@@ -443,11 +443,11 @@ async fn pause_reading(
         }
     };
     // Past the time allowed, the answer is dropped and its connection
-    // closed, as before.
-    let drain = async {
-        let _ = tokio::time::timeout(pause.max(DRAIN_FLOOR), drain).await;
-    };
-    tokio::join!(tokio::time::sleep(pause), drain);
+    // closed.
+    let _ = tokio::join!(
+        tokio::time::sleep(pause),
+        tokio::time::timeout(pause.max(DRAIN_FLOOR), drain)
+    );
 }
 
 /// The largest request body buffered so that it can be sent again.

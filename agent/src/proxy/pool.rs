@@ -31,6 +31,7 @@ use hyper::client::conn::{http1, http2};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
+use switchyard::resource::Service;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
@@ -103,19 +104,6 @@ impl Drop for Slot {
     }
 }
 
-/// What a service's connections follow.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Settings {
-    /// Limit on opening a connection, and on waiting for one.
-    pub connect_timeout: Duration,
-    /// `max_connections`.
-    pub max_connections: Option<u32>,
-    /// `max_pending_requests`.
-    pub max_pending: Option<u32>,
-    /// How long an idle connection is kept for reuse.
-    pub idle_timeout: Duration,
-}
-
 /// What identifies an endpoint's connections: address, port, HTTP/2, and the
 /// number of proxy threads.
 type ConnsKey = (String, u16, bool, usize);
@@ -161,12 +149,17 @@ impl Connections {
         self.idle_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// How long idle connections are kept.
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+
     /// Closes the idle HTTP/1.1 connections that `keep` refuses (given
     /// when each went idle and the service's idle timeout), and the closed
     /// ones; with `keep` refusing all, the HTTP/2 ones too (they close when
     /// no request uses them).
     pub(super) fn close_idle(&self, keep: impl Fn(Instant, Duration) -> bool) {
-        let timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
+        let timeout = self.idle_timeout();
         let keep = |since| keep(since, timeout);
         for c in self.all() {
             for idle in &c.idle {
@@ -320,20 +313,25 @@ impl Conns {
     }
 
     /// Sends `req` on a connection to this endpoint, reusing an idle one
-    /// when there is one; the response, and for HTTP/1.1 the connection to
-    /// release when its body ends.
+    /// when there is one, within `config`'s connect timeout and connection
+    /// limits; the response, and for HTTP/1.1 the connection to release
+    /// when its body ends.
     pub(super) async fn send(
         self: &Arc<Self>,
         service: &Connections,
-        settings: Settings,
+        config: &Service,
         tasks: &TaskTracker,
         mut req: Request<Outbound>,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
         let limits = &service.limits;
         let thread = workers::index().min(self.idle.len() - 1);
         let (idle, shared) = (&self.idle[thread], &self.shared[thread]);
-        let wait_until = tokio::time::Instant::now() + settings.connect_timeout;
-        let max_connections = settings.max_connections.map_or(usize::MAX, |m| m as usize);
+        let wait_until = tokio::time::Instant::now() + config.connect_timeout;
+        let max_connections = config
+            .circuit_breaker
+            .max_connections
+            .map_or(usize::MAX, |m| m as usize);
+        let idle_timeout = service.idle_timeout();
         let mut pending = None;
         loop {
             // Held from finding no HTTP/2 connection to storing a new one.
@@ -386,14 +384,15 @@ impl Conns {
                 {
                     continue;
                 }
-            } else if let Some((mut tx, home)) = checkout(idle, settings.idle_timeout)
+            } else if let Some((mut tx, home)) = checkout(idle, idle_timeout)
                 .map(|tx| (tx, thread))
                 .or_else(|| {
                     anywhere
                         .then(|| {
-                            self.idle.iter().enumerate().find_map(|(t, other)| {
-                                Some((checkout(other, settings.idle_timeout)?, t))
-                            })
+                            self.idle
+                                .iter()
+                                .enumerate()
+                                .find_map(|(t, other)| Some((checkout(other, idle_timeout)?, t)))
                         })
                         .flatten()
                 })
@@ -422,7 +421,7 @@ impl Conns {
                     },
                 };
             }
-            if let Some(slot) = limits.try_connect(settings.max_connections) {
+            if let Some(slot) = limits.try_connect(config.circuit_breaker.max_connections) {
                 drop(pending.take());
                 let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
                 let stream = tokio::time::timeout(
@@ -472,7 +471,10 @@ impl Conns {
             drop(opening);
             // At max_connections: wait, if the pending limit allows.
             if pending.is_none() {
-                let max = settings.max_pending.map_or(usize::MAX, |m| m as usize);
+                let max = config
+                    .circuit_breaker
+                    .max_pending_requests
+                    .map_or(usize::MAX, |m| m as usize);
                 let waiting =
                     limits
                         .pending

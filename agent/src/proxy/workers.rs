@@ -264,65 +264,89 @@ impl Drop for Served {
 mod tests {
     use super::*;
 
-    fn counters(n: usize) -> Arc<[AtomicUsize]> {
-        (0..n).map(|_| AtomicUsize::new(0)).collect()
+    /// Two lanes of a listener, its open-connection counters, and three
+    /// client connections waiting in its accept queue.
+    struct Setup {
+        listener: TcpListener,
+        open: Arc<[AtomicUsize]>,
+        first: Lane,
+        second: Lane,
+        clients: Vec<TcpStream>,
+        stop: CancellationToken,
+        set: JoinSet<()>,
+    }
+
+    async fn setup() -> Setup {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<[AtomicUsize]> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        let mut lanes = Lane::all(open.clone());
+        let (second, first) = (lanes.pop().unwrap(), lanes.pop().unwrap());
+        let mut clients = vec![];
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        Setup {
+            listener,
+            open,
+            first,
+            second,
+            clients,
+            stop: CancellationToken::new(),
+            set: JoinSet::new(),
+        }
+    }
+
+    fn loads(open: &[AtomicUsize]) -> Vec<usize> {
+        open.iter().map(|n| n.load(Ordering::Relaxed)).collect()
     }
 
     /// Three connections accepted by lane 0 of two: it keeps the first,
     /// hands the second to the idle lane 1, and keeps the third (a tie).
     #[tokio::test]
     async fn the_accepting_lane_hands_over_to_the_least_loaded() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = counters(2);
-        let mut lanes = Lane::all(open.clone());
-        let mut second = lanes.pop().unwrap();
-        let mut first = lanes.pop().unwrap();
-        let (stop, mut set) = (CancellationToken::new(), JoinSet::new());
+        let mut t = setup().await;
         let mut kept = vec![];
-        let mut clients = vec![];
-        for _ in 0..3 {
-            clients.push(TcpStream::connect(addr).await.unwrap());
-        }
         while kept.len() < 2 {
-            kept.push(first.next(&listener, &stop, &mut set).await.unwrap());
+            kept.push(
+                t.first
+                    .next(&t.listener, &t.stop, &mut t.set)
+                    .await
+                    .unwrap(),
+            );
         }
-        let handed = second.next(&listener, &stop, &mut set).await.unwrap();
+        let handed = t
+            .second
+            .next(&t.listener, &t.stop, &mut t.set)
+            .await
+            .unwrap();
         assert_eq!(
             handed.0.peer_addr().unwrap(),
-            clients[1].local_addr().unwrap()
+            t.clients[1].local_addr().unwrap()
         );
-        let loads: Vec<usize> = open.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-        assert_eq!(loads, vec![2, 1]);
+        assert_eq!(loads(&t.open), vec![2, 1]);
         drop((kept, handed));
-        let loads: Vec<usize> = open.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-        assert_eq!(loads, vec![0, 0], "counted until the connections end");
+        assert_eq!(
+            loads(&t.open),
+            vec![0, 0],
+            "counted until the connections end"
+        );
     }
 
     /// A lane that is gone (its thread no longer serves the listener)
     /// loses no connection: the accepting lane keeps every one.
     #[tokio::test]
     async fn a_gone_lane_loses_no_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = counters(2);
-        let mut lanes = Lane::all(open.clone());
-        drop(lanes.pop());
-        let mut first = lanes.pop().unwrap();
-        let (stop, mut set) = (CancellationToken::new(), JoinSet::new());
-        let mut clients = vec![];
-        for _ in 0..3 {
-            clients.push(TcpStream::connect(addr).await.unwrap());
-        }
+        let mut t = setup().await;
+        drop(t.second);
         let mut kept = vec![];
         for _ in 0..3 {
             let next = tokio::time::timeout(
                 Duration::from_secs(5),
-                first.next(&listener, &stop, &mut set),
+                t.first.next(&t.listener, &t.stop, &mut t.set),
             );
             kept.push(next.await.expect("kept, not handed over").unwrap());
         }
-        let loads: Vec<usize> = open.iter().map(|n| n.load(Ordering::Relaxed)).collect();
-        assert_eq!(loads, vec![3, 0]);
+        assert_eq!(loads(&t.open), vec![3, 0]);
     }
 }

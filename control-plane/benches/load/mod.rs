@@ -202,6 +202,12 @@ pub fn cpu(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// How many HTTP/2 connections `agents` simulated agents use: `requested`
+/// (`--connections`), or one each, as real agents connect.
+pub fn connection_count(requested: Option<usize>, agents: usize) -> usize {
+    requested.unwrap_or(agents).clamp(1, agents.max(1))
+}
+
 /// CPU time every process of the machine used (busy time of all CPUs, from
 /// `/proc/stat`): with [`cpu`] of the control plane and the tool, what the
 /// rest (Postgres) took from the same cores.

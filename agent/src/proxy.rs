@@ -35,6 +35,7 @@ use crate::balance::{Balancer, Policy, Target};
 use crate::router::Router;
 use crate::state::NodeConfig;
 
+mod h1;
 mod http;
 mod limit;
 mod metrics;

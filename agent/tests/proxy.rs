@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Either, Empty, Full, StreamBody};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -69,7 +69,14 @@ impl Backend {
                                 if req.uri().path() == "/slow" {
                                     tokio::time::sleep(Duration::from_millis(300)).await;
                                 }
-                                let mut resp = Response::new(Full::new(Bytes::from(name)));
+                                if req.uri().path() == "/echo" {
+                                    // The request body, streamed back as it
+                                    // arrives.
+                                    let body = req.into_body();
+                                    return Ok::<_, Infallible>(Response::new(Either::Right(body)));
+                                }
+                                let mut resp =
+                                    Response::new(Either::Left(Full::new(Bytes::from(name))));
                                 *resp.status_mut() = status;
                                 let echo = |k: &str| {
                                     req.headers()
@@ -91,7 +98,7 @@ impl Backend {
                                 resp.headers_mut()
                                     .insert("x-saw-request-id", echo("x-request-id"));
                                 resp.headers_mut().insert("x-saw-added", echo("x-added"));
-                                Ok::<_, Infallible>(resp)
+                                Ok(resp)
                             }
                         });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -1059,6 +1066,69 @@ async fn a_post_that_reached_the_endpoint_is_not_retried() {
     // connection at most (none when the POST's is idle on the same thread).
     let opened = busy.connections.load(Ordering::Relaxed) - before;
     assert!(opened <= 1, "the GET's tries opened {opened} connections");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_bodies_stream_through_both_ways() {
+    let backend = Backend::start("echo").await;
+    let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &backend).await;
+    let url = format!("http://127.0.0.1:{port}/echo");
+    type Chunks = StreamBody<
+        tokio_stream::wrappers::ReceiverStream<Result<hyper::body::Frame<Bytes>, Infallible>>,
+    >;
+    let streaming: Client<HttpConnector, Either<Full<Bytes>, Chunks>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+
+    // Of unknown size (sent chunked), arriving a piece at a time: echoed
+    // back while it is still being sent.
+    let pieces: Vec<Bytes> = (0..64u8)
+        .map(|i| Bytes::from(vec![b'a' + i % 26; 4096 + usize::from(i)]))
+        .collect();
+    let expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let sending = tokio::spawn(async move {
+        for piece in pieces {
+            tx.send(Ok(hyper::body::Frame::data(piece))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let req = Request::post(&url).body(Either::Right(body)).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), streaming.request(req))
+        .await
+        .expect("in time")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    sending.await.unwrap();
+    assert_eq!(echoed.len(), expected.len());
+    assert!(echoed == expected, "the chunked body came back intact");
+
+    // Of known size, larger than any buffer on the way.
+    let big = Bytes::from(
+        (0..3_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let req = Request::post(&url)
+        .body(Either::Left(Full::new(big.clone())))
+        .unwrap();
+    let resp = streaming.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "3000000");
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(echoed == big, "the sized body came back intact");
+
+    // Both exchanges left their upstream connection reusable (the same
+    // client connection keeps them on one proxy thread).
+    let req = Request::get(format!("http://127.0.0.1:{port}/"))
+        .body(Either::Left(Full::new(Bytes::new())))
+        .unwrap();
+    let resp = streaming.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"echo");
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
     proxy.stop().await;
 }
 

@@ -36,14 +36,14 @@ use tracing::debug;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
-use super::pool::{Failure, Lease};
+use super::pool::{BodyError, Failure, Upstream};
 use super::workers::Lane;
 use super::{Backend, Context, DRAIN, random};
 use crate::balance::hash_key;
 use crate::router::RequestView;
 
 /// The response body type: the upstream's, streamed, or a short error.
-pub(super) type Body = BoxBody<Bytes, hyper::Error>;
+pub(super) type Body = BoxBody<Bytes, BodyError>;
 
 /// A request body sent upstream: the client's, streamed, or a buffered copy
 /// (for requests that may be retried).
@@ -344,7 +344,7 @@ async fn forward(
         }
         let counters = &pool.stats[id];
         match &result {
-            Ok((resp, _)) => {
+            Ok(resp) => {
                 counters.response(resp.status());
                 upstream.record(pool, id, Outcome::Status(resp.status().as_u16()));
             }
@@ -398,14 +398,12 @@ async fn forward(
         }
 
         return match result {
-            Ok((resp, lease)) => {
+            Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 rule.response_headers().apply(&mut parts.headers);
                 let body = Counted {
                     inner: body,
-                    ended: false,
-                    lease,
                     _guard: request_guard,
                 };
                 Response::from_parts(parts, body.boxed())
@@ -429,17 +427,12 @@ const DRAIN_FLOOR: Duration = Duration::from_millis(10);
 /// Waits out a retry's backoff `pause` while reading the rest of the answer
 /// being retried (up to [`MAX_DRAIN`] bytes, until the pause or
 /// [`DRAIN_FLOOR`] is over), so that its keep-alive connection goes back to
-/// the pool instead of being closed with the body unread.
-async fn pause_reading(
-    pause: Duration,
-    refused: Result<(Response<Incoming>, Option<Lease>), Failure>,
-) {
+/// the pool (at the body's end) instead of being closed with the body
+/// unread.
+async fn pause_reading(pause: Duration, refused: Result<Response<Upstream>, Failure>) {
     let drain = async {
-        if let Ok((resp, Some(lease))) = refused {
-            let body = Limited::new(resp.into_body(), MAX_DRAIN);
-            if body.collect().await.is_ok() {
-                lease.release();
-            }
+        if let Ok(resp) = refused {
+            let _ = Limited::new(resp.into_body(), MAX_DRAIN).collect().await;
         }
     };
     // Past the time allowed, the answer is dropped and its connection
@@ -509,8 +502,8 @@ async fn replayable(body: Incoming, deadline: Option<Instant>) -> Result<Bytes, 
 /// Following Envoy: `gateway-error` and `5xx` also cover failures that the
 /// proxy would answer with a 502 or 504 itself (connect failure, reset,
 /// per-try timeout).
-fn wants_retry<T>(policy: &RetryPolicy, result: &Result<(Response<Incoming>, T), Failure>) -> bool {
-    let result = result.as_ref().map(|(r, _)| r);
+fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Upstream>, Failure>) -> bool {
+    let result = result.as_ref();
     policy.retry_on.iter().any(|on| match (on, result) {
         (RetryOn::ServerError, Ok(r)) => r.status().is_server_error(),
         (RetryOn::GatewayError, Ok(r)) => matches!(r.status().as_u16(), 502..=504),
@@ -536,39 +529,21 @@ fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
 }
 
 /// A response body that counts its request as in flight (for the circuit
-/// breaker) until it ends or is dropped, and gives its HTTP/1.1 connection
-/// back to the pool if it was read to the end.
+/// breaker) until it ends or is dropped.
 struct Counted {
-    inner: Incoming,
-    ended: bool,
-    lease: Option<Lease>,
+    inner: Upstream,
     _guard: Guard,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take()
-            && (self.ended || self.inner.is_end_stream())
-        {
-            lease.release();
-        }
-    }
 }
 
 impl hyper::body::Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.ended = true;
-        }
-        frame
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

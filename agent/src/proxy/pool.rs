@@ -6,10 +6,10 @@
 //!
 //! The proxy keeps its own pool rather than a general-purpose pooled client
 //! because it already knows which endpoint a request goes to: a checkout is
-//! a pop from that endpoint's stack, and a connection goes back when its
-//! response body ends (from the body's drop, with no task to wait for it).
-//! It also needs per-service limits that a client keyed by authority
-//! cannot count.
+//! a pop from that endpoint's stack, and an HTTP/1.1 connection goes back
+//! the moment its response body has been read to the end (see [`h1`]: no
+//! task per connection, nothing buffered while idle). It also needs
+//! per-service limits that a client keyed by authority cannot count.
 //!
 //! A request waits for a connection only when the service has
 //! `max_connections` open and none of them is idle on its endpoint (on any
@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http2;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
@@ -37,6 +38,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::h1;
 use super::http::Outbound;
 use super::workers;
 
@@ -165,7 +167,7 @@ impl Connections {
             for idle in &c.idle {
                 idle.lock()
                     .expect("idle")
-                    .retain(|i| !i.tx.is_closed() && keep(i.since));
+                    .retain(|i| i.conn.is_open() && keep(i.since));
             }
             if !keep(Instant::now()) {
                 for shared in &c.shared {
@@ -201,7 +203,7 @@ impl Connections {
 
 /// An idle HTTP/1.1 connection.
 struct Idle {
-    tx: http1::SendRequest<Outbound>,
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -232,27 +234,68 @@ impl std::fmt::Debug for Conns {
     }
 }
 
-/// A connection lent to one HTTP/1.1 exchange; it goes back to its
-/// endpoint when the response body has been read to the end.
+/// Where a connection lent to one HTTP/1.1 exchange goes back when its
+/// response body has been read to the end.
 pub(super) struct Lease {
     conns: Arc<Conns>,
     limits: Arc<Limits>,
-    tx: http1::SendRequest<Outbound>,
-    /// The proxy thread whose runtime drives the connection.
+    /// The proxy thread whose runtime the connection's socket is
+    /// registered with.
     thread: usize,
 }
 
 impl Lease {
-    /// Returns the connection for reuse.
-    pub(super) fn release(self) {
+    /// Returns `conn` for reuse.
+    pub(super) fn release(self, conn: h1::Conn) {
         self.conns.idle[self.thread]
             .lock()
             .expect("idle")
             .push_back(Idle {
-                tx: self.tx,
+                conn,
                 since: Instant::now(),
             });
         self.limits.wake_pending();
+    }
+}
+
+/// A response body from an endpoint, over HTTP/1.1 (the proxy's own
+/// client) or HTTP/2 (hyper's).
+pub(super) enum Upstream {
+    /// Read from its connection as it is polled.
+    Http1(h1::Body),
+    /// Received by the HTTP/2 connection's task.
+    Http2(Incoming),
+}
+
+/// Why an upstream response body broke off.
+pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl hyper::body::Body for Upstream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Upstream::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Upstream::Http2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Http1(b) => b.is_end_stream(),
+            Upstream::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Upstream::Http1(b) => b.size_hint(),
+            Upstream::Http2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -314,15 +357,15 @@ impl Conns {
 
     /// Sends `req` on a connection to this endpoint, reusing an idle one
     /// when there is one, within `config`'s connect timeout and connection
-    /// limits; the response, and for HTTP/1.1 the connection to release
-    /// when its body ends.
+    /// limits. An HTTP/1.1 connection goes back to the endpoint when the
+    /// response body has been read to its end.
     pub(super) async fn send(
         self: &Arc<Self>,
         service: &Connections,
         config: &Service,
         tasks: &TaskTracker,
         mut req: Request<Outbound>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
+    ) -> Result<Response<Upstream>, Failure> {
         let limits = &service.limits;
         let thread = workers::index().min(self.idle.len() - 1);
         let (idle, shared) = (&self.idle[thread], &self.shared[thread]);
@@ -351,7 +394,7 @@ impl Conns {
                 }
                 if let Some(mut tx) = current.filter(|tx| !tx.is_closed()) {
                     return match tx.try_send_request(req).await {
-                        Ok(resp) => Ok((resp, None)),
+                        Ok(resp) => Ok(resp.map(Upstream::Http2)),
                         Err(mut e) => match e.take_message() {
                             // Closed before it was sent: a new connection.
                             Some(r) => {
@@ -384,8 +427,8 @@ impl Conns {
                 {
                     continue;
                 }
-            } else if let Some((mut tx, home)) = checkout(idle, idle_timeout)
-                .map(|tx| (tx, thread))
+            } else if let Some((conn, home)) = checkout(idle, idle_timeout)
+                .map(|conn| (conn, thread))
                 .or_else(|| {
                     anywhere
                         .then(|| {
@@ -397,29 +440,7 @@ impl Conns {
                         .flatten()
                 })
             {
-                if tx.ready().await.is_err() {
-                    continue;
-                }
-                return match tx.try_send_request(req).await {
-                    Ok(resp) => Ok((
-                        resp,
-                        Some(Lease {
-                            conns: self.clone(),
-                            limits: limits.clone(),
-                            tx,
-                            thread: home,
-                        }),
-                    )),
-                    Err(mut e) => match e.take_message() {
-                        // The connection closed before the request went
-                        // out: another one.
-                        Some(r) => {
-                            req = r;
-                            continue;
-                        }
-                        None => Err(Failure::Reset),
-                    },
-                };
+                return self.exchange(conn, home, limits, req).await;
             }
             if let Some(slot) = limits.try_connect(config.circuit_breaker.max_connections) {
                 drop(pending.take());
@@ -438,10 +459,9 @@ impl Conns {
                     Err(_) => return Err(Failure::Connect),
                 };
                 let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(stream);
                 if self.http2 {
                     let exec = Tracked(tasks.clone());
-                    let (tx, conn) = http2::handshake(exec, io)
+                    let (tx, conn) = http2::handshake(exec, TokioIo::new(stream))
                         .await
                         .map_err(|_| Failure::Connect)?;
                     tasks.spawn(async move {
@@ -451,20 +471,11 @@ impl Conns {
                         }
                     });
                     *shared.lock().expect("http2") = Some(tx);
-                } else {
-                    let (tx, conn) = http1::handshake(io).await.map_err(|_| Failure::Connect)?;
-                    tasks.spawn(async move {
-                        let _slot = slot;
-                        if let Err(error) = conn.await {
-                            debug!(%error, "upstream connection ended with an error");
-                        }
-                    });
-                    idle.lock().expect("idle").push_back(Idle {
-                        tx,
-                        since: Instant::now(),
-                    });
+                    continue;
                 }
-                continue;
+                return self
+                    .exchange(h1::Conn::new(stream, slot), thread, limits, req)
+                    .await;
             }
             // A request waiting for a free connection does not keep others
             // of its thread from using one opened meanwhile.
@@ -512,24 +523,45 @@ impl Conns {
             }
         }
     }
+
+    /// Sends `req` on `conn`, an HTTP/1.1 connection registered with proxy
+    /// thread `thread`'s runtime, where it goes back once the response has
+    /// been read.
+    async fn exchange(
+        self: &Arc<Self>,
+        conn: h1::Conn,
+        thread: usize,
+        limits: &Arc<Limits>,
+        req: Request<Outbound>,
+    ) -> Result<Response<Upstream>, Failure> {
+        let lease = Lease {
+            conns: self.clone(),
+            limits: limits.clone(),
+            thread,
+        };
+        match conn.send(req, lease).await {
+            Ok(resp) => Ok(resp.map(Upstream::Http1)),
+            Err(error) => {
+                debug!(host = %self.host, port = self.port, %error, "exchange failed");
+                Err(Failure::Reset)
+            }
+        }
+    }
 }
 
 /// The most recently used idle connection of `idle` that is still open and
 /// idle for less than `timeout`. The least recently used one is dropped if
 /// it is not (one per checkout, so that old connections do not pile up
 /// under a stack that is never emptied).
-fn checkout(
-    idle: &Mutex<VecDeque<Idle>>,
-    timeout: Duration,
-) -> Option<http1::SendRequest<Outbound>> {
+fn checkout(idle: &Mutex<VecDeque<Idle>>, timeout: Duration) -> Option<h1::Conn> {
     let mut idle = idle.lock().expect("idle");
-    let usable = |c: &Idle| !c.tx.is_closed() && c.since.elapsed() < timeout;
+    let usable = |c: &Idle| c.since.elapsed() < timeout && c.conn.is_open();
     if idle.front().is_some_and(|c| !usable(c)) {
         idle.pop_front();
     }
     while let Some(conn) = idle.pop_back() {
         if usable(&conn) {
-            return Some(conn.tx);
+            return Some(conn.conn);
         }
     }
     None

@@ -1,0 +1,731 @@
+//! The proxy's own HTTP/1.1 client side: one request at a time on a pooled
+//! keep-alive connection to an endpoint, driven by the task that serves
+//! the client's request.
+//!
+//! A general-purpose client runs each connection as a task of its own and
+//! reaches it through a channel, so every request crosses two tasks and the
+//! connection keeps a queue and buffers while idle. Here the request's task
+//! writes the request and reads the response head itself, and the response
+//! body ([`Body`]) reads the rest from the socket as the client's side asks
+//! for it; when it has read the last byte of a reusable response it gives
+//! the connection back to its endpoint's idle stack ([`Lease::release`]).
+//!
+//! A streamed request body is sent as the endpoint reads it, and goes on
+//! being sent while the response body is read (an echo, a streaming
+//! upload answered early); a connection whose request body was not sent
+//! whole is not reused.
+//!
+//! Message framing follows RFC 9112: the request is re-framed from its body
+//! (`Content-Length` when its size is known, chunked otherwise); the
+//! response body is delimited by `Transfer-Encoding: chunked`, by
+//! `Content-Length`, or by the connection closing, and is empty for `HEAD`,
+//! `1xx`, `204` and `304`. A response whose framing is ambiguous or
+//! malformed is refused (the try fails as a reset), and a connection whose
+//! framing cannot be trusted afterwards is not reused.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Either};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+use tracing::debug;
+
+use super::http::Outbound;
+use super::pool::{Lease, Slot};
+
+/// The largest response head (status line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// The most header fields a response head may have.
+const MAX_HEADERS: usize = 100;
+
+/// The longest chunk-size or trailer line accepted in a chunked body.
+const MAX_LINE: usize = 4 * 1024;
+
+/// How much room each read asks for. Small answers (most of them) fit in
+/// one read; larger bodies are passed on a read at a time.
+const READ_SIZE: usize = 8 * 1024;
+
+/// A buffered request body up to this size goes out in the same write as
+/// the head.
+const COALESCE: usize = 16 * 1024;
+
+/// Why an exchange failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Error {
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The connection closed before a complete response head.
+    #[error("connection closed before a response")]
+    Closed,
+    /// The endpoint answered something that is not a valid HTTP/1.x
+    /// response head.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+/// An open connection to an endpoint, counted against its service's
+/// connection limit until dropped.
+pub(super) struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet used; empty between exchanges.
+    buf: BytesMut,
+    _slot: Slot,
+}
+
+impl Conn {
+    /// A connection over `io`, counted by `slot`.
+    pub(super) fn new(io: TcpStream, slot: Slot) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            _slot: slot,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the endpoint has
+    /// neither closed it nor sent anything unasked. Costs no system call
+    /// unless the socket has become readable.
+    pub(super) fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `req` and reads the response head. The response's body reads
+    /// the rest and hands the connection to `lease` when it may be reused.
+    pub(super) async fn send(
+        mut self,
+        req: Request<Outbound>,
+        lease: Lease,
+    ) -> Result<Response<Body>, Error> {
+        let (parts, body) = req.into_parts();
+        let head_request = parts.method == Method::HEAD;
+        // A buffered body (or none) goes out with the head; a streamed one
+        // is sent while the response is awaited.
+        let (buffered, stream) = match body {
+            Either::Right(full) => {
+                let bytes = full
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_else(|never| match never {});
+                (bytes, None)
+            }
+            Either::Left(incoming) if incoming.is_end_stream() => (Bytes::new(), None),
+            Either::Left(incoming) => (Bytes::new(), Some(incoming)),
+        };
+        let length = match &stream {
+            None => Some(buffered.len() as u64),
+            Some(incoming) => incoming.size_hint().exact(),
+        };
+        let mut out = Vec::with_capacity(256 + buffered.len().min(COALESCE));
+        encode_head(&parts, length, &mut out);
+        if buffered.len() <= COALESCE {
+            out.extend_from_slice(&buffered);
+        }
+        self.io.write_all(&out).await?;
+        drop(out);
+        if buffered.len() > COALESCE {
+            self.io.write_all(&buffered).await?;
+        }
+
+        // A streamed body is sent as the endpoint reads it, while its
+        // answer is awaited and, if the answer comes first (an echo, an
+        // early error), while the answer's body is read.
+        let mut upload = stream.map(|body| {
+            Box::new(Upload {
+                body,
+                chunked: length.is_none(),
+                out: VecDeque::new(),
+                finished: false,
+            })
+        });
+        let mut reusable = true;
+        let head = std::future::poll_fn(|cx| {
+            advance(&mut upload, &mut reusable, &mut self.io, cx);
+            poll_head(&mut self.io, &mut self.buf, head_request, cx)
+        })
+        .await?;
+        let Head {
+            response,
+            framing,
+            keep_alive,
+        } = head;
+        let mut body = Body {
+            framing,
+            conn: Some(self),
+            lease: Some(lease),
+            upload,
+            reusable: reusable && keep_alive,
+        };
+        body.release_if_done();
+        let (parts, ()) = response.into_parts();
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Writes the request line and headers, framed for a body of `length`
+/// bytes (`None`: unknown, sent chunked).
+fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        // Framing is this hop's (below); the proxy answers `Expect`
+        // itself, having read the body to send it on.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match length {
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // An empty body is announced only where one is expected, or
+        // where the client announced it.
+        Some(0)
+            if !parts.headers.contains_key(header::CONTENT_LENGTH)
+                && matches!(
+                    parts.method,
+                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+                ) => {}
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A streamed request body on its way to the endpoint.
+struct Upload {
+    body: Incoming,
+    /// Sent chunked (its size is unknown), or as is.
+    chunked: bool,
+    /// Framed pieces not yet written.
+    out: VecDeque<Bytes>,
+    /// The body has ended; what is left to write is in `out`.
+    finished: bool,
+}
+
+impl Upload {
+    /// Writes what can be written now: ready when all of it is sent, or
+    /// when sending failed (the client's body or the connection broke).
+    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            while let Some(front) = self.out.front_mut() {
+                match Pin::new(&mut *io).poll_write(cx, front) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        front.advance(n);
+                        if front.is_empty() {
+                            self.out.pop_front();
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.finished {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not forwarded.
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if self.chunked {
+                            self.out
+                                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                            self.out.push_back(data);
+                            self.out.push_back(Bytes::from_static(b"\r\n"));
+                        } else {
+                            self.out.push_back(data);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Ready(None) => {
+                    if self.chunked {
+                        self.out.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                    self.finished = true;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Moves `upload` on, if there is one: gone once sent; gone, and the
+/// connection not to be reused, once failed.
+fn advance(
+    upload: &mut Option<Box<Upload>>,
+    reusable: &mut bool,
+    io: &mut TcpStream,
+    cx: &mut Context<'_>,
+) {
+    if let Some(u) = upload {
+        match u.poll_send(io, cx) {
+            Poll::Ready(Ok(())) => *upload = None,
+            Poll::Ready(Err(error)) => {
+                debug!(%error, "request body not sent whole");
+                *upload = None;
+                *reusable = false;
+            }
+            Poll::Pending => {}
+        }
+    }
+}
+
+/// A parsed response head.
+struct Head {
+    response: Response<()>,
+    framing: Framing,
+    /// Whether the endpoint lets the connection be reused.
+    keep_alive: bool,
+}
+
+/// Reads the response head into `buf` (skipping interim `1xx` answers)
+/// and leaves the bytes after it there.
+fn poll_head(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    head_request: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, Error>> {
+    loop {
+        if !buf.is_empty()
+            && let Some(head) = parse_head(buf, head_request)?
+        {
+            match head {
+                Parsed::Interim => continue,
+                Parsed::Final(head) => return Poll::Ready(Ok(head)),
+            }
+        }
+        if buf.len() >= MAX_HEAD {
+            return Poll::Ready(Err(Error::Invalid("response head too large")));
+        }
+        buf.reserve(READ_SIZE);
+        match poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::Closed)),
+            Poll::Ready(Ok(_)) => {}
+        }
+    }
+}
+
+/// What [`parse_head`] found.
+enum Parsed {
+    /// An interim (`1xx`) answer, consumed.
+    Interim,
+    /// The final answer's head, consumed.
+    Final(Head),
+}
+
+/// Parses a complete response head at the start of `buf`, or `None` when
+/// more bytes are needed.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Invalid("too many header fields"));
+        }
+        Err(_) => return Err(Error::Invalid("malformed head")),
+    };
+    let code = parsed.code.ok_or(Error::Invalid("no status"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("status"))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The proxy never asks for an upgrade.
+        return Err(Error::Invalid("unrequested protocol switch"));
+    }
+    if status.is_informational() {
+        buf.advance(len);
+        return Ok(Some(Parsed::Interim));
+    }
+    // The values are slices of the head, which is kept as one buffer.
+    let raw: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| Error::Invalid("header name"))?;
+            let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+            Ok((name, start..start + h.value.len()))
+        })
+        .collect::<Result<_, Error>>()?;
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(raw.len());
+    for (name, range) in raw {
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| Error::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+
+    let mut keep_alive = connection_allows_reuse(&headers, version);
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Length(0)
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            // With both, Transfer-Encoding wins and the connection is not
+            // reused (RFC 9112 §6.3).
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                keep_alive = false;
+            }
+            let last = headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .rfind(|c| !c.is_empty());
+            match last {
+                Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
+                _ => {
+                    keep_alive = false;
+                    Framing::Close
+                }
+            }
+        } else if let Some(len) = content_length(&headers)? {
+            Framing::Length(len)
+        } else {
+            keep_alive = false;
+            Framing::Close
+        };
+    // This hop's framing is not the next one's.
+    headers.remove(header::TRANSFER_ENCODING);
+    if matches!(framing, Framing::Chunked(_) | Framing::Close) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(Parsed::Final(Head {
+        response,
+        framing,
+        keep_alive,
+    })))
+}
+
+/// The body length `Content-Length` gives: every value must be the same
+/// number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value
+            .to_str()
+            .map_err(|_| Error::Invalid("content-length"))?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::Invalid("content-length"));
+            }
+            let n: u64 = part.parse().map_err(|_| Error::Invalid("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// Whether the response's `Connection` header and version let the
+/// connection be reused.
+fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_11 {
+        !has("close")
+    } else {
+        has("keep-alive") && !has("close")
+    }
+}
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    /// At the last chunk, in this state.
+    Chunked(Chunked),
+    /// When the endpoint closes the connection.
+    Close,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// Before the CRLF that ends a chunk.
+    DataEnd,
+    /// Among the trailer lines after the last chunk.
+    Trailers,
+    /// Past the end.
+    Done,
+}
+
+/// One step of decoding a body out of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The body is complete.
+    End,
+    /// The buffer holds no more of the body yet.
+    More,
+}
+
+/// Takes the next piece of the body from `buf`, in `framing`.
+fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
+    match framing {
+        Framing::Length(0) => Ok(Decoded::End),
+        Framing::Length(left) => {
+            if buf.is_empty() {
+                return Ok(Decoded::More);
+            }
+            let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+            *left -= n as u64;
+            Ok(Decoded::Data(buf.split_to(n).freeze()))
+        }
+        Framing::Close => {
+            if buf.is_empty() {
+                return Ok(Decoded::More);
+            }
+            Ok(Decoded::Data(buf.split().freeze()))
+        }
+        Framing::Chunked(state) => loop {
+            match *state {
+                Chunked::Done => return Ok(Decoded::End),
+                Chunked::Size => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::More);
+                    };
+                    let digits = line[..].split(|&b| b == b';').next().unwrap_or_default();
+                    let digits = digits.trim_ascii();
+                    if digits.is_empty() || digits.len() > 15 {
+                        return Err("chunk size");
+                    }
+                    let size = std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| u64::from_str_radix(d, 16).ok())
+                        .ok_or("chunk size")?;
+                    *state = if size == 0 {
+                        Chunked::Trailers
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    *state = match left - n as u64 {
+                        0 => Chunked::DataEnd,
+                        rest => Chunked::Data(rest),
+                    };
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk end");
+                    }
+                    buf.advance(2);
+                    *state = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Decoded::More);
+                    };
+                    // Trailer fields are not forwarded; an empty line ends
+                    // the body.
+                    if line.is_empty() {
+                        *state = Chunked::Done;
+                    }
+                }
+            }
+        },
+    }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) from `buf`.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(at) => {
+            let line = buf.split_to(at);
+            buf.advance(2);
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err("chunk line too long"),
+        None => Ok(None),
+    }
+}
+
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BodyError {
+    /// The connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    /// The endpoint closed the connection before the body's end.
+    #[error("upstream closed the connection before the end of the body")]
+    Closed,
+    /// The body's framing is malformed.
+    #[error("invalid upstream body: {0}")]
+    Invalid(&'static str),
+}
+
+/// A response body read from its connection as it is polled. The
+/// connection goes back to its endpoint's idle stack once the body has
+/// been read to its end, if the endpoint allows reuse; dropped earlier,
+/// it is closed.
+pub(super) struct Body {
+    framing: Framing,
+    /// `None` once the body has ended.
+    conn: Option<Conn>,
+    lease: Option<Lease>,
+    /// The rest of a streamed request body, sent as this body is read.
+    upload: Option<Box<Upload>>,
+    reusable: bool,
+}
+
+impl Body {
+    /// At the body's end, gives the connection back (or closes it).
+    fn finish(&mut self) {
+        let conn = self.conn.take();
+        // Not while a request body is still on its way: the endpoint
+        // answered without reading all of it.
+        if let (Some(mut conn), Some(lease)) = (conn, self.lease.take())
+            && self.reusable
+            && self.upload.is_none()
+            && conn.buf.is_empty()
+        {
+            // An idle connection keeps no grown buffer.
+            if conn.buf.capacity() > READ_SIZE {
+                conn.buf = BytesMut::new();
+            }
+            lease.release(conn);
+        }
+    }
+
+    /// Finishes at once a body that is empty.
+    fn release_if_done(&mut self) {
+        if self.framing == Framing::Length(0) {
+            self.finish();
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            advance(&mut this.upload, &mut this.reusable, &mut conn.io, cx);
+            match decode(&mut this.framing, &mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if matches!(
+                        this.framing,
+                        Framing::Length(0) | Framing::Chunked(Chunked::Done)
+                    ) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => {}
+                Err(why) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(BodyError::Invalid(why))));
+                }
+            }
+            if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 4 {
+                conn.buf.reserve(READ_SIZE);
+            }
+            match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(BodyError::Io(e))));
+                }
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    return Poll::Ready(match this.framing {
+                        Framing::Close => None,
+                        _ => Some(Err(BodyError::Closed)),
+                    });
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+            || matches!(
+                self.framing,
+                Framing::Length(0) | Framing::Chunked(Chunked::Done)
+            )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

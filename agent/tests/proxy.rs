@@ -512,10 +512,20 @@ async fn canary_split_header_and_regex_routing_with_rewrite() {
     assert_eq!(a.headers["x-path"], "/new/thing?q=1");
     assert_eq!(a.headers["x-saw-added"], "yes");
     assert_eq!(a.headers["x-saw-forwarded-for"], "10.1.1.1, 127.0.0.1");
+    let id = a.headers["x-saw-request-id"].to_str().unwrap().to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a request id (128 bits in hex) is added when absent: {id:?}"
+    );
+    let a = get(&c, &format!("{base}/old/thing"), &[]).await;
     assert_eq!(
-        a.headers["x-saw-request-id"].len(),
-        32,
-        "a request id is added when absent"
+        a.headers["x-saw-forwarded-for"], "127.0.0.1",
+        "the client's address alone when there is no earlier hop"
+    );
+    assert_ne!(
+        a.headers["x-saw-request-id"],
+        id.as_str(),
+        "each request its own id"
     );
     let a = get(&c, &format!("{base}/old/x"), &[("x-request-id", "abc")]).await;
     assert_eq!(

@@ -24,12 +24,13 @@
 //! framing cannot be trusted afterwards is not reused.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Either};
+use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -50,9 +51,13 @@ const MAX_HEADERS: usize = 100;
 /// The longest chunk-size or trailer line accepted in a chunked body.
 const MAX_LINE: usize = 4 * 1024;
 
-/// How much room each read asks for. Small answers (most of them) fit in
-/// one read; larger bodies are passed on a read at a time.
-const READ_SIZE: usize = 8 * 1024;
+/// How much room a read of a response head asks for: small answers (most
+/// of them) fit in one read.
+const HEAD_READ: usize = 4 * 1024;
+
+/// How much room a read of a response body asks for: larger bodies are
+/// passed on a read at a time.
+const BODY_READ: usize = 16 * 1024;
 
 /// A buffered request body up to this size goes out in the same write as
 /// the head.
@@ -112,14 +117,7 @@ impl Conn {
         // A buffered body (or none) goes out with the head; a streamed one
         // is sent while the response is awaited.
         let (buffered, stream) = match body {
-            Either::Right(full) => {
-                let bytes = full
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_else(|never| match never {});
-                (bytes, None)
-            }
+            Either::Right(full) => (take(full), None),
             Either::Left(incoming) if incoming.is_end_stream() => (Bytes::new(), None),
             Either::Left(incoming) => (Bytes::new(), Some(incoming)),
         };
@@ -127,13 +125,16 @@ impl Conn {
             None => Some(buffered.len() as u64),
             Some(incoming) => incoming.size_hint().exact(),
         };
-        let mut out = Vec::with_capacity(256 + buffered.len().min(COALESCE));
-        encode_head(&parts, length, &mut out);
+        // The head is made in the connection's buffer, which then takes
+        // the answer: one allocation for both.
+        let out = &mut self.buf;
+        out.reserve(HEAD_READ.max(512 + buffered.len().min(COALESCE)));
+        encode_head(&parts, length, out);
         if buffered.len() <= COALESCE {
             out.extend_from_slice(&buffered);
         }
-        self.io.write_all(&out).await?;
-        drop(out);
+        self.io.write_all(&self.buf).await?;
+        self.buf.clear();
         if buffered.len() > COALESCE {
             self.io.write_all(&buffered).await?;
         }
@@ -173,11 +174,20 @@ impl Conn {
     }
 }
 
+/// The bytes of a buffered body (which has them at once).
+fn take(mut full: Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
 /// Writes the request line and headers, framed for a body of `length`
 /// bytes (`None`: unknown, sent chunked).
-fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &mut Vec<u8>) {
+fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &mut BytesMut) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -206,9 +216,7 @@ fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &m
                     Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
                 ) => {}
         Some(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            let _ = write!(out, "content-length: {n}\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -324,7 +332,7 @@ fn poll_head(
         if buf.len() >= MAX_HEAD {
             return Poll::Ready(Err(Error::Invalid("response head too large")));
         }
-        buf.reserve(READ_SIZE);
+        buf.reserve(HEAD_READ);
         match poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
@@ -369,21 +377,22 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
         buf.advance(len);
         return Ok(Some(Parsed::Interim));
     }
-    // The values are slices of the head, which is kept as one buffer.
-    let raw: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| Error::Invalid("header name"))?;
-            let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-            Ok((name, start..start + h.value.len()))
-        })
-        .collect::<Result<_, Error>>()?;
+    // The values are slices of the head, which is kept as one buffer:
+    // where each name and value lies in it is noted on the stack first.
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = parsed.headers.len();
+    let base = buf.as_ptr() as usize;
+    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (name, name + h.name.len(), value, value + h.value.len());
+    }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(raw.len());
-    for (name, range) in raw {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name_start..name_end])
+            .map_err(|_| Error::Invalid("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| Error::Invalid("header value"))?;
         headers.append(name, value);
     }
@@ -640,10 +649,9 @@ impl Body {
             && self.upload.is_none()
             && conn.buf.is_empty()
         {
-            // An idle connection keeps no grown buffer.
-            if conn.buf.capacity() > READ_SIZE {
-                conn.buf = BytesMut::new();
-            }
+            // An idle connection holds no buffer (the body's last bytes
+            // may still share it until they are written out).
+            conn.buf = BytesMut::new();
             lease.release(conn);
         }
     }
@@ -690,8 +698,8 @@ impl hyper::body::Body for Body {
                     return Poll::Ready(Some(Err(BodyError::Invalid(why))));
                 }
             }
-            if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 4 {
-                conn.buf.reserve(READ_SIZE);
+            if conn.buf.capacity() - conn.buf.len() < BODY_READ / 4 {
+                conn.buf.reserve(BODY_READ);
             }
             match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
                 Poll::Pending => return Poll::Pending,

@@ -12,7 +12,6 @@
 //! backoff, within the route's timeout and the service's retry budget.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -24,6 +23,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -81,9 +81,13 @@ pub(super) async fn serve(
         ctx.stats.connection();
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
+        // Made once per connection: every request's `X-Forwarded-For` shares
+        // it.
+        let client = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let service = hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer, &ctx).await) }
+            let (ctx, client) = (ctx.clone(), client.clone());
+            async move { Ok::<_, Infallible>(handle(req, &client, &ctx).await) }
         });
         let conn = server
             .serve_connection(TokioIo::new(stream), service)
@@ -105,6 +109,18 @@ pub(super) async fn serve(
         debug!("drain timed out; closing the remaining connections");
     }
     connections.shutdown().await;
+}
+
+/// A new `X-Request-Id`: 128 random bits in hex.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (half, bits) in id.chunks_mut(16).zip([random(), random()]) {
+        for (i, digit) in half.iter_mut().enumerate() {
+            *digit = HEX[(bits >> (60 - 4 * i) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 /// The proxy's own short answer for `why`.
@@ -132,20 +148,30 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by Connection are hop-by-hop too.
+    // Headers named by Connection are hop-by-hop too. The usual tokens
+    // (`close`, `keep-alive`) are no others to remove: no list is made.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| {
+            !n.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
 }
 
-fn hash_of(on: &HashOn, headers: &HeaderMap, peer: SocketAddr) -> u64 {
+/// The hash of a request for consistent hashing; `client` is its client's
+/// address as text.
+fn hash_of(on: &HashOn, headers: &HeaderMap, client: &HeaderValue) -> u64 {
     match on {
         HashOn::Header(name) => headers
             .get(name.as_str())
@@ -160,21 +186,21 @@ fn hash_of(on: &HashOn, headers: &HeaderMap, peer: SocketAddr) -> u64 {
                 (k == name).then(|| hash_key(v.as_bytes()))
             })
             .unwrap_or(0),
-        HashOn::SourceIp => hash_key(peer.ip().to_string().as_bytes()),
+        HashOn::SourceIp => hash_key(client.as_bytes()),
     }
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Response<Body> {
+async fn handle(req: Request<Incoming>, client: &HeaderValue, ctx: &Context) -> Response<Body> {
     let started = Instant::now();
     let table = ctx.table();
-    let resp = forward(req, peer, &table, ctx, started).await;
+    let resp = forward(req, client, &table, ctx, started).await;
     ctx.stats.response(resp.status(), started.elapsed());
     resp
 }
 
 async fn forward(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: &HeaderValue,
     table: &super::Table,
     ctx: &Context,
     started: Instant,
@@ -214,7 +240,7 @@ async fn forward(
     let pool = upstream.pool(&dest.subset);
     let hash = match &service.balance {
         switchyard::resource::Balance::RingHash(on) | switchyard::resource::Balance::Maglev(on) => {
-            Some(hash_of(on, &parts.headers, peer))
+            Some(hash_of(on, &parts.headers, client))
         }
         _ => None,
     };
@@ -226,7 +252,7 @@ async fn forward(
             .uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"))
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
     });
     // HTTP/2 clients send the authority, not a Host header; keep it for
     // HTTP/1.1 upstreams (which get the endpoint's when there is neither).
@@ -238,20 +264,18 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     let xff = HeaderName::from_static("x-forwarded-for");
-    let client_ip = peer.ip().to_string();
     let forwarded = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip,
+        Some(prior) => {
+            HeaderValue::from_str(&format!("{prior}, {}", client.to_str().unwrap_or_default())).ok()
+        }
+        None => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(v) = forwarded {
         parts.headers.insert(xff, v);
     }
     let request_id = HeaderName::from_static("x-request-id");
     if !parts.headers.contains_key(&request_id) {
-        let id = format!("{:016x}{:016x}", random(), random());
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            parts.headers.insert(request_id, v);
-        }
+        parts.headers.insert(request_id, new_request_id());
     }
     rule.request_headers().apply(&mut parts.headers);
 

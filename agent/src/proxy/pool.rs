@@ -444,32 +444,11 @@ impl Conns {
             }
             if let Some(slot) = limits.try_connect(config.circuit_breaker.max_connections) {
                 drop(pending.take());
-                let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
-                let stream = tokio::time::timeout(
-                    left.max(Duration::from_millis(1)),
-                    TcpStream::connect((self.host.as_str(), self.port)),
-                )
-                .await;
-                let stream = match stream {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(error)) => {
-                        debug!(host = %self.host, port = self.port, %error, "connect failed");
-                        return Err(Failure::Connect);
-                    }
-                    Err(_) => return Err(Failure::Connect),
-                };
-                let _ = stream.set_nodelay(true);
+                // Opening a connection is the rare path: boxed, so that
+                // its state does not enlarge every request's.
+                let stream = Box::pin(self.connect(wait_until)).await?;
                 if self.http2 {
-                    let exec = Tracked(tasks.clone());
-                    let (tx, conn) = http2::handshake(exec, TokioIo::new(stream))
-                        .await
-                        .map_err(|_| Failure::Connect)?;
-                    tasks.spawn(async move {
-                        let _slot = slot;
-                        if let Err(error) = conn.await {
-                            debug!(%error, "upstream connection ended with an error");
-                        }
-                    });
+                    let tx = Box::pin(handshake(stream, slot, tasks)).await?;
                     *shared.lock().expect("http2") = Some(tx);
                     continue;
                 }
@@ -524,6 +503,24 @@ impl Conns {
         }
     }
 
+    /// Opens a connection to the endpoint, by `wait_until` (at least a
+    /// millisecond from now).
+    async fn connect(&self, wait_until: tokio::time::Instant) -> Result<TcpStream, Failure> {
+        let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
+        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        match tokio::time::timeout(left.max(Duration::from_millis(1)), connecting).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(error)) => {
+                debug!(host = %self.host, port = self.port, %error, "connect failed");
+                Err(Failure::Connect)
+            }
+            Err(_) => Err(Failure::Connect),
+        }
+    }
+
     /// Sends `req` on `conn`, an HTTP/1.1 connection registered with proxy
     /// thread `thread`'s runtime, where it goes back once the response has
     /// been read.
@@ -547,6 +544,26 @@ impl Conns {
             }
         }
     }
+}
+
+/// Starts HTTP/2 on `stream`, counted by `slot`, whose task (driving the
+/// connection) `tasks` tracks; the handle to send requests on it.
+async fn handshake(
+    stream: TcpStream,
+    slot: Slot,
+    tasks: &TaskTracker,
+) -> Result<http2::SendRequest<Outbound>, Failure> {
+    let exec = Tracked(tasks.clone());
+    let (tx, conn) = http2::handshake(exec, TokioIo::new(stream))
+        .await
+        .map_err(|_| Failure::Connect)?;
+    tasks.spawn(async move {
+        let _slot = slot;
+        if let Err(error) = conn.await {
+            debug!(%error, "upstream connection ended with an error");
+        }
+    });
+    Ok(tx)
 }
 
 /// The most recently used idle connection of `idle` that is still open and

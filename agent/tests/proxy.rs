@@ -1083,12 +1083,21 @@ async fn a_post_that_reached_the_endpoint_is_not_retried() {
 async fn request_and_response_bodies_stream_through_both_ways() {
     let backend = Backend::start("echo").await;
     let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &backend).await;
-    let url = format!("http://127.0.0.1:{port}/echo");
     type Chunks = StreamBody<
         tokio_stream::wrappers::ReceiverStream<Result<hyper::body::Frame<Bytes>, Infallible>>,
     >;
-    let streaming: Client<HttpConnector, Either<Full<Bytes>, Chunks>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    // Every request on one client connection, so on one proxy thread,
+    // whose idle upstream connections it reuses.
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut streaming, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        Either<Full<Bytes>, Chunks>,
+    >(TokioIo::new(stream))
+    .await
+    .unwrap();
+    let _conn = tokio::spawn(conn);
 
     // Of unknown size (sent chunked), arriving a piece at a time: echoed
     // back while it is still being sent.
@@ -1104,8 +1113,11 @@ async fn request_and_response_bodies_stream_through_both_ways() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
-    let req = Request::post(&url).body(Either::Right(body)).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), streaming.request(req))
+    let req = Request::post("/echo")
+        .header("host", "web")
+        .body(Either::Right(body))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), streaming.send_request(req))
         .await
         .expect("in time")
         .unwrap();
@@ -1121,21 +1133,24 @@ async fn request_and_response_bodies_stream_through_both_ways() {
             .map(|i| (i % 251) as u8)
             .collect::<Vec<u8>>(),
     );
-    let req = Request::post(&url)
+    let req = Request::post("/echo")
+        .header("host", "web")
         .body(Either::Left(Full::new(big.clone())))
         .unwrap();
-    let resp = streaming.request(req).await.unwrap();
+    streaming.ready().await.unwrap();
+    let resp = streaming.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-length"], "3000000");
     let echoed = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(echoed == big, "the sized body came back intact");
 
-    // Both exchanges left their upstream connection reusable (the same
-    // client connection keeps them on one proxy thread).
-    let req = Request::get(format!("http://127.0.0.1:{port}/"))
+    // Both exchanges left their upstream connection reusable.
+    let req = Request::get("/")
+        .header("host", "web")
         .body(Either::Left(Full::new(Bytes::new())))
         .unwrap();
-    let resp = streaming.request(req).await.unwrap();
+    streaming.ready().await.unwrap();
+    let resp = streaming.send_request(req).await.unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"echo");
     assert_eq!(backend.connections.load(Ordering::Relaxed), 1);

@@ -145,7 +145,7 @@ impl Conn {
         let mut upload = stream.map(|body| {
             Box::new(Upload {
                 body,
-                chunked: length.is_none(),
+                left: length,
                 out: VecDeque::new(),
                 finished: false,
             })
@@ -225,8 +225,9 @@ fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &m
 /// A streamed request body on its way to the endpoint.
 struct Upload {
     body: Incoming,
-    /// Sent chunked (its size is unknown), or as is.
-    chunked: bool,
+    /// The bytes still to come of a body of known size, sent as is;
+    /// `None` for one of unknown size, sent chunked.
+    left: Option<u64>,
     /// Framed pieces not yet written.
     out: VecDeque<Bytes>,
     /// The body has ended; what is left to write is in `out`.
@@ -251,7 +252,10 @@ impl Upload {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            if self.finished {
+            // A body of known size is sent once its last byte is, whether
+            // or not the client's side has seen its end yet (the endpoint
+            // may answer, and the connection be reused, before it has).
+            if self.finished || self.left == Some(0) {
                 return Poll::Ready(Ok(()));
             }
             match Pin::new(&mut self.body).poll_frame(cx) {
@@ -260,20 +264,31 @@ impl Upload {
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
-                        if self.chunked {
-                            self.out
-                                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                            self.out.push_back(data);
-                            self.out.push_back(Bytes::from_static(b"\r\n"));
-                        } else {
-                            self.out.push_back(data);
+                        match &mut self.left {
+                            None => {
+                                self.out
+                                    .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                                self.out.push_back(data);
+                                self.out.push_back(Bytes::from_static(b"\r\n"));
+                            }
+                            Some(left) => {
+                                *left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+                                    io::Error::other("request body longer than its length")
+                                })?;
+                                self.out.push_back(data);
+                            }
                         }
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
                 Poll::Ready(None) => {
-                    if self.chunked {
-                        self.out.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    match self.left {
+                        None => self.out.push_back(Bytes::from_static(b"0\r\n\r\n")),
+                        Some(_) => {
+                            return Poll::Ready(Err(io::Error::other(
+                                "request body shorter than its length",
+                            )));
+                        }
                     }
                     self.finished = true;
                 }

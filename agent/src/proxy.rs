@@ -73,7 +73,8 @@ pub trait Driver: Send + 'static {
 pub struct Builtin {
     /// Threads to serve traffic on; 0: the runtime that runs the proxy.
     threads: usize,
-    /// Upstream connection tasks, waited for at shutdown.
+    /// Upstream HTTP/2 connection tasks, waited for at shutdown (HTTP/1.1
+    /// connections have no task of their own).
     upstream_tasks: TaskTracker,
     services: Arc<Services>,
     listeners: Arc<ByName<ListenerStats>>,
@@ -115,8 +116,8 @@ impl Services {
         wanted
     }
 
-    /// Closes the idle upstream connections that `keep` refuses, so that
-    /// their tasks end.
+    /// Closes the idle upstream connections that `keep` refuses (and so
+    /// lets the tasks of HTTP/2 ones end).
     fn close_connections(&self, keep: impl Fn(std::time::Instant, Duration) -> bool + Copy) {
         for (_, shared) in self.all() {
             shared.connections.close_idle(keep);
@@ -517,7 +518,8 @@ impl Driver for Builtin {
         }
         while tasks.join_next().await.is_some() {}
         // The listeners have drained: close the upstream connections left
-        // idle and wait for their tasks (busy ones end with their request).
+        // idle and wait for the HTTP/2 ones' tasks (busy ones end with their
+        // request).
         drop(tables);
         self.services.close_connections(|_, _| false);
         self.upstream_tasks.close();
@@ -625,7 +627,7 @@ struct Context {
     tables: watch::Receiver<Arc<Table>>,
     /// The listener's counters, kept across configurations.
     stats: Arc<ListenerStats>,
-    /// Where upstream connection tasks run.
+    /// Where upstream HTTP/2 connection tasks run.
     upstream_tasks: TaskTracker,
 }
 

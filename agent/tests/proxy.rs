@@ -98,6 +98,7 @@ impl Backend {
                                 resp.headers_mut()
                                     .insert("x-saw-request-id", echo("x-request-id"));
                                 resp.headers_mut().insert("x-saw-added", echo("x-added"));
+                                resp.headers_mut().insert("x-saw-host", echo("host"));
                                 Ok(resp)
                             }
                         });
@@ -1154,6 +1155,53 @@ async fn request_and_response_bodies_stream_through_both_ways() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"echo");
     assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_reach_http1_endpoints() {
+    let backend = Backend::start("h1").await;
+    let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &backend).await;
+    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+    let h2: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+
+    // The authority becomes the upstream request's Host.
+    let resp = h2
+        .request(
+            Request::get(format!("http://127.0.0.1:{port}/x?y=1"))
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-path"], "/x?y=1");
+    assert_eq!(
+        resp.headers()["x-saw-host"].to_str().unwrap(),
+        format!("127.0.0.1:{port}")
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"h1");
+
+    // A body of unknown size (no content-length on HTTP/2) goes upstream
+    // chunked and comes back whole.
+    let pieces: Vec<Bytes> = (0..25).map(|i| Bytes::from(vec![b'a' + i; 4000])).collect();
+    let payload: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let frames = tokio_stream::iter(
+        pieces
+            .into_iter()
+            .map(|p| Ok::<_, Infallible>(hyper::body::Frame::data(p))),
+    );
+    let req = Request::post(format!("http://127.0.0.1:{port}/echo"))
+        .body(StreamBody::new(frames).boxed())
+        .unwrap();
+    assert!(hyper::body::Body::size_hint(req.body()).exact().is_none());
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(echoed == payload, "{} bytes echoed", echoed.len());
     proxy.stop().await;
 }
 

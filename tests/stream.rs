@@ -588,7 +588,72 @@ async fn health_for_another_nodes_endpoint_is_denied(db: TestDb) {
     server.stop().await;
 }
 
+/// Waits until `name` is stored with `health`; when, since `from`.
+async fn until_health(
+    server: &TestServer,
+    name: &str,
+    health: pb::Health,
+    from: tokio::time::Instant,
+) -> Duration {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if stored_endpoint(server, name).await.unwrap().health() == health {
+            return from.elapsed();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A health report after a quiet spell is written at once; the next one
+/// waits for the flush interval, which bounds the write rate.
+async fn health_after_a_quiet_spell_is_written_at_once(db: TestDb) {
+    let interval = Duration::from_secs(2);
+    let config = Config {
+        health_flush_interval: interval,
+        ..TestServer::config()
+    };
+    let server = TestServer::start_with(db.url(), config).await;
+    let start = apply(
+        &server,
+        vec![
+            item(service("web")),
+            owned_endpoint("a", "n1"),
+            owned_endpoint("b", "n1"),
+        ],
+    )
+    .await;
+    let mut agent = RawAgent::connect(server.url(), "n1", 0, vec![]).await;
+    agent.converge(start).await;
+
+    let sent = tokio::time::Instant::now();
+    agent
+        .send(health_report("a", pb::Health::Unhealthy, "down"))
+        .await;
+    let first = until_health(&server, "a", pb::Health::Unhealthy, sent).await;
+    assert!(
+        first < interval / 2,
+        "written {first:?} after the report, not at the next flush"
+    );
+
+    // The first write began after its report was sent, and the next may
+    // not begin sooner than one interval after it.
+    agent
+        .send(health_report("b", pb::Health::Unhealthy, "down"))
+        .await;
+    let second = until_health(&server, "b", pb::Health::Unhealthy, sent).await;
+    assert!(
+        second >= interval,
+        "b written {second:?} after a's report: within one flush interval of a's write"
+    );
+    server.stop().await;
+}
+
 switchyard_control_plane::both_backends!(
+    health_after_a_quiet_spell_is_written_at_once,
     flapping_endpoint_is_damped,
     health_for_another_nodes_endpoint_is_denied,
     stuck_agent_gets_one_coalesced_delta,

@@ -5,7 +5,9 @@
 //! Sessions never wait on the database: a report is checked against the
 //! replica's in-memory [`State`], then dropped into a map holding the newest
 //! report per endpoint. [`Reporter::run`] writes that map out in one
-//! transaction per flush interval, so the write rate is bounded by the
+//! transaction at a time, at most one per flush interval: a report after a
+//! quiet spell is written at once, and under load the reports of one
+//! interval share a transaction. The write rate is bounded by the
 //! interval, not by how fast endpoints flip, and memory by the number of
 //! endpoints. Written health flows to every agent through the change log
 //! like any other change, so all replicas and agents agree.
@@ -25,7 +27,7 @@ use std::time::Duration;
 use switchyard::pb;
 use switchyard::resource::{Kind, Ref};
 use switchyard::validate::{Invalid, Violations, join};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -100,6 +102,8 @@ pub struct Reporter {
     lease: Duration,
     // A std mutex: held only to update maps, never across .await.
     inner: Mutex<Inner>,
+    /// Signalled when a write is pending.
+    pending: Notify,
     /// What this replica wrote.
     pub stats: Stats,
 }
@@ -133,13 +137,15 @@ impl Flap {
 }
 
 impl Reporter {
-    /// A reporter writing every `flush_interval`, expiring nodes silent for `lease`.
+    /// A reporter writing at most once per `flush_interval`, expiring nodes
+    /// silent for `lease`.
     pub fn new(damping: Damping, flush_interval: Duration, lease: Duration) -> Self {
         Self {
             damping,
             flush_interval,
             lease,
             inner: Mutex::default(),
+            pending: Notify::new(),
             stats: Stats::default(),
         }
     }
@@ -206,6 +212,9 @@ impl Reporter {
         for (current, write) in accepted {
             inner.take(write, current, now, &self.damping, &self.stats);
         }
+        if !inner.pending.is_empty() {
+            self.pending.notify_one();
+        }
         Ok(())
     }
 
@@ -217,32 +226,51 @@ impl Reporter {
         state: watch::Receiver<Arc<State>>,
         shutdown: &CancellationToken,
     ) {
+        // The ticks write what damping releases, and retry failed writes.
         let mut flush = tokio::time::interval(self.flush_interval);
         let mut sweep = tokio::time::interval((self.lease / 4).max(Duration::from_millis(250)));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the last transaction was written.
+        let mut last: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = flush.tick() => self.flush(store, head).await,
-                _ = sweep.tick() => self.expire(store, &state).await,
+                _ = self.pending.notified() => {}
+                _ = flush.tick() => {}
+                _ = sweep.tick() => {
+                    self.expire(store, &state).await;
+                    continue;
+                }
+            }
+            // At most one transaction per interval: under load, the reports
+            // arriving meanwhile join this one.
+            if let Some(at) = last {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(at + self.flush_interval) => {}
+                }
+            }
+            let started = Instant::now();
+            if self.flush(store, head).await {
+                last = Some(started);
             }
         }
         // Reports already taken are not lost to a clean shutdown.
         self.flush(store, head).await;
     }
 
-    /// Writes every pending report in one transaction. On failure they are
-    /// kept for the next try, unless a newer one for the same endpoint
-    /// arrived meanwhile.
-    pub async fn flush<S: Store>(&self, store: &S, head: &Head) {
+    /// Writes every pending report in one transaction; whether it tried
+    /// to. On failure they are kept for the next try, unless a newer one
+    /// for the same endpoint arrived meanwhile.
+    pub async fn flush<S: Store>(&self, store: &S, head: &Head) -> bool {
         let writes: Vec<HealthWrite> = {
             let mut inner = self.inner.lock().expect("health reports");
             inner.release(Instant::now(), &self.damping);
             std::mem::take(&mut inner.pending).into_values().collect()
         };
         if writes.is_empty() {
-            return;
+            return false;
         }
         match store.write_health(writes.clone()).await {
             Ok(done) => {
@@ -267,6 +295,7 @@ impl Reporter {
                 }
             }
         }
+        true
     }
 
     /// Marks `unknown` the checked endpoints of nodes silent past the lease.
@@ -312,6 +341,7 @@ impl Reporter {
             }
         }
         if expired > 0 {
+            self.pending.notify_one();
             info!(
                 endpoints = expired,
                 "node leases expired; marking their endpoints unknown"

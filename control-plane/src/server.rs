@@ -45,7 +45,9 @@ pub struct Config {
     pub node_status_interval: Duration,
     /// How agent pushes are batched.
     pub fanout: fanout::Timing,
-    /// How often agents' health reports are written (one transaction each).
+    /// At most how often agents' health reports are written (one
+    /// transaction each): a report after a quiet spell is written at once,
+    /// and under load the reports of one interval share a transaction.
     pub health_flush_interval: Duration,
     /// How flapping endpoints are damped.
     pub damping: health::Damping,
@@ -68,7 +70,7 @@ impl Default for Config {
             node_lease: Duration::from_secs(30),
             node_status_interval: Duration::from_secs(1),
             fanout: fanout::Timing::default(),
-            health_flush_interval: Duration::from_millis(50),
+            health_flush_interval: Duration::from_millis(100),
             damping: health::Damping::default(),
             metrics_listen: None,
         }

@@ -231,7 +231,7 @@ impl Reporter {
         let mut sweep = tokio::time::interval((self.lease / 4).max(Duration::from_millis(250)));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // When the last transaction was written.
+        // When the last write began.
         let mut last: Option<Instant> = None;
         loop {
             tokio::select! {

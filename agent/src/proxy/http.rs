@@ -149,7 +149,8 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by Connection are hop-by-hop too. The usual tokens
-    // (`close`, `keep-alive`) are no others to remove: no list is made.
+    // (`close`, `keep-alive`) name nothing else to remove, so most messages
+    // make no list.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

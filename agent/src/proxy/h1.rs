@@ -63,18 +63,20 @@ const BODY_READ: usize = 16 * 1024;
 /// the head.
 const COALESCE: usize = 16 * 1024;
 
-/// Why an exchange failed before a response head arrived.
+/// Why an exchange failed: before the answer's head arrived (the try
+/// fails) or within its body (the answer breaks off).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Error {
-    /// The connection failed or closed.
-    #[error("connection: {0}")]
+    /// The connection failed.
+    #[error("upstream connection: {0}")]
     Io(#[from] io::Error),
-    /// The connection closed before a complete response head.
-    #[error("connection closed before a response")]
+    /// The endpoint closed the connection before the head's or the body's
+    /// end.
+    #[error("upstream closed the connection before the end of the answer")]
     Closed,
-    /// The endpoint answered something that is not a valid HTTP/1.x
-    /// response head.
-    #[error("invalid response: {0}")]
+    /// The endpoint answered something that is not valid HTTP/1.x: a
+    /// malformed or ambiguous head, or malformed body framing.
+    #[error("invalid upstream answer: {0}")]
     Invalid(&'static str),
 }
 
@@ -625,20 +627,6 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
     }
 }
 
-/// Why a response body broke off.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum BodyError {
-    /// The connection failed.
-    #[error("upstream connection: {0}")]
-    Io(#[from] io::Error),
-    /// The endpoint closed the connection before the body's end.
-    #[error("upstream closed the connection before the end of the body")]
-    Closed,
-    /// The body's framing is malformed.
-    #[error("invalid upstream body: {0}")]
-    Invalid(&'static str),
-}
-
 /// A response body read from its connection as it is polled. The
 /// connection goes back to its endpoint's idle stack once the body has
 /// been read to its end, if the endpoint allows reuse; dropped earlier,
@@ -681,12 +669,12 @@ impl Body {
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
         loop {
             let Some(conn) = this.conn.as_mut() else {
@@ -710,7 +698,7 @@ impl hyper::body::Body for Body {
                 Ok(Decoded::More) => {}
                 Err(why) => {
                     this.conn = None;
-                    return Poll::Ready(Some(Err(BodyError::Invalid(why))));
+                    return Poll::Ready(Some(Err(Error::Invalid(why))));
                 }
             }
             if conn.buf.capacity() - conn.buf.len() < BODY_READ / 4 {
@@ -720,13 +708,13 @@ impl hyper::body::Body for Body {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
-                    return Poll::Ready(Some(Err(BodyError::Io(e))));
+                    return Poll::Ready(Some(Err(Error::Io(e))));
                 }
                 Poll::Ready(Ok(0)) => {
                     this.conn = None;
                     return Poll::Ready(match this.framing {
                         Framing::Close => None,
-                        _ => Some(Err(BodyError::Closed)),
+                        _ => Some(Err(Error::Closed)),
                     });
                 }
                 Poll::Ready(Ok(_)) => {}

@@ -1289,6 +1289,71 @@ async fn oversized_request_head_is_refused() {
     proxy.stop().await;
 }
 
+/// Requests whose framing could be read two ways (the usual request
+/// smuggling vectors) are refused by the proxy: neither they nor what
+/// they hide reach the endpoint, and their connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_never_reach_the_endpoint() {
+    let web = Backend::start("web").await;
+    let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &web).await;
+    let hidden = "GET /hidden HTTP/1.1\r\nhost: web\r\n\r\n";
+    let attempts = [
+        format!(
+            "POST / HTTP/1.1\r\nhost: web\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{hidden}",
+            5 + hidden.len()
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nhost: web\r\ncontent-length: 0\r\ncontent-length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nhost: web\r\ntransfer-encoding: identity, chunked\r\n\r\n0\r\n\r\n{hidden}"
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunkedx\r\n\r\n0\r\n\r\n{hidden}"
+        ),
+    ];
+    for attempt in attempts {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _ = conn.write_all(attempt.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 501"),
+            "{attempt:?} is refused: {answer:?}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "one answer, then the connection closes: {answer:?}"
+        );
+    }
+    assert_eq!(
+        web.hits.load(Ordering::Relaxed),
+        0,
+        "nothing reached the endpoint"
+    );
+
+    // Two requests pipelined on one connection are both served, in order.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /a HTTP/1.1\r\nhost: web\r\ncontent-length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer:?}");
+    assert_eq!(web.hits.load(Ordering::Relaxed), 2);
+    proxy.stop().await;
+}
+
 /// `max_connections` caps the connections to a service; requests beyond
 /// them wait for one (up to `max_pending_requests`), and the rest are shed
 /// at once.

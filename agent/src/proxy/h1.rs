@@ -15,6 +15,9 @@
 //! upload answered early); a connection whose request body was not sent
 //! whole is not reused.
 //!
+//! The side facing the proxy's clients is [`server`], which shares this
+//! module's body framing.
+//!
 //! Message framing follows RFC 9112: the request is re-framed from its body
 //! (`Content-Length` when its size is known, chunked otherwise); the
 //! response body is delimited by `Transfer-Encoding: chunked`, by
@@ -27,11 +30,11 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{Either, Full};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -39,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
-use super::http::Outbound;
+use super::http::{Inbound, Outbound};
 use super::pool::{Lease, Slot};
 
 /// The largest response head (status line and headers) accepted.
@@ -135,8 +138,10 @@ impl Conn {
         if buffered.len() <= COALESCE {
             out.extend_from_slice(&buffered);
         }
+        drop(parts);
         self.io.write_all(&self.buf).await?;
-        self.buf.clear();
+        // The answer takes a buffer when it arrives.
+        self.buf = BytesMut::new();
         if buffered.len() > COALESCE {
             self.io.write_all(&buffered).await?;
         }
@@ -226,7 +231,7 @@ fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &m
 
 /// A streamed request body on its way to the endpoint.
 struct Upload {
-    body: Incoming,
+    body: Inbound,
     /// The bytes still to come of a body of known size, sent as is;
     /// `None` for one of unknown size, sent chunked.
     left: Option<u64>,
@@ -349,7 +354,14 @@ fn poll_head(
         if buf.len() >= MAX_HEAD {
             return Poll::Ready(Err(Error::Invalid("response head too large")));
         }
-        buf.reserve(HEAD_READ);
+        if buf.capacity() == buf.len() {
+            // Memory is taken for bytes that have arrived, not for an
+            // answer that is awaited.
+            if buf.is_empty() {
+                ready!(io.poll_read_ready(cx))?;
+            }
+            buf.reserve(HEAD_READ);
+        }
         match poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
@@ -737,6 +749,8 @@ impl hyper::body::Body for Body {
         }
     }
 }
+
+pub(super) mod server;
 
 #[cfg(test)]
 mod tests;

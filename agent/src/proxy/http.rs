@@ -1,6 +1,8 @@
 //! HTTP listeners: HTTP/1.1 and cleartext HTTP/2 (gRPC included) on one
 //! socket, routed per request and forwarded over pooled keep-alive
-//! connections (see [`super::pool`]).
+//! connections (see [`super::pool`]). HTTP/1.x clients are served by the
+//! proxy's own server side ([`super::h1::server`]); a connection that
+//! opens with the HTTP/2 preface goes to hyper's HTTP/2 server.
 //!
 //! A request is refused at once when its service has `max_requests` in
 //! flight, or `max_connections` open and `max_pending_requests` waiting for
@@ -26,13 +28,13 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use switchyard::resource::{HashOn, RetryOn, RetryPolicy};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::h1::server;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
@@ -47,10 +49,10 @@ pub(super) type Body = BoxBody<Bytes, BodyError>;
 
 /// A request body sent upstream: the client's, streamed, or a buffered copy
 /// (for requests that may be retried).
-pub(super) type Outbound = Either<Incoming, Full<Bytes>>;
+pub(super) type Outbound = Either<Inbound, Full<Bytes>>;
 
 /// The largest request head (request line and headers) accepted; a larger
-/// one is answered `431 Request Header Fields Too Large` (HTTP/1.1) or
+/// one is answered `431 Request Header Fields Too Large` (HTTP/1.x) or
 /// refused (HTTP/2).
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -65,50 +67,174 @@ pub(super) async fn serve(
     ctx: Context,
     stop: CancellationToken,
 ) {
-    let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    server
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD);
-    server
-        .http2()
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD as u32);
-    let graceful = GracefulShutdown::new();
+    // Shared: every connection's task holds a handle, not a copy.
+    let http2 = std::sync::Arc::new(http2);
+    let limits = server::Limits {
+        max_head: MAX_HEAD,
+        head_timeout: HEAD_TIMEOUT,
+    };
     let mut connections = JoinSet::new();
     while let Some((stream, peer, served)) = lane.next(&listener, &stop, &mut connections).await {
         ctx.stats.connection();
         let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        // Made once per connection: every request's `X-Forwarded-For` shares
-        // it.
-        let client = HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        let service = hyper::service::service_fn(move |req| {
-            let (ctx, client) = (ctx.clone(), client.clone());
-            async move { Ok::<_, Infallible>(handle(req, &client, &ctx).await) }
-        });
-        let conn = server
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (ctx, stop, http2) = (ctx.clone(), stop.clone(), http2.clone());
         connections.spawn(async move {
             let _served = served;
-            if let Err(error) = conn.await {
-                debug!(%error, "connection ended with an error");
+            // Made once per connection: every request's `X-Forwarded-For`
+            // shares it.
+            let client = HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            match server::serve(stream, limits, &stop, |req| {
+                handle(req.map(Inbound::Http1), &client, &ctx)
+            })
+            .await
+            {
+                server::Served::Done => {}
+                // Boxed: an HTTP/2 connection's state is large, and would
+                // otherwise enlarge every HTTP/1.x connection's.
+                server::Served::Http2(stream, read) => {
+                    let io = TokioIo::new(Rewind { read, stream });
+                    Box::pin(serve_http2(&http2, io, client, ctx, &stop)).await;
+                }
             }
         });
     }
     drop(listener);
     // In-flight requests finish; idle keep-alive connections close.
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
         debug!("drain timed out; closing the remaining connections");
     }
     connections.shutdown().await;
+}
+
+/// Serves an HTTP/2 connection until it ends; at `stop`, streams in flight
+/// finish and no new ones start.
+async fn serve_http2(
+    http2: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    io: TokioIo<Rewind>,
+    client: HeaderValue,
+    ctx: Context,
+    stop: &CancellationToken,
+) {
+    // Streams run as tasks of their own: each takes its own handles.
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (ctx, client) = (ctx.clone(), client.clone());
+        async move {
+            let req = req.map(Inbound::Http2);
+            Ok::<_, Infallible>(handle(req, &client, &ctx).await)
+        }
+    });
+    let conn = http2.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = ended {
+        debug!(%error, "connection ended with an error");
+    }
+}
+
+/// A connection handed to the HTTP/2 server with the bytes already read
+/// from it, which it reads first.
+struct Rewind {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// A request body: an HTTP/1.x client's or an HTTP/2 stream's.
+pub(super) enum Inbound {
+    Http1(server::Body),
+    Http2(Incoming),
+}
+
+impl hyper::body::Body for Inbound {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Inbound::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inbound::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Http1(body) => body.is_end_stream(),
+            Inbound::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Inbound::Http1(body) => body.size_hint(),
+            Inbound::Http2(body) => body.size_hint(),
+        }
+    }
 }
 
 /// A new `X-Request-Id`: 128 random bits in hex.
@@ -191,7 +317,7 @@ fn hash_of(on: &HashOn, headers: &HeaderMap, client: &HeaderValue) -> u64 {
     }
 }
 
-async fn handle(req: Request<Incoming>, client: &HeaderValue, ctx: &Context) -> Response<Body> {
+async fn handle(req: Request<Inbound>, client: &HeaderValue, ctx: &Context) -> Response<Body> {
     let started = Instant::now();
     let table = ctx.table();
     let resp = forward(req, client, &table, ctx, started).await;
@@ -200,7 +326,7 @@ async fn handle(req: Request<Incoming>, client: &HeaderValue, ctx: &Context) -> 
 }
 
 async fn forward(
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     client: &HeaderValue,
     table: &super::Table,
     ctx: &Context,
@@ -476,7 +602,7 @@ enum Payload {
     /// Buffered: every try sends a copy.
     Buffered(Bytes),
     /// Streamed: the one try takes it.
-    Stream(Option<Incoming>),
+    Stream(Option<Inbound>),
 }
 
 impl Payload {
@@ -494,7 +620,7 @@ impl Payload {
 /// Why a request body was not buffered.
 enum Unbuffered {
     /// Too large or of unknown size: stream it.
-    Stream(Incoming),
+    Stream(Inbound),
     /// The route's deadline passed while reading it.
     TimedOut,
     /// The client broke off.
@@ -503,7 +629,7 @@ enum Unbuffered {
 
 /// Reads `body` into memory if it is empty or its size is known and at
 /// most [`MAX_REPLAY`].
-async fn replayable(body: Incoming, deadline: Option<Instant>) -> Result<Bytes, Unbuffered> {
+async fn replayable(body: Inbound, deadline: Option<Instant>) -> Result<Bytes, Unbuffered> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }

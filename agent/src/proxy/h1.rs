@@ -54,6 +54,9 @@ const MAX_HEADERS: usize = 100;
 /// The longest chunk-size or trailer line accepted in a chunked body.
 const MAX_LINE: usize = 4 * 1024;
 
+/// The most bytes of trailer lines accepted after a chunked body.
+const MAX_TRAILERS: usize = 16 * 1024;
+
 /// How much room a read of a response head asks for: small answers (most
 /// of them) fit in one read.
 const HEAD_READ: usize = 4 * 1024;
@@ -533,8 +536,9 @@ enum Chunked {
     Data(u64),
     /// Before the CRLF that ends a chunk.
     DataEnd,
-    /// Among the trailer lines after the last chunk.
-    Trailers,
+    /// Among the trailer lines after the last chunk, this many bytes of
+    /// them read.
+    Trailers(usize),
     /// Past the end.
     Done,
 }
@@ -575,17 +579,9 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'static
                     let Some(line) = take_line(buf)? else {
                         return Ok(Decoded::More);
                     };
-                    let digits = line[..].split(|&b| b == b';').next().unwrap_or_default();
-                    let digits = digits.trim_ascii();
-                    if digits.is_empty() || digits.len() > 15 {
-                        return Err("chunk size");
-                    }
-                    let size = std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|d| u64::from_str_radix(d, 16).ok())
-                        .ok_or("chunk size")?;
+                    let size = chunk_size(&line)?;
                     *state = if size == 0 {
-                        Chunked::Trailers
+                        Chunked::Trailers(0)
                     } else {
                         Chunked::Data(size)
                     };
@@ -611,26 +607,80 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'static
                     buf.advance(2);
                     *state = Chunked::Size;
                 }
-                Chunked::Trailers => {
+                Chunked::Trailers(seen) => {
                     let Some(line) = take_line(buf)? else {
                         return Ok(Decoded::More);
                     };
-                    // Trailer fields are not forwarded; an empty line ends
-                    // the body.
+                    // Trailer fields are not forwarded, but must be field
+                    // lines; an empty line ends the body.
                     if line.is_empty() {
                         *state = Chunked::Done;
+                        continue;
                     }
+                    let seen = seen + line.len() + 2;
+                    if seen > MAX_TRAILERS {
+                        return Err("trailers too large");
+                    }
+                    if !is_field_line(&line) {
+                        return Err("trailer");
+                    }
+                    *state = Chunked::Trailers(seen);
                 }
             }
         },
     }
 }
 
-/// Takes one CRLF-terminated line (without the CRLF) from `buf`.
+/// The size a chunk-size line gives (RFC 9112 §7.1): hex digits, then
+/// optionally extensions, which are not interpreted but must hold no
+/// control characters.
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err("chunk size");
+    }
+    let (hex, rest) = line.split_at(digits);
+    // Leading zeros say nothing; more than 15 digits left could overflow.
+    let zeros = hex
+        .iter()
+        .take_while(|&&b| b == b'0')
+        .count()
+        .min(digits - 1);
+    let hex = &hex[zeros..];
+    if hex.len() > 15 {
+        return Err("chunk size");
+    }
+    let extensions = rest.trim_ascii_start();
+    let controls = |b: &u8| b.is_ascii_control() && *b != b'\t';
+    if !(rest.is_empty() || extensions.starts_with(b";") && !extensions.iter().any(controls)) {
+        return Err("chunk size");
+    }
+    let hex = std::str::from_utf8(hex).map_err(|_| "chunk size")?;
+    u64::from_str_radix(hex, 16).map_err(|_| "chunk size")
+}
+
+/// Whether `line` is a header field line: a token, a colon, and a value
+/// without control characters.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty()
+        && name.iter().all(token)
+        && !value.iter().any(|&b| b.is_ascii_control() && b != b'\t')
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) from `buf`; a bare CR
+/// or LF within it is malformed.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
-    match buf.windows(2).position(|w| w == b"\r\n") {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(at) if at == 0 || buf[at - 1] != b'\r' || buf[..at - 1].contains(&b'\r') => {
+            Err("bare CR or LF in a chunk line")
+        }
         Some(at) => {
-            let line = buf.split_to(at);
+            let line = buf.split_to(at - 1);
             buf.advance(2);
             Ok(Some(line))
         }

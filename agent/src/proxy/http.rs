@@ -60,6 +60,10 @@ const MAX_HEAD: usize = 64 * 1024;
 /// cannot hold connections open for free.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client may go without sending a byte of a request body, or
+/// taking a byte of a response, before its connection is given up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Accepts connections until `stop`, then drains them.
 pub(super) async fn serve(
     listener: TcpListener,
@@ -76,6 +80,7 @@ pub(super) async fn serve(
     let limits = server::Limits {
         max_head: MAX_HEAD,
         head_timeout: HEAD_TIMEOUT,
+        idle_timeout: IDLE_TIMEOUT,
     };
     let mut connections = JoinSet::new();
     while let Some((stream, peer, served)) = lane.next(&listener, &stop, &mut connections).await {

@@ -31,7 +31,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -41,6 +41,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -84,6 +85,10 @@ pub(in crate::proxy) struct Limits {
     /// when the connection starts waiting for it; an idle keep-alive
     /// connection is closed after it.
     pub head_timeout: Duration,
+    /// How long a request body may go without a byte arriving, and a
+    /// response without the client taking a byte of it, before the
+    /// connection is given up.
+    pub idle_timeout: Duration,
 }
 
 /// How a connection ended.
@@ -118,6 +123,9 @@ where
         request: 0,
         broken: false,
         expect: None,
+        waker: None,
+        idle: None,
+        idle_timeout: limits.idle_timeout,
     }));
     let mut out = BytesMut::new();
     let mut first = true;
@@ -171,21 +179,38 @@ where
             request: id,
         });
         let response = handler(request).await;
-        let close = {
+        let (close, owed) = {
             let mut reader = lock(&shared);
             // Too late for the interim answer once the final one is on
-            // its way.
-            reader.expect = None;
+            // its way, except the rest of one begun.
+            let owed = reader
+                .expect
+                .take()
+                .filter(|rest| rest.len() < CONTINUE.len());
             // Said in the response when already known: a body that broke,
             // or that nobody will read (the handler let go of it).
             let unread = !reader.body_read() && Arc::strong_count(&shared) == 1;
-            !keep_alive || stop.is_cancelled() || reader.broken || unread
+            let close = !keep_alive || stop.is_cancelled() || reader.broken || unread;
+            (close, owed.unwrap_or_default())
         };
-        let written = respond(&mut write, &mut out, response, bodiless, version, close).await;
-        // Anything left of this request's body is no longer its.
+        out.extend_from_slice(owed);
+        let how = Framed {
+            bodiless,
+            version,
+            close,
+            idle: limits.idle_timeout,
+        };
+        let written = respond(&mut write, &mut out, response, how).await;
+        // Anything left of this request's body is no longer its; a body
+        // still held elsewhere (an HTTP/2 upstream's sending task) is
+        // woken to find that out and let go of the connection.
         let body_read = {
             let mut reader = lock(&shared);
             reader.request += 1;
+            reader.idle = None;
+            if let Some(waker) = reader.waker.take() {
+                waker.wake();
+            }
             reader.body_read()
         };
         if out.capacity() > COPY_MAX {
@@ -198,7 +223,11 @@ where
                 return Served::Done;
             }
             Err(error) => {
+                // Reset, not closed: a client reading to the close (HTTP/1.0)
+                // must not take a cut response for a whole one.
                 debug!(%error, "response not written whole");
+                let _ = lock(&shared).io.as_ref().set_zero_linger();
+                write.forget();
                 return Served::Done;
             }
         }
@@ -228,6 +257,13 @@ struct Reader {
     /// What is left to write of a `100 Continue`, owed before the first
     /// read of the body.
     expect: Option<&'static [u8]>,
+    /// The task that last found the body waiting, woken when the request
+    /// ends (it may be another task than the connection's).
+    waker: Option<Waker>,
+    /// Since when the body has been waiting for bytes (armed at the first
+    /// wait, dropped when bytes come).
+    idle: Option<Pin<Box<Sleep>>>,
+    idle_timeout: Duration,
 }
 
 /// A request head and how to treat its connection.
@@ -261,6 +297,10 @@ impl Reader {
         first: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Parsed>, Refusal>> {
+        // Whether the bytes last read could have completed a head: a head
+        // sent a byte at a time is not parsed again from its start for
+        // every byte.
+        let mut fresh = true;
         loop {
             if !self.buf.is_empty() {
                 let seen = self.buf.len().min(HTTP2_PREFACE.len());
@@ -269,7 +309,10 @@ impl Reader {
                     return Poll::Ready(Ok(Some(Parsed::Http2)));
                 }
                 // (Part of the preface: wait for the rest.)
-                if !http2 && let Some(parsed) = self.parse(limits)? {
+                if !http2
+                    && fresh
+                    && let Some(parsed) = self.parse(limits)?
+                {
                     return Poll::Ready(Ok(Some(parsed)));
                 }
             }
@@ -296,7 +339,10 @@ impl Reader {
                     }
                     // Parsed, or readiness polled again (and the task woken
                     // when there is more).
-                    _ => continue,
+                    _ => {
+                        fresh = true;
+                        continue;
+                    }
                 }
             }
             if self.buf.capacity() == self.buf.len() {
@@ -304,7 +350,7 @@ impl Reader {
             }
             match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)) {
                 Ok(0) | Err(_) => return Poll::Ready(Err(CLOSED)),
-                Ok(_) => {}
+                Ok(n) => fresh = self.buf[self.buf.len() - n..].contains(&b'\n'),
             }
         }
     }
@@ -470,7 +516,11 @@ impl Reader {
             match self.io.as_ref().try_write(rest) {
                 Ok(n) => self.expect = Some(&rest[n..]).filter(|r| !r.is_empty()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.io.as_ref().poll_write_ready(cx)).map_err(|e| self.fail(e))?;
+                    if let Poll::Ready(ready) = self.io.as_ref().poll_write_ready(cx) {
+                        ready.map_err(|e| self.fail(e))?;
+                        continue;
+                    }
+                    return self.wait(cx);
                 }
                 Err(e) => return Poll::Ready(Some(Err(self.fail(e)))),
             }
@@ -488,15 +538,34 @@ impl Reader {
             if self.buf.capacity() - self.buf.len() < BODY_READ / 4 {
                 self.buf.reserve(BODY_READ);
             }
-            match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)) {
-                Ok(0) => {
+            match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                Poll::Pending => return self.wait(cx),
+                Poll::Ready(Ok(0)) => {
                     self.broken = true;
                     return Poll::Ready(Some(Err(Error::Closed)));
                 }
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(self.fail(e)))),
+                Poll::Ready(Ok(_)) => self.idle = None,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
             }
         }
+    }
+
+    /// The body waits for the client: noted for the end of the request,
+    /// and bounded by the idle timeout.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        let timeout = self.idle_timeout;
+        let idle = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if idle.as_mut().poll(cx).is_ready() {
+            self.idle = None;
+            self.broken = true;
+            return Poll::Ready(Some(Err(Error::Idle)));
+        }
+        Poll::Pending
     }
 
     /// Marks the connection broken by `error`.
@@ -532,6 +601,9 @@ pub(in crate::proxy) enum Error {
     /// The body's chunked framing is malformed.
     #[error("invalid request body: {0}")]
     Invalid(&'static str),
+    /// No byte of the body came within the idle timeout.
+    #[error("client sent nothing of the request body within the idle timeout")]
+    Idle,
 }
 
 /// A request body, read from the client's connection as it is polled.
@@ -565,7 +637,8 @@ impl hyper::body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.reader().is_none_or(|r| r.body_read())
+        // A body kept past its request did not end: it was cut.
+        self.reader().is_some_and(|r| r.body_read())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -589,20 +662,36 @@ enum Delimited {
     Close,
 }
 
-/// Writes `response`, head and body; `Ok(true)` when the connection may
-/// serve another request.
+/// How a response is to be written.
+struct Framed {
+    /// It has no body (the request was `HEAD`).
+    bodiless: bool,
+    /// The request's version.
+    version: Version,
+    /// The connection closes after it.
+    close: bool,
+    /// How long the client may go without taking a byte of it.
+    idle: Duration,
+}
+
+/// Writes `response`, head and body, after what `out` already holds;
+/// `Ok(true)` when the connection may serve another request.
 async fn respond<B>(
     write: &mut OwnedWriteHalf,
     out: &mut BytesMut,
     response: Response<B>,
-    bodiless: bool,
-    version: Version,
-    close: bool,
+    how: Framed,
 ) -> io::Result<bool>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
+    let Framed {
+        bodiless,
+        version,
+        close,
+        idle,
+    } = how;
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let mut delimited = if bodiless
@@ -623,7 +712,7 @@ where
 
     let mut body = pin!(body);
     if delimited == Delimited::Empty {
-        write.write_all(out).await?;
+        send(write, out, idle).await?;
         out.clear();
         return Ok(!close);
     }
@@ -638,7 +727,7 @@ where
         .await;
         let mut data = match frame {
             Step::Flush => {
-                write.write_all(out).await?;
+                send(write, out, idle).await?;
                 out.clear();
                 continue;
             }
@@ -650,7 +739,7 @@ where
             Step::Frame(Some(Err(error))) => {
                 // The client must not take a cut body for a whole one:
                 // the connection closes without the body's end.
-                write.write_all(out).await?;
+                send(write, out, idle).await?;
                 return Err(io::Error::other(format!("response body: {error}")));
             }
             Step::Frame(None) => break,
@@ -673,7 +762,7 @@ where
         if data.len() <= COPY_MAX {
             out.extend_from_slice(&data);
         } else {
-            write_both(write, out, &mut data).await?;
+            send_both(write, out, &mut data, idle).await?;
         }
         if delimited == Delimited::Chunked {
             out.extend_from_slice(b"\r\n");
@@ -683,12 +772,12 @@ where
         Delimited::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         Delimited::Length(0) => {}
         Delimited::Length(_) => {
-            write.write_all(out).await?;
+            send(write, out, idle).await?;
             return Err(io::Error::other("response body shorter than its length"));
         }
         Delimited::Close | Delimited::Empty => {}
     }
-    write.write_all(out).await?;
+    send(write, out, idle).await?;
     out.clear();
     Ok(!close)
 }
@@ -711,22 +800,36 @@ impl std::fmt::Write for ByteWriter<'_> {
     }
 }
 
-/// Writes `out` then `data`, in as few system calls as the socket takes.
-async fn write_both(
-    write: &mut OwnedWriteHalf,
+/// Writes `out` and clears it; fails if the client takes nothing for
+/// `idle`.
+async fn send(write: &OwnedWriteHalf, out: &mut BytesMut, idle: Duration) -> io::Result<()> {
+    send_both(write, out, &mut Bytes::new(), idle).await
+}
+
+/// Writes `out` then `data`, in as few system calls as the socket takes,
+/// and clears `out`; fails if the client takes nothing for `idle`. The
+/// socket is tried first: only a client that is behind costs a timer.
+async fn send_both(
+    write: &OwnedWriteHalf,
     out: &mut BytesMut,
     data: &mut Bytes,
+    idle: Duration,
 ) -> io::Result<()> {
     while !out.is_empty() || !data.is_empty() {
-        let n = write
-            .write_vectored(&[IoSlice::new(out), IoSlice::new(data)])
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        match write.try_write_vectored(&[IoSlice::new(out), IoSlice::new(data)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let from_out = n.min(out.len());
+                out.advance(from_out);
+                data.advance(n - from_out);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(idle, write.writable())
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            }
+            Err(e) => return Err(e),
         }
-        let from_out = n.min(out.len());
-        out.advance(from_out);
-        data.advance(n - from_out);
     }
     out.clear();
     Ok(())
@@ -809,7 +912,7 @@ fn now(out: &mut BytesMut) {
 async fn refuse(
     why: Refusal,
     shared: &Mutex<Reader>,
-    mut write: OwnedWriteHalf,
+    write: OwnedWriteHalf,
     out: &mut BytesMut,
     stop: &CancellationToken,
 ) {
@@ -832,7 +935,8 @@ async fn refuse(
         out,
     );
     out.extend_from_slice(text.as_bytes());
-    if write.write_all(out).await.is_ok() {
+    let idle = lock(shared).idle_timeout;
+    if send(&write, out, idle).await.is_ok() {
         linger(shared, write, stop).await;
     }
 }

@@ -23,6 +23,7 @@ use super::{Body, Limits, Served, serve};
 const LIMITS: Limits = Limits {
     max_head: 8 * 1024,
     head_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(10),
 };
 
 /// A connection served by [`serve`] with the test handler, and the
@@ -35,6 +36,8 @@ struct Conn {
     calls: Arc<AtomicUsize>,
     /// Lets a `/wait` request answer.
     release: Arc<Notify>,
+    /// Tasks that `/detach` requests left reading their bodies.
+    detached: Detached,
     stop: CancellationToken,
     served: JoinHandle<Option<Bytes>>,
 }
@@ -48,12 +51,14 @@ impl Conn {
         let (io, _) = listener.accept().await.unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Notify::new());
+        let detached = Detached::default();
         let stop = CancellationToken::new();
         let (count, wait, token) = (calls.clone(), release.clone(), stop.clone());
+        let held = detached.clone();
         let served = tokio::spawn(async move {
             let served = serve(io, limits, &token, |req| {
                 count.fetch_add(1, Ordering::SeqCst);
-                handler(req, wait.clone())
+                handler(req, wait.clone(), held.clone())
             })
             .await;
             match served {
@@ -66,6 +71,7 @@ impl Conn {
             read: Vec::new(),
             calls,
             release,
+            detached,
             stop,
             served,
         }
@@ -183,20 +189,64 @@ impl Answer {
     }
 }
 
-type TestBody = BoxBody<Bytes, Infallible>;
+type TestBody = BoxBody<Bytes, std::io::Error>;
+
+/// Where `/detach` leaves the tasks reading request bodies.
+type Detached = Arc<std::sync::Mutex<Vec<JoinHandle<Result<Bytes, String>>>>>;
 
 /// The test handler, by path: `/echo` answers with what it received
 /// (method, target, host, body); `/stream` with a body of unknown size;
-/// `/big` with 100,000 bytes; `/refuse` with a 403 without reading the
-/// body; `/wait` once released.
-async fn handler(req: Request<Body>, release: Arc<Notify>) -> Response<TestBody> {
-    let full = |text: Vec<u8>| Full::new(Bytes::from(text)).boxed();
+/// `/big` with 100,000 bytes, `/huge` with 64 MiB; `/refuse` with a 403
+/// without reading the body; `/wait` once released; `/detach` at once,
+/// leaving a task of its own to read the body (as an HTTP/2 upstream
+/// does); `/broken` with a body that fails after two bytes.
+async fn handler(
+    req: Request<Body>,
+    release: Arc<Notify>,
+    detached: Detached,
+) -> Response<TestBody> {
+    let full = |text: Vec<u8>| {
+        Full::new(Bytes::from(text))
+            .map_err(|never: Infallible| match never {})
+            .boxed()
+    };
     match req.uri().path() {
         "/stream" => {
-            let pieces = ["ab", "cd"].map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from(p))));
+            let pieces = ["ab", "cd"].map(|p| Ok(Frame::data(Bytes::from(p))));
             Response::new(StreamBody::new(tokio_stream::iter(pieces)).boxed())
         }
+        "/broken" => {
+            let pieces = [
+                Ok(Frame::data(Bytes::from("ab"))),
+                Err(std::io::Error::other("upstream reset")),
+            ];
+            Response::new(StreamBody::new(tokio_stream::iter(pieces)).boxed())
+        }
+        "/detach" => {
+            let mut body = req.into_body();
+            let (first, got_first) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(async move {
+                // Answered once the reader has had some of the body, so
+                // that it waits on the socket when the request ends.
+                let mut read = Vec::new();
+                let mut first = Some(first);
+                loop {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            read.extend_from_slice(&frame.into_data().unwrap_or_default());
+                            first.take().map(|tx| tx.send(()));
+                        }
+                        Some(Err(error)) => return Err(error.to_string()),
+                        None => return Ok(Bytes::from(read)),
+                    }
+                }
+            });
+            detached.lock().unwrap().push(task);
+            let _ = got_first.await;
+            Response::new(full(b"detached".to_vec()))
+        }
         "/big" => Response::new(full(vec![b'x'; 100_000])),
+        "/huge" => Response::new(full(vec![b'x'; 64 << 20])),
         "/refuse" => {
             let mut resp = Response::new(full(b"no".to_vec()));
             *resp.status_mut() = StatusCode::FORBIDDEN;
@@ -543,4 +593,81 @@ async fn the_http2_preface_is_handed_back_with_what_followed() {
     let read = conn.served.await.unwrap().expect("handed to HTTP/2");
     assert_eq!(&read[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00");
     assert_eq!(conn.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_body_held_past_its_request_lets_go_of_the_connection() {
+    let mut conn = Conn::open(LIMITS).await;
+    conn.send(b"POST /detach HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\nhalf")
+        .await;
+    let answer = conn.response(false).await;
+    assert_eq!(answer.text(), "detached");
+    assert!(conn.closed().await, "the unread body's connection closes");
+    let task = conn
+        .detached
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("a detached reader");
+    // Well within the idle timeout: the reader is told its request is over.
+    let read = tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("the detached reader is woken")
+        .unwrap();
+    assert!(
+        read.is_err(),
+        "a cut body is not taken for a whole one: {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn stalled_bodies_and_readers_are_given_up() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..LIMITS
+    };
+    // A body that stops arriving.
+    let mut conn = Conn::open(limits).await;
+    conn.send(b"POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\nhalf")
+        .await;
+    let answer = conn.response(false).await;
+    assert!(
+        answer.text().contains("<client sent nothing"),
+        "{}",
+        answer.text()
+    );
+    assert!(conn.closed().await);
+
+    // A client that stops reading a large response.
+    let conn = Conn::open(limits).await;
+    let mut client = conn.client;
+    client
+        .write_all(b"GET /huge HTTP/1.1\r\nhost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(10), conn.served)
+        .await
+        .expect("the connection is given up");
+    assert!(served.unwrap().is_none());
+    drop(client);
+}
+
+#[tokio::test]
+async fn a_response_that_breaks_is_reset_not_closed() {
+    // An HTTP/1.0 client reads to the close: a clean close would pass a
+    // cut body for a whole one.
+    let mut conn = Conn::open(LIMITS).await;
+    conn.send(b"GET /broken HTTP/1.0\r\n\r\n").await;
+    let mut chunk = [0u8; 1024];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), conn.client.read(&mut chunk))
+            .await
+            .expect("an end in time")
+        {
+            Ok(0) => break Ok(()),
+            Ok(_) => continue,
+            Err(error) => break Err(error.kind()),
+        }
+    };
+    assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset));
 }

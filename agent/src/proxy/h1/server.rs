@@ -816,7 +816,12 @@ async fn send_both(
     idle: Duration,
 ) -> io::Result<()> {
     while !out.is_empty() || !data.is_empty() {
-        match write.try_write_vectored(&[IoSlice::new(out), IoSlice::new(data)]) {
+        let written = if data.is_empty() {
+            write.try_write(out)
+        } else {
+            write.try_write_vectored(&[IoSlice::new(out), IoSlice::new(data)])
+        };
+        match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 let from_out = n.min(out.len());

@@ -14,9 +14,16 @@
 //! way only is refused and the connection closed: `Transfer-Encoding` with
 //! `Content-Length`, conflicting `Content-Length`s, a transfer coding other
 //! than `chunked` alone (`501`), `Transfer-Encoding` in HTTP/1.0, an
-//! HTTP/1.1 request without exactly one `Host`. The request goes upstream
-//! re-framed by the client side ([`super`]), so no framing of the client's
-//! ever reaches an endpoint.
+//! HTTP/1.1 request without exactly one `Host`; chunk lines are read
+//! strictly (see [`super::decode`]). The request goes upstream re-framed
+//! by the client side ([`super`]), so no framing of the client's ever
+//! reaches an endpoint.
+//!
+//! Slow clients are bounded: a head must arrive within the head timeout, a
+//! request body may not pause, nor a client stop taking a response, for
+//! longer than the idle timeout. A response that breaks off mid-body
+//! resets the connection rather than closing it, so that no client (an
+//! HTTP/1.0 one reads to the close) takes it for a whole one.
 //!
 //! The request body is read from the socket as the handler asks for it
 //! ([`Body`]), answering `Expect: 100-continue` on the first read. A
@@ -131,6 +138,9 @@ where
     let mut first = true;
     loop {
         let head = tokio::select! {
+            // The head first: one already buffered (pipelined) never arms
+            // the timer.
+            biased;
             head = std::future::poll_fn(|cx| lock(&shared).poll_head(limits, first, cx)) => head,
             () = tokio::time::sleep(limits.head_timeout) => {
                 let started = !lock(&shared).buf.is_empty();

@@ -93,7 +93,8 @@ pub(super) async fn serve(
             // shares it.
             let client = HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-            match server::serve(stream, limits, &stop, |req| {
+            let refused = || ctx.stats.refused(Refusal::InvalidRequest);
+            match server::serve(stream, limits, &stop, refused, |req| {
                 handle(req.map(Inbound::Http1), &client, &ctx)
             })
             .await

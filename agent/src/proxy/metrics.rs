@@ -43,6 +43,10 @@ pub(crate) enum Refusal {
     NoHealthyUpstream,
     /// The request body could not be read.
     BadRequest,
+    /// An HTTP/1.x request that cannot be read one way only, too large,
+    /// or too slow: refused before routing (400, 408, 417, 431, 501 or
+    /// 505).
+    InvalidRequest,
     /// The endpoint could not be connected to.
     Connect,
     /// The connection broke before a response began.
@@ -55,7 +59,7 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// Every reason, in label order.
-    const ALL: [Refusal; 13] = [
+    const ALL: [Refusal; 14] = [
         Refusal::NotConfigured,
         Refusal::NoRoute,
         Refusal::NoDestination,
@@ -65,6 +69,7 @@ impl Refusal {
         Refusal::ConnectionLimit,
         Refusal::NoHealthyUpstream,
         Refusal::BadRequest,
+        Refusal::InvalidRequest,
         Refusal::Connect,
         Refusal::Reset,
         Refusal::Timeout,
@@ -83,6 +88,7 @@ impl Refusal {
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::BadRequest => "bad_request",
+            Refusal::InvalidRequest => "invalid_request",
             Refusal::Connect => "connect_error",
             Refusal::Reset => "reset",
             Refusal::Timeout => "timeout",
@@ -94,7 +100,7 @@ impl Refusal {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             Refusal::NoRoute => StatusCode::NOT_FOUND,
-            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest | Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
             Refusal::Connect | Refusal::Reset | Refusal::Internal => StatusCode::BAD_GATEWAY,
             Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::NotConfigured
@@ -121,6 +127,7 @@ impl Refusal {
             Refusal::ConnectionLimit => "circuit open (max_connections)",
             Refusal::NoHealthyUpstream => "no healthy upstream",
             Refusal::BadRequest => "cannot read the request body",
+            Refusal::InvalidRequest => "invalid request",
             Refusal::Connect => "upstream connect error",
             Refusal::Reset => "upstream reset or protocol error",
             Refusal::Timeout => "upstream timed out",

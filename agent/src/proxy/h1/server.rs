@@ -109,11 +109,13 @@ pub(in crate::proxy) enum Served {
 
 /// Serves HTTP/1.x requests on `io` with `handler` until the client
 /// closes, an error, or `stop`: then idle connections close at once and
-/// one with a request in progress after its response.
+/// one with a request in progress after its response. `refused` is told
+/// of each request refused before it reached the handler.
 pub(in crate::proxy) async fn serve<H, F, B>(
     io: TcpStream,
     limits: Limits,
     stop: &CancellationToken,
+    refused: impl Fn(),
     mut handler: H,
 ) -> Served
 where
@@ -145,6 +147,7 @@ where
             () = tokio::time::sleep(limits.head_timeout) => {
                 let started = !lock(&shared).buf.is_empty();
                 if started {
+                    refused();
                     let why = Refusal(StatusCode::REQUEST_TIMEOUT, "request head timed out");
                     refuse(why, &shared, write, &mut out, stop).await;
                 }
@@ -172,6 +175,7 @@ where
             }
             Ok(None) => return Served::Done,
             Err(why) => {
+                refused();
                 refuse(why, &shared, write, &mut out, stop).await;
                 return Served::Done;
             }

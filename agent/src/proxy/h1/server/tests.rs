@@ -34,6 +34,8 @@ struct Conn {
     read: Vec<u8>,
     /// Requests that reached the handler.
     calls: Arc<AtomicUsize>,
+    /// Requests refused before the handler.
+    refused: Arc<AtomicUsize>,
     /// Lets a `/wait` request answer.
     release: Arc<Notify>,
     /// Tasks that `/detach` requests left reading their bodies.
@@ -50,13 +52,18 @@ impl Conn {
             .unwrap();
         let (io, _) = listener.accept().await.unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let refusals = refused.clone();
         let release = Arc::new(Notify::new());
         let detached = Detached::default();
         let stop = CancellationToken::new();
         let (count, wait, token) = (calls.clone(), release.clone(), stop.clone());
         let held = detached.clone();
         let served = tokio::spawn(async move {
-            let served = serve(io, limits, &token, |req| {
+            let refused = || {
+                refusals.fetch_add(1, Ordering::SeqCst);
+            };
+            let served = serve(io, limits, &token, refused, |req| {
                 count.fetch_add(1, Ordering::SeqCst);
                 handler(req, wait.clone(), held.clone())
             })
@@ -70,6 +77,7 @@ impl Conn {
             client,
             read: Vec::new(),
             calls,
+            refused,
             release,
             detached,
             stop,
@@ -431,6 +439,7 @@ async fn ambiguous_or_malformed_requests_are_refused_and_closed() {
             0,
             "{shown:?}: not handled"
         );
+        assert_eq!(conn.refused.load(Ordering::SeqCst), 1, "{shown:?}: counted");
     }
 }
 

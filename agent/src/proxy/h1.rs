@@ -650,9 +650,16 @@ fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     if hex.len() > 15 {
         return Err("chunk size");
     }
-    let extensions = rest.trim_ascii_start();
+    // Spaces or tabs may follow the size (as senders in the wild write
+    // them), then only extensions.
+    let blank = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let extensions = &rest[blank..];
     let controls = |b: &u8| b.is_ascii_control() && *b != b'\t';
-    if !(rest.is_empty() || extensions.starts_with(b";") && !extensions.iter().any(controls)) {
+    if !(extensions.is_empty() || extensions.starts_with(b";") && !extensions.iter().any(controls))
+    {
         return Err("chunk size");
     }
     let hex = std::str::from_utf8(hex).map_err(|_| "chunk size")?;

@@ -403,10 +403,11 @@ fn chunked_framing_is_read_strictly() {
             }
         }
     };
-    let fine: [&[u8]; 3] = [
+    let fine: [&[u8]; 4] = [
         b"5\r\nhello\r\n0\r\n\r\n",
         b"005;name=value;flag\r\nhello\r\n0000\r\nx-trailer: 1\r\n\r\n",
         b"5 ;ext\r\nhello\r\n0\r\n\r\n",
+        b"5 \t\r\nhello\r\n0\r\n\r\n",
     ];
     for input in fine {
         assert_eq!(read(input).as_deref(), Ok(&b"hello"[..]), "{input:?}");
@@ -417,8 +418,9 @@ fn chunked_framing_is_read_strictly() {
         b"\r\n",
     ]
     .concat();
-    let refused: [&[u8]; 9] = [
+    let refused: [&[u8]; 10] = [
         b"+5\r\nhello\r\n0\r\n\r\n",
+        b"5\x0c\r\nhello\r\n0\r\n\r\n",
         b" 5\r\nhello\r\n0\r\n\r\n",
         b"5\r\r\nhello\r\n0\r\n\r\n",
         b"5\nhello\r\n0\r\n\r\n",

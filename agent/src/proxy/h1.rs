@@ -527,6 +527,26 @@ enum Framing {
     Close,
 }
 
+impl Framing {
+    /// Whether the body has been read to its end.
+    fn ended(self) -> bool {
+        matches!(self, Framing::Length(0) | Framing::Chunked(Chunked::Done))
+    }
+}
+
+/// Reads more of a body into `buf`, making room for [`BODY_READ`] bytes
+/// when little is left.
+fn poll_read_body(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < BODY_READ / 4 {
+        buf.reserve(BODY_READ);
+    }
+    poll_read_buf(Pin::new(io), cx, buf)
+}
+
 /// Where a chunked body's decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunked {
@@ -752,10 +772,7 @@ impl hyper::body::Body for Body {
             advance(&mut this.upload, &mut this.reusable, &mut conn.io, cx);
             match decode(&mut this.framing, &mut conn.buf) {
                 Ok(Decoded::Data(data)) => {
-                    if matches!(
-                        this.framing,
-                        Framing::Length(0) | Framing::Chunked(Chunked::Done)
-                    ) {
+                    if this.framing.ended() {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -770,10 +787,7 @@ impl hyper::body::Body for Body {
                     return Poll::Ready(Some(Err(Error::Invalid(why))));
                 }
             }
-            if conn.buf.capacity() - conn.buf.len() < BODY_READ / 4 {
-                conn.buf.reserve(BODY_READ);
-            }
-            match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+            match poll_read_body(&mut conn.io, &mut conn.buf, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
@@ -792,11 +806,7 @@ impl hyper::body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.is_none()
-            || matches!(
-                self.framing,
-                Framing::Length(0) | Framing::Chunked(Chunked::Done)
-            )
+        self.conn.is_none() || self.framing.ended()
     }
 
     fn size_hint(&self) -> SizeHint {

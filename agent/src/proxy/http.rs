@@ -38,7 +38,7 @@ use super::h1::server;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
-use super::pool::{BodyError, Failure, Upstream};
+use super::pool::{BodyError, Failure, Upstream, Versioned};
 use super::workers::Lane;
 use super::{Backend, Context, DRAIN, random};
 use crate::balance::hash_key;
@@ -209,39 +209,7 @@ impl tokio::io::AsyncWrite for Rewind {
 }
 
 /// A request body: an HTTP/1.x client's or an HTTP/2 stream's.
-pub(super) enum Inbound {
-    Http1(server::Body),
-    Http2(Incoming),
-}
-
-impl hyper::body::Body for Inbound {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            Inbound::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Inbound::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inbound::Http1(body) => body.is_end_stream(),
-            Inbound::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self {
-            Inbound::Http1(body) => body.size_hint(),
-            Inbound::Http2(body) => body.size_hint(),
-        }
-    }
-}
+pub(super) type Inbound = Versioned<server::Body>;
 
 /// A new `X-Request-Id`: 128 random bits in hex.
 fn new_request_id() -> HeaderValue {

@@ -258,19 +258,27 @@ impl Lease {
     }
 }
 
-/// A response body from an endpoint, over HTTP/1.1 (the proxy's own
-/// client) or HTTP/2 (hyper's).
-pub(super) enum Upstream {
+/// A message body over HTTP/1.x (read by the proxy's own code) or HTTP/2
+/// (hyper's): an endpoint's response ([`Upstream`]) or a client's request
+/// ([`super::http::Inbound`]).
+pub(super) enum Versioned<B> {
     /// Read from its connection as it is polled.
-    Http1(h1::Body),
+    Http1(B),
     /// Received by the HTTP/2 connection's task.
     Http2(Incoming),
 }
 
-/// Why an upstream response body broke off.
+/// A response body from an endpoint.
+pub(super) type Upstream = Versioned<h1::Body>;
+
+/// Why a body broke off.
 pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
-impl hyper::body::Body for Upstream {
+impl<B> hyper::body::Body for Versioned<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
     type Data = Bytes;
     type Error = BodyError;
 
@@ -279,22 +287,22 @@ impl hyper::body::Body for Upstream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            Upstream::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Upstream::Http2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Versioned::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Versioned::Http2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Upstream::Http1(b) => b.is_end_stream(),
-            Upstream::Http2(b) => b.is_end_stream(),
+            Versioned::Http1(b) => b.is_end_stream(),
+            Versioned::Http2(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Upstream::Http1(b) => b.size_hint(),
-            Upstream::Http2(b) => b.size_hint(),
+            Versioned::Http1(b) => b.size_hint(),
+            Versioned::Http2(b) => b.size_hint(),
         }
     }
 }

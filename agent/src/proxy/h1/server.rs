@@ -54,8 +54,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{
-    BODY_READ, Chunked, Decoded, Framing, HEAD_READ, MAX_HEADERS, connection_allows_reuse,
-    content_length, decode,
+    Chunked, Decoded, Framing, HEAD_READ, MAX_HEADERS, connection_allows_reuse, content_length,
+    decode, poll_read_body,
 };
 
 /// What the HTTP/2 connection preface starts with.
@@ -512,11 +512,7 @@ impl Reader {
 
     /// Whether the current request's body has been read to its end.
     fn body_read(&self) -> bool {
-        !self.broken
-            && matches!(
-                self.framing,
-                Framing::Length(0) | Framing::Chunked(Chunked::Done)
-            )
+        !self.broken && self.framing.ended()
     }
 
     /// Reads the next piece of the current request's body.
@@ -549,10 +545,7 @@ impl Reader {
                     return Poll::Ready(Some(Err(Error::Invalid(why))));
                 }
             }
-            if self.buf.capacity() - self.buf.len() < BODY_READ / 4 {
-                self.buf.reserve(BODY_READ);
-            }
-            match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+            match poll_read_body(&mut self.io, &mut self.buf, cx) {
                 Poll::Pending => return self.wait(cx),
                 Poll::Ready(Ok(0)) => {
                     self.broken = true;
@@ -769,7 +762,7 @@ where
             }
             Delimited::Chunked => {
                 use std::fmt::Write as _;
-                let _ = write!(ByteWriter(out), "{:x}\r\n", data.len());
+                let _ = write!(out, "{:x}\r\n", data.len());
             }
             Delimited::Close | Delimited::Empty => {}
         }
@@ -802,16 +795,6 @@ enum Step<F> {
     Flush,
     /// The body's next frame, or its end.
     Frame(Option<F>),
-}
-
-/// `fmt::Write` into a buffer.
-struct ByteWriter<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// Writes `out` and clears it; fails if the client takes nothing for
@@ -888,7 +871,7 @@ fn encode_head(
     }
     match delimited {
         Delimited::Length(n) => {
-            let _ = write!(ByteWriter(out), "content-length: {n}\r\n");
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Delimited::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Delimited::Close | Delimited::Empty => {}

@@ -333,6 +333,8 @@ async fn chunked_request_bodies_are_decoded_as_they_arrive() {
         b"0\r\ntrailer: x\r\n",
         b"\r\nGET /echo HTTP/1.1\r\nhost: next\r\n\r\n",
     ];
+    // A moment apart, so that the server usually reads them one by one;
+    // what is asserted holds however they arrive.
     for piece in pieces {
         conn.send(piece).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -595,7 +597,9 @@ async fn slow_heads_time_out() {
 #[tokio::test]
 async fn the_http2_preface_is_handed_back_with_what_followed() {
     let mut conn = Conn::open(LIMITS).await;
-    // In two pieces: the first is also a prefix of nothing HTTP/1.
+    // In two pieces a moment apart, so that the server usually sees part
+    // of the preface first and waits for the rest; what is asserted holds
+    // however they arrive.
     conn.send(b"PRI * HTTP/2").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     conn.send(b".0\r\n\r\nSM\r\n\r\n\x00\x00\x00").await;

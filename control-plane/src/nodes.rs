@@ -7,8 +7,8 @@
 //! in one transaction.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,7 @@ pub fn now_ms() -> i64 {
 #[derive(Debug)]
 pub struct Registry {
     /// This replica's name, written into the rows of its sessions.
-    pub replica: String,
+    pub replica: Arc<str>,
     /// Nodes not heard from for this long are marked disconnected.
     pub lease: Duration,
     /// How often pending rows are written: the staleness of rollout status
@@ -58,7 +58,7 @@ pub struct Registry {
     /// per node per interval, however many changes it acked).
     flush_interval: Duration,
     // A std mutex: held only to insert or swap the map, never across .await.
-    pending: Mutex<HashMap<String, NodeRow>>,
+    pending: Mutex<HashMap<Arc<str>, NodeRow>>,
     /// Snapshots and deltas sent by this replica.
     pub pushes: AtomicU64,
     /// Encoded bytes of those pushes.
@@ -96,7 +96,7 @@ impl Registry {
     /// A registry for `replica`.
     pub fn new(replica: String, lease: Duration, flush_interval: Duration) -> Self {
         Self {
-            replica,
+            replica: replica.into(),
             lease,
             flush_interval,
             pending: Mutex::default(),

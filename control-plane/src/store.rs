@@ -13,6 +13,7 @@
 //! they connect, migrate and isolate reads.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use switchyard::pb;
 use switchyard::resource::{Kind, Ref};
@@ -189,20 +190,24 @@ pub struct Dump {
 }
 
 /// The status of one node, as a control-plane session last saw it.
+///
+/// Its session queues a copy at every Ack to be written later: the parts
+/// that do not change during a session are shared, so a copy allocates
+/// nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRow {
     /// Node id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Its labels.
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: Arc<std::collections::BTreeMap<String, String>>,
     /// Its agent's version.
-    pub agent_version: String,
+    pub agent_version: Arc<str>,
     /// The revision its configuration is current at.
     pub applied_revision: u64,
     /// Whether its stream is open.
     pub connected: bool,
     /// The replica holding (or that last held) its stream.
-    pub replica: String,
+    pub replica: Arc<str>,
     /// When it was last heard from, in Unix milliseconds.
     pub last_seen_ms: i64,
     /// Identifies the stream; a disconnect only applies to the current one.

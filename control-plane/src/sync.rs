@@ -23,6 +23,8 @@ use switchyard::resource::Ref;
 use switchyard::validate::{Violations, join};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -149,6 +151,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         let session = Session {
             inbound,
             state: self.state.clone(),
+            changes: WatchStream::from_changes(self.state.clone()),
             registry: self.registry.clone(),
             health: self.health.clone(),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
@@ -163,9 +166,9 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             heard: Instant::now(),
             lease: Box::pin(tokio::time::sleep(self.registry.lease)),
             row: NodeRow {
-                id: hello.node_id.clone(),
-                labels: hello.labels,
-                agent_version: hello.agent_version,
+                id: hello.node_id.into(),
+                labels: Arc::new(hello.labels),
+                agent_version: hello.agent_version.into(),
                 applied_revision: if fresh { 0 } else { have },
                 connected: true,
                 replica: self.registry.replica.clone(),
@@ -207,6 +210,10 @@ struct InFlight {
 struct Session {
     inbound: Streaming<pb::SyncRequest>,
     state: watch::Receiver<Arc<State>>,
+    /// Wakes the session when the state moves. One future waits across
+    /// wake-ups: a new `changed()` on every Ack would register with (and
+    /// leave) the watch's waiter list, a lock every session shares.
+    changes: WatchStream<Arc<State>>,
     registry: Arc<Registry>,
     health: Arc<Reporter>,
     /// Created once: re-registering with the process-wide token on every
@@ -260,10 +267,9 @@ impl Session {
                     }
                 }
                 // Without a push in flight, a new state may mean a new push.
-                changed = self.state.changed(), if self.in_flight.is_none() => {
-                    if changed.is_err() {
-                        return None;
-                    }
+                // (`push` reads the newest state from `state`.)
+                changed = self.changes.next(), if self.in_flight.is_none() => {
+                    changed.as_ref()?;
                 }
                 message = self.inbound.message() => match message {
                     Ok(Some(message)) => {

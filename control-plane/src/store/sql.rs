@@ -527,12 +527,12 @@ macro_rules! impl_store {
                          last_seen_ms, nack_revision, nack_error, nack_at_ms, session) ",
                     );
                     insert.push_values(chunk, |mut b, row| {
-                        b.push_bind(&row.id)
+                        b.push_bind(&*row.id)
                             .push_bind(sql::labels_to_text(&row.labels))
-                            .push_bind(&row.agent_version)
+                            .push_bind(&*row.agent_version)
                             .push_bind(row.applied_revision as i64)
                             .push_bind(row.connected)
-                            .push_bind(&row.replica)
+                            .push_bind(&*row.replica)
                             .push_bind(row.last_seen_ms)
                             .push_bind(row.nack.as_ref().map(|n| n.0 as i64))
                             .push_bind(row.nack.as_ref().map(|n| n.1.clone()))

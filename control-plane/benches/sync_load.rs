@@ -208,6 +208,10 @@ async fn main() {
     )
     .await;
     let change_bytes = shared.bytes.load(Ordering::Relaxed) - bytes_before;
+    // After the change stream the memory the initial sync used for a
+    // moment (snapshots, connection set-up) is back with the allocator:
+    // what stays is what each connected agent costs while it is served.
+    let steady_rss = rss_kib(pid);
     let wall = wall0.elapsed();
     let (cp_cpu, tool_cpu) = (cpu(&pid.to_string()) - cp_cpu0, cpu("self") - tool_cpu0);
     let other_cpu = (machine_cpu() - all_cpu0).saturating_sub(cp_cpu + tool_cpu);
@@ -239,7 +243,7 @@ async fn main() {
     cp.kill().await;
     latencies.sort();
 
-    let per_agent = (connected_rss.saturating_sub(idle_rss)) as f64 * 1024.0 / a.agents as f64;
+    let per_agent = |rss: u64| rss.saturating_sub(idle_rss) as f64 * 1024.0 / a.agents as f64;
     println!(
         "sync_load: backend={backend} agents={} connections={connections} changes={} rate={}/s filler_services={}",
         a.agents, a.changes, a.rate, a.filler
@@ -253,7 +257,12 @@ async fn main() {
         latencies.len()
     );
     println!(
-        "  control-plane RSS:              idle {idle_rss} KiB, with agents {connected_rss} KiB, {per_agent:.0} B per agent"
+        "  control-plane RSS:              idle {idle_rss} KiB, with agents {connected_rss} KiB, {:.0} B per agent",
+        per_agent(connected_rss)
+    );
+    println!(
+        "  ... after the change stream:    {steady_rss} KiB, {:.0} B per agent",
+        per_agent(steady_rss)
     );
     println!(
         "  bytes pushed per change:        {:.0} B per agent per change ({} B total)",

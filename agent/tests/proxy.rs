@@ -1679,3 +1679,162 @@ async fn consistent_hashing_keeps_a_user_on_one_endpoint() {
         proxy.stop().await;
     }
 }
+
+/// An endpoint that switches to a toy protocol when asked (`Upgrade:
+/// shout`): it answers `101`, greets, then echoes what it reads in upper
+/// case, and says `bye` when the client half-closes. Any other request is
+/// answered `200 plain`, keep-alive. Returns its address and the request
+/// heads it read.
+async fn shouting_endpoint() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request head (and whatever came after it).
+                    let end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let rest = buf.split_off(end);
+                    buf = rest;
+                    seen.lock().unwrap().push(head.clone());
+                    if !head.contains("\r\nupgrade: shout\r\n") {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
+                            .await;
+                        continue;
+                    }
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: shout\r\nConnection: Upgrade\r\n\r\nhello ")
+                        .await;
+                    let mut pending = std::mem::take(&mut buf);
+                    loop {
+                        if !pending.is_empty() {
+                            let _ = conn.write_all(&pending.to_ascii_uppercase()).await;
+                            pending.clear();
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(b" bye").await;
+                    return;
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Reads from `conn` until what was read contains `until`.
+async fn read_until(conn: &mut tokio::net::TcpStream, got: &mut Vec<u8>, until: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(got).contains(until) {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "waiting for {until:?}, got {:?} then {other:?}",
+                String::from_utf8_lossy(got)
+            ),
+        }
+    }
+}
+
+/// A protocol switch (as WebSocket asks for one) goes through: the client's
+/// ask reaches the endpoint, the endpoint's `101` reaches the client, and
+/// bytes then flow both ways (those sent right behind the request and the
+/// `101` included) with the client's half-close passed on. An ask the
+/// endpoint declines gets its ordinary answer, and the connection stays
+/// HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_switches_are_relayed_both_ways() {
+    let (addr, heads) = shouting_endpoint().await;
+    let port = free_port();
+    let snap = web_snapshot(
+        service("web", pb::LbPolicy::RoundRobin),
+        vec![endpoint("web-1", "web", addr, 1, &[])],
+        port,
+    );
+    let proxy = Proxy::start(config(1, snap)).await;
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /chat HTTP/1.1\r\nhost: web\r\nconnection: keep-alive, Upgrade\r\nupgrade: shout\r\n\r\nearly ")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut conn, &mut got, "EARLY ").await;
+    let answer = String::from_utf8_lossy(&got).to_string();
+    let (head, tunnel) = answer.split_once("\r\n\r\n").unwrap();
+    let head = head.to_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{answer:?}");
+    assert!(head.contains("\r\nconnection: upgrade"), "{answer:?}");
+    assert!(head.contains("\r\nupgrade: shout"), "{answer:?}");
+    assert_eq!(tunnel, "hello EARLY ");
+    conn.write_all(b"more").await.unwrap();
+    read_until(&mut conn, &mut got, "MORE").await;
+    // The client's half-close reaches the endpoint, whose last words and
+    // close come back.
+    conn.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel closes")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rest), " bye");
+    {
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 1);
+        assert!(
+            heads[0].contains("\r\nconnection: upgrade\r\n"),
+            "{heads:?}"
+        );
+        assert!(heads[0].contains("\r\nupgrade: shout\r\n"), "{heads:?}");
+        assert!(
+            heads[0].contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{heads:?}"
+        );
+    }
+
+    // Declined, or not asked for properly (no `Connection: upgrade`): an
+    // ordinary answer each, on one client connection.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /a HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: whisper\r\n\r\nGET /b HTTP/1.1\r\nhost: web\r\nupgrade: shout\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("both answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer:?}");
+    assert_eq!(answer.matches("plain").count(), 2, "{answer:?}");
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3);
+    assert!(heads[1].contains("\r\nupgrade: whisper\r\n"), "{heads:?}");
+    assert!(
+        !heads[2].contains("upgrade"),
+        "an ask without `Connection: upgrade` is not passed on: {heads:?}"
+    );
+    proxy.stop().await;
+}

@@ -25,11 +25,17 @@
 //! `1xx`, `204` and `304`. A response whose framing is ambiguous or
 //! malformed is refused (the try fails as a reset), and a connection whose
 //! framing cannot be trusted afterwards is not reused.
+//!
+//! A request that asks for another protocol (`Upgrade`, e.g. WebSocket)
+//! and is answered `101 Switching Protocols` leaves its connection as a
+//! [`Tunnel`] in the response's extensions, for the server side to relay
+//! bytes through; any other answer to it is an ordinary one.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -86,6 +92,23 @@ pub(super) enum Error {
     Invalid(&'static str),
 }
 
+/// An endpoint's connection switched to the protocol a client asked for
+/// (`101 Switching Protocols`), handed from the client side to the server
+/// side in the response's extensions (which must be `Clone`, hence the
+/// shared slot; it is taken once). It stays counted against its service's
+/// connection limit while the tunnel is open.
+#[derive(Clone)]
+pub(super) struct Tunnel(Arc<Mutex<Option<Conn>>>);
+
+impl Tunnel {
+    /// The connection and the bytes the endpoint sent after its answer's
+    /// head; `None` once taken.
+    pub(super) fn take(&self) -> Option<(TcpStream, Bytes, Slot)> {
+        let conn = self.0.lock().ok()?.take()?;
+        Some((conn.io, conn.buf.freeze(), conn._slot))
+    }
+}
+
 /// An open connection to an endpoint, counted against its service's
 /// connection limit until dropped.
 pub(super) struct Conn {
@@ -122,6 +145,9 @@ impl Conn {
     ) -> Result<Response<Body>, Error> {
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
+        // The proxy forwards `Upgrade` only for a client that asked for it
+        // (see `http::forward`).
+        let upgrade = parts.headers.contains_key(header::UPGRADE);
         // A buffered body (or none) goes out with the head; a streamed one
         // is sent while the response is awaited.
         let (buffered, stream) = match body {
@@ -163,14 +189,29 @@ impl Conn {
         let mut reusable = true;
         let head = std::future::poll_fn(|cx| {
             advance(&mut upload, &mut reusable, &mut self.io, cx);
-            poll_head(&mut self.io, &mut self.buf, head_request, cx)
+            poll_head(&mut self.io, &mut self.buf, head_request, upgrade, cx)
         })
         .await?;
         let Head {
-            response,
+            mut response,
             framing,
             keep_alive,
         } = head;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection is the tunnel's now; it never goes back to
+            // the pool, and the answer has no body.
+            let tunnel = Tunnel(Arc::new(Mutex::new(Some(self))));
+            response.extensions_mut().insert(tunnel);
+            let body = Body {
+                framing: Framing::Length(0),
+                conn: None,
+                lease: None,
+                upload: None,
+                reusable: false,
+            };
+            let (parts, ()) = response.into_parts();
+            return Ok(Response::from_parts(parts, body));
+        }
         let mut body = Body {
             framing,
             conn: Some(self),
@@ -343,11 +384,12 @@ fn poll_head(
     io: &mut TcpStream,
     buf: &mut BytesMut,
     head_request: bool,
+    upgrade: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, Error>> {
     loop {
         if !buf.is_empty()
-            && let Some(head) = parse_head(buf, head_request)?
+            && let Some(head) = parse_head(buf, head_request, upgrade)?
         {
             match head {
                 Parsed::Interim => continue,
@@ -383,8 +425,13 @@ enum Parsed {
 }
 
 /// Parses a complete response head at the start of `buf`, or `None` when
-/// more bytes are needed.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, Error> {
+/// more bytes are needed. A `101` is a final answer when the request asked
+/// to `upgrade`, and invalid otherwise.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    upgrade: bool,
+) -> Result<Option<Parsed>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
     let len = match parsed.parse(buf) {
@@ -401,11 +448,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        // The proxy never asks for an upgrade.
+    let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switched && !upgrade {
         return Err(Error::Invalid("unrequested protocol switch"));
     }
-    if status.is_informational() {
+    if status.is_informational() && !switched {
         buf.advance(len);
         return Ok(Some(Parsed::Interim));
     }
@@ -430,35 +477,39 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     }
 
     let mut keep_alive = connection_allows_reuse(&headers, version);
-    let framing =
-        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Length(0)
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            // With both, Transfer-Encoding wins and the connection is not
-            // reused (RFC 9112 §6.3).
-            if headers.contains_key(header::CONTENT_LENGTH) {
-                keep_alive = false;
-            }
-            let last = headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .rfind(|c| !c.is_empty());
-            match last {
-                Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
-                _ => {
-                    keep_alive = false;
-                    Framing::Close
-                }
-            }
-        } else if let Some(len) = content_length(&headers)? {
-            Framing::Length(len)
-        } else {
+    let framing = if switched {
+        // What follows the head is the other protocol's.
+        keep_alive = false;
+        Framing::Length(0)
+    } else if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // With both, Transfer-Encoding wins and the connection is not
+        // reused (RFC 9112 §6.3).
+        if headers.contains_key(header::CONTENT_LENGTH) {
             keep_alive = false;
-            Framing::Close
-        };
+        }
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|c| !c.is_empty());
+        match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
+            _ => {
+                keep_alive = false;
+                Framing::Close
+            }
+        }
+    } else if let Some(len) = content_length(&headers)? {
+        Framing::Length(len)
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
     // This hop's framing is not the next one's.
     headers.remove(header::TRANSFER_ENCODING);
     if matches!(framing, Framing::Chunked(_) | Framing::Close) {
@@ -501,19 +552,22 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
 /// Whether the response's `Connection` header and version let the
 /// connection be reused.
 fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token: &str| connection_has(headers, token);
     if version == Version::HTTP_11 {
         !has("close")
     } else {
         has("keep-alive") && !has("close")
     }
+}
+
+/// Whether a `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How the response body ends.

@@ -28,7 +28,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use switchyard::resource::{HashOn, RetryOn, RetryPolicy};
+use switchyard::resource::{HashOn, Protocol, RetryOn, RetryPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -363,7 +363,20 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, host);
     }
+    // A client's ask to switch protocols (WebSocket) goes on to an
+    // HTTP/1.1 endpoint; an HTTP/2 one gets an ordinary request.
+    let upgrade = parts
+        .extensions
+        .get::<server::UpgradeRequested>()
+        .and_then(|_| parts.headers.get(header::UPGRADE).cloned())
+        .filter(|_| service.protocol == Protocol::Http);
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
     let xff = HeaderName::from_static("x-forwarded-for");
     let forwarded = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
         Some(prior) => {
@@ -525,7 +538,16 @@ async fn forward(
         return match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
+                // The protocol switched to is said again by the server side.
+                let switched = parts
+                    .headers
+                    .get(header::UPGRADE)
+                    .cloned()
+                    .filter(|_| parts.status == hyper::StatusCode::SWITCHING_PROTOCOLS);
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(protocol) = switched {
+                    parts.headers.insert(header::UPGRADE, protocol);
+                }
                 rule.response_headers().apply(&mut parts.headers);
                 let body = Counted {
                     inner: body,

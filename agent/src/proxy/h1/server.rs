@@ -33,6 +33,13 @@
 //!
 //! A connection that opens with the HTTP/2 preface is handed back
 //! ([`Served::Http2`]) with the bytes read so far, for the HTTP/2 server.
+//!
+//! An HTTP/1.1 request without a body that asks to switch protocols
+//! (`Connection: upgrade` and `Upgrade`, as WebSocket does) is marked
+//! ([`UpgradeRequested`]); when the handler answers `101` with the
+//! endpoint's connection ([`Tunnel`]), the connection stops being HTTP:
+//! bytes are relayed both ways, half-closes passed on, until both sides
+//! have closed.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -54,8 +61,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{
-    Chunked, Decoded, Framing, HEAD_READ, MAX_HEADERS, connection_allows_reuse, content_length,
-    decode, poll_read_body,
+    Chunked, Decoded, Framing, HEAD_READ, MAX_HEADERS, Tunnel, connection_allows_reuse,
+    connection_has, content_length, decode, poll_read_body,
 };
 
 /// What the HTTP/2 connection preface starts with.
@@ -97,6 +104,11 @@ pub(in crate::proxy) struct Limits {
     /// connection is given up.
     pub idle_timeout: Duration,
 }
+
+/// In the extensions of a request that asks to switch protocols: the
+/// handler may pass the ask on and answer `101` with a [`Tunnel`].
+#[derive(Debug, Clone, Copy)]
+pub(in crate::proxy) struct UpgradeRequested;
 
 /// How a connection ended.
 pub(in crate::proxy) enum Served {
@@ -185,6 +197,7 @@ where
             request,
             keep_alive,
             bodiless,
+            upgrade,
         } = head;
         let version = request.version();
         let id = lock(&shared).request;
@@ -193,6 +206,20 @@ where
             request: id,
         });
         let response = handler(request).await;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let tunnel = response.extensions().get::<Tunnel>().and_then(Tunnel::take);
+            match tunnel {
+                // No body of the request's is held elsewhere (it had none).
+                Some(upstream) if upgrade && Arc::strong_count(&shared) == 1 => {
+                    switch(shared, write, out, response, upstream, limits.idle_timeout).await;
+                }
+                _ => {
+                    let why = Refusal(StatusCode::BAD_GATEWAY, "protocol switch failed");
+                    refuse(why, &shared, write, &mut out, stop).await;
+                }
+            }
+            return Served::Done;
+        }
         let (close, owed) = {
             let mut reader = lock(&shared);
             // Too late for the interim answer once the final one is on
@@ -287,6 +314,8 @@ struct Head {
     keep_alive: bool,
     /// Whether the response has no body (`HEAD`).
     bodiless: bool,
+    /// Whether the request asks to switch protocols.
+    upgrade: bool,
 }
 
 /// What [`Reader::poll_head`] found.
@@ -498,7 +527,16 @@ impl Reader {
 
         let keep_alive = connection_allows_reuse(&headers, version);
         let bodiless = method == Method::HEAD;
+        // RFC 9110 §7.8. With a body, the body would have to be relayed
+        // before the switch: such a request is served as an ordinary one.
+        let upgrade = version == Version::HTTP_11
+            && self.framing == Framing::Length(0)
+            && headers.contains_key(header::UPGRADE)
+            && connection_has(&headers, "upgrade");
         let mut request = Request::new(());
+        if upgrade {
+            request.extensions_mut().insert(UpgradeRequested);
+        }
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.version_mut() = version;
@@ -507,6 +545,7 @@ impl Reader {
             request,
             keep_alive,
             bodiless,
+            upgrade,
         })))
     }
 
@@ -882,7 +921,9 @@ fn encode_head(
         now(out);
         out.extend_from_slice(b"\r\n");
     }
-    if close {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
@@ -907,6 +948,49 @@ fn now(out: &mut BytesMut) {
         }
         out.extend_from_slice(text.as_bytes());
     });
+}
+
+/// Switches the connection to the protocol the endpoint agreed to: writes
+/// the `101` answer (with what the endpoint sent after its own), then
+/// relays bytes both ways between the client and the endpoint until both
+/// have closed; a half-close on either side is passed on. The tunnel
+/// counts against its service's connection limit (`slot`) while open.
+async fn switch<B>(
+    shared: Arc<Mutex<Reader>>,
+    write: OwnedWriteHalf,
+    mut out: BytesMut,
+    response: Response<B>,
+    (mut server, early, _slot): (TcpStream, Bytes, crate::proxy::pool::Slot),
+    idle: Duration,
+) {
+    let (parts, _) = response.into_parts();
+    encode_head(&parts, Delimited::Empty, Version::HTTP_11, false, &mut out);
+    out.extend_from_slice(&early);
+    if let Err(error) = send(&write, &mut out, idle).await {
+        debug!(%error, "protocol switch not written");
+        return;
+    }
+    let Ok(reader) = Arc::try_unwrap(shared) else {
+        return;
+    };
+    let reader = reader.into_inner().unwrap_or_else(PoisonError::into_inner);
+    // What the client sent after its request, in the new protocol already.
+    let (read, pending) = (reader.io, reader.buf);
+    let Ok(mut client) = read.reunite(write) else {
+        return;
+    };
+    if !pending.is_empty()
+        && let Err(error) = server.write_all(&pending).await
+    {
+        debug!(%error, "tunnel to the endpoint failed");
+        return;
+    }
+    let _ = server.set_nodelay(true);
+    // copy_bidirectional shuts down each write side when its read side
+    // reaches end of stream: half-closes pass through.
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        debug!(%error, "tunnel ended with an error");
+    }
 }
 
 /// Answers a request that cannot be served with `why` and closes the

@@ -1838,3 +1838,68 @@ async fn protocol_switches_are_relayed_both_ways() {
     );
     proxy.stop().await;
 }
+
+/// A WebSocket client and server (tokio-tungstenite) talk through the
+/// proxy: the handshake's keys pass untouched, messages of both kinds go
+/// both ways, and the closing handshake completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_work_through_the_proxy() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (conn, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(conn).await.unwrap();
+        // Echoes until the client closes.
+        while let Some(message) = ws.next().await {
+            if let m @ (Message::Text(_) | Message::Binary(_)) = message.unwrap() {
+                ws.send(m).await.unwrap();
+            }
+        }
+    });
+    let port = free_port();
+    let snap = web_snapshot(
+        service("web", pb::LbPolicy::RoundRobin),
+        vec![endpoint("web-1", "web", addr, 1, &[])],
+        port,
+    );
+    let proxy = Proxy::start(config(1, snap)).await;
+
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut ws, answer) = tokio_tungstenite::client_async("ws://web/echo", conn)
+        .await
+        .expect("the handshake goes through the proxy");
+    assert_eq!(answer.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    let big = vec![7u8; 200_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+        (
+            ws.next().await.unwrap().unwrap(),
+            ws.next().await.unwrap().unwrap(),
+        )
+    })
+    .await
+    .expect("echoes arrive");
+    assert_eq!(echoed.0, Message::text("hello"));
+    assert_eq!(echoed.1, Message::binary(big));
+    ws.close(None).await.unwrap();
+    // The server's close answer comes back, then the stream ends.
+    while let Some(Ok(message)) = ws.next().await {
+        assert!(message.is_close(), "{message:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server sees the close")
+        .unwrap();
+    // The client's side of the tunnel closes with it: nothing is left for
+    // the listener's drain.
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(5), proxy.stop())
+        .await
+        .expect("the proxy stops without waiting for its drain time");
+}

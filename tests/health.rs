@@ -1,7 +1,7 @@
 //! End to end, health closes the loop: a real control plane, real agents
 //! (one owning and checking the backends, one a client-side sidecar running
-//! the built-in proxy), and real backend processes (`python3 -m
-//! http.server`), all on loopback. A backend dies: its agent's checks see
+//! the built-in proxy), and real backend processes (Python's
+//! `http.server`), all on loopback. A backend dies: its agent's checks see
 //! it, the control plane writes it, and the sidecar's proxy stops sending it
 //! traffic; it comes back and rejoins.
 
@@ -21,6 +21,24 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::*;
+
+/// Python's `http.server` serving a directory, except that each answer
+/// goes out in one write (a buffered `wfile`, flushed after each request)
+/// where the stock handler writes the head and the body apart. A backend
+/// killed at a random moment then dies before an answer or after it,
+/// never between its head and its body: the first a proxy can retry
+/// elsewhere; the second, no proxy can hide from its client once the head
+/// has been passed on.
+const SERVER: &str = r#"
+import functools, http.server, sys
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    wbufsize = -1
+
+port, directory = int(sys.argv[1]), sys.argv[2]
+handler = functools.partial(Handler, directory=directory)
+http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
+"#;
 
 /// A backend server process answering `GET /` with its name.
 struct Backend {
@@ -47,14 +65,7 @@ impl Backend {
     /// Starts the process (again) on the same port; returns once it answers.
     async fn restart(&mut self) {
         let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
+            .args(["-c", SERVER, &self.port.to_string()])
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

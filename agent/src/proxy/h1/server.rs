@@ -52,7 +52,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Sleep;
@@ -371,7 +371,26 @@ impl Reader {
                     return Poll::Ready(Ok(None));
                 }
                 let read = SCRATCH.with_borrow_mut(|scratch| {
-                    let n = self.io.as_ref().try_read(&mut scratch[..])?;
+                    let socket = self.io.as_ref();
+                    let mut got = None;
+                    // A read that does not fill the scratch buffer emptied
+                    // the socket: its readiness is cleared (by answering
+                    // `WouldBlock` to `try_io`), so that the next wait goes
+                    // to the poller instead of to a read that would find
+                    // nothing, as tokio's own `poll_read` does. An event
+                    // that came in the meantime keeps it set.
+                    let cleared = socket.try_io(Interest::READABLE, || {
+                        let n = socket.try_read(&mut scratch[..])?;
+                        got = Some(n);
+                        if n > 0 && n < scratch.len() {
+                            return Err(io::ErrorKind::WouldBlock.into());
+                        }
+                        Ok(n)
+                    });
+                    let n = match (got, cleared) {
+                        (Some(n), _) | (None, Ok(n)) => n,
+                        (None, Err(e)) => return Err(e),
+                    };
                     self.buf = BytesMut::from(&scratch[..n]);
                     Ok::<_, io::Error>(n)
                 });

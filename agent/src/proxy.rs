@@ -146,8 +146,9 @@ impl Builtin {
     }
 
     /// Serves traffic on `n` threads of its own, each with a
-    /// single-threaded runtime (see [`workers`](self::workers)); 0 (the
-    /// default) serves it on the runtime that runs the proxy.
+    /// single-threaded runtime (a request is served on the thread that
+    /// accepted its connection); 0 (the default) serves it on the runtime
+    /// that runs the proxy.
     #[must_use]
     pub fn with_threads(mut self, n: usize) -> Self {
         self.threads = n;

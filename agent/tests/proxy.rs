@@ -209,12 +209,13 @@ fn web_snapshot(web: pb::Service, endpoints: Vec<pb::Endpoint>, port: u16) -> pb
 /// A proxy serving `web` with `backend` as its one endpoint behind the
 /// catch-all route; its port.
 async fn proxy_for(web: pb::Service, backend: &Backend) -> (Proxy, u16) {
+    proxy_to(web, backend.addr).await
+}
+
+/// A proxy serving service `web` (one endpoint at `addr`) on a free port.
+async fn proxy_to(web: pb::Service, addr: SocketAddr) -> (Proxy, u16) {
     let port = free_port();
-    let snap = web_snapshot(
-        web,
-        vec![endpoint("web-1", "web", backend.addr, 1, &[])],
-        port,
-    );
+    let snap = web_snapshot(web, vec![endpoint("web-1", "web", addr, 1, &[])], port);
     (Proxy::start(config(1, snap)).await, port)
 }
 
@@ -1765,13 +1766,7 @@ async fn read_until(conn: &mut tokio::net::TcpStream, got: &mut Vec<u8>, until: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_switches_are_relayed_both_ways() {
     let (addr, heads) = shouting_endpoint().await;
-    let port = free_port();
-    let snap = web_snapshot(
-        service("web", pb::LbPolicy::RoundRobin),
-        vec![endpoint("web-1", "web", addr, 1, &[])],
-        port,
-    );
-    let proxy = Proxy::start(config(1, snap)).await;
+    let (proxy, port) = proxy_to(service("web", pb::LbPolicy::RoundRobin), addr).await;
 
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -1859,13 +1854,7 @@ async fn websocket_sessions_work_through_the_proxy() {
             }
         }
     });
-    let port = free_port();
-    let snap = web_snapshot(
-        service("web", pb::LbPolicy::RoundRobin),
-        vec![endpoint("web-1", "web", addr, 1, &[])],
-        port,
-    );
-    let proxy = Proxy::start(config(1, snap)).await;
+    let (proxy, port) = proxy_to(service("web", pb::LbPolicy::RoundRobin), addr).await;
 
     let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -209,6 +209,7 @@ struct InFlight {
 /// One agent stream.
 struct Session {
     inbound: Streaming<pb::SyncRequest>,
+    /// The newest state, read when the session looks for a push.
     state: watch::Receiver<Arc<State>>,
     /// Wakes the session when the state moves. One future waits across
     /// wake-ups: a new `changed()` on every Ack would register with (and
@@ -289,7 +290,7 @@ impl Session {
 
     /// The next push, if the agent needs one.
     fn push(&mut self) -> Option<pb::SyncResponse> {
-        let state = self.state.borrow_and_update().clone();
+        let state = self.state.borrow().clone();
         if self.checked == Some(state.revision) && !self.want_snapshot {
             return None;
         }

@@ -247,7 +247,13 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the headers that describe one hop. With `switching`, a protocol
+/// switch asked for or agreed to (`Upgrade`) is kept, as the next hop's
+/// `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
+    let upgrade = switching
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     // Headers named by Connection are hop-by-hop too. The usual tokens
     // (`close`, `keep-alive`) name nothing else to remove, so most messages
     // make no list.
@@ -267,6 +273,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
     }
 }
 
@@ -365,18 +375,9 @@ async fn forward(
     }
     // A client's ask to switch protocols (WebSocket) goes on to an
     // HTTP/1.1 endpoint; an HTTP/2 one gets an ordinary request.
-    let upgrade = parts
-        .extensions
-        .get::<server::UpgradeRequested>()
-        .and_then(|_| parts.headers.get(header::UPGRADE).cloned())
-        .filter(|_| service.protocol == Protocol::Http);
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(protocol) = upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol);
-    }
+    let switching = parts.extensions.get::<server::UpgradeRequested>().is_some()
+        && service.protocol == Protocol::Http;
+    strip_hop_by_hop(&mut parts.headers, switching);
     let xff = HeaderName::from_static("x-forwarded-for");
     let forwarded = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
         Some(prior) => {
@@ -538,16 +539,8 @@ async fn forward(
         return match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
-                // The protocol switched to is said again by the server side.
-                let switched = parts
-                    .headers
-                    .get(header::UPGRADE)
-                    .cloned()
-                    .filter(|_| parts.status == hyper::StatusCode::SWITCHING_PROTOCOLS);
-                strip_hop_by_hop(&mut parts.headers);
-                if let Some(protocol) = switched {
-                    parts.headers.insert(header::UPGRADE, protocol);
-                }
+                let switched = parts.status == hyper::StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(&mut parts.headers, switched);
                 rule.response_headers().apply(&mut parts.headers);
                 let body = Counted {
                     inner: body,

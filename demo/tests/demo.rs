@@ -1,6 +1,8 @@
 //! The `yard-demo` binary as a user runs it: it starts, prints where to send
 //! requests, balances them as its manifests say, and stops cleanly on
-//! Ctrl-C. Every run uses free ports (`--listen 127.0.0.1:0 --port-base 0`).
+//! Ctrl-C. Every run uses free ports (`--listen 127.0.0.1:0 --port-base 0`;
+//! a demo started twice on one data directory gets one free pair of
+//! listener ports for both runs).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,7 +46,10 @@ fn command(args: &[&str]) -> Command {
 
 impl Demo {
     async fn start(extra: &[&str]) -> Demo {
-        let mut args = vec!["--listen", "127.0.0.1:0", "--port-base", "0"];
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        if !extra.contains(&"--port-base") {
+            args.extend(["--port-base", "0"]);
+        }
         args.extend_from_slice(extra);
         let mut child = command(&args).spawn().expect("yard-demo starts");
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -222,7 +227,12 @@ async fn balances_and_splits_as_printed_then_stops_on_ctrl_c() {
 async fn a_kept_data_directory_starts_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let first = Demo::start(&["--data-dir", path]).await;
+    // Both runs on the same listener ports: the second starts with the
+    // first's configuration (kept on disk) until it has synced, and opens
+    // its listeners at once. On ports of their own, those cannot answer
+    // another test's demo that was given the ports the first run let go.
+    let base = free_port_pair().to_string();
+    let first = Demo::start(&["--data-dir", path, "--port-base", &base]).await;
     assert!(first.printed.contains("kept"), "{}", first.printed);
     let (status, stderr) = first.interrupt().await;
     assert!(status.success(), "exit {status}; stderr:\n{stderr}");
@@ -230,7 +240,7 @@ async fn a_kept_data_directory_starts_again() {
 
     // The store kept every resource; with new ports the endpoints and
     // listeners are updated, and the node serves them.
-    let second = Demo::start(&["--data-dir", path]).await;
+    let second = Demo::start(&["--data-dir", path, "--port-base", &base]).await;
     assert!(
         second.printed.contains("(0 created, "),
         "{}",
@@ -240,6 +250,17 @@ async fn a_kept_data_directory_starts_again() {
     assert_eq!(seen.keys().collect::<Vec<_>>(), [V1_A, V1_B], "{seen:?}");
     let (status, stderr) = second.interrupt().await;
     assert!(status.success(), "exit {status}; stderr:\n{stderr}");
+}
+
+/// The first of two consecutive ports free on 127.0.0.1.
+fn free_port_pair() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[tokio::test]

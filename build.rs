@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/switchyard/v1/resources.proto",
         "proto/switchyard/v1/operator.proto",
         "proto/switchyard/v1/agent.proto",
+        "proto/switchyard/v1/token.proto",
     ];
 
     let mut config = prost_build::Config::new();

@@ -339,7 +339,10 @@ fn invalid_cases() -> Vec<(&'static str, pb::ApplyItem, &'static str)> {
     add(
         "resource with no kind",
         pb::ApplyItem {
-            resource: Some(pb::Resource { kind: None }),
+            resource: Some(pb::Resource {
+                kind: None,
+                ..Default::default()
+            }),
             expected_revision: None,
         },
         "items[1].resource",

@@ -268,6 +268,7 @@ fn convert(
     // Checked here too, so a mistake is reported against the file.
     let resource = pb::Resource {
         kind: Some(pb::resource::Kind::Endpoint(endpoint.clone())),
+        ..Default::default()
     };
     if let Err(invalid) = Resource::from_pb(&resource, field) {
         let inner = join(field, "endpoint");

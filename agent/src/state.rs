@@ -196,7 +196,10 @@ impl Store {
             .chain(routes.into_iter().map(K::Route))
             .chain(listeners.into_iter().map(K::Listener));
         for kind in all {
-            let raw = pb::Resource { kind: Some(kind) };
+            let raw = pb::Resource {
+                kind: Some(kind),
+                ..Default::default()
+            };
             let Some(r) = resource::pb_ref(&raw) else {
                 continue;
             };

@@ -25,7 +25,10 @@ pub async fn http_call(port: u16, method: &str, path: &str, body: &str) -> (u16,
 
 /// Wraps a resource kind into a `pb::Resource` carrying `revision`.
 fn at(revision: u64, kind: pb::resource::Kind) -> pb::Resource {
-    let mut r = pb::Resource { kind: Some(kind) };
+    let mut r = pb::Resource {
+        kind: Some(kind),
+        ..Default::default()
+    };
     set_pb_revision(&mut r, revision);
     r
 }

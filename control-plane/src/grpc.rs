@@ -533,6 +533,7 @@ impl<S: Store> Watcher<S> {
                     } as i32,
                     r#ref: Some(c.target.to_pb()),
                     resource: c.resource.clone(),
+                    author: None,
                 })
                 .collect();
             i = end;

@@ -69,6 +69,7 @@ pub async fn register<S: Store>(
         }
         let resource = pb::Resource {
             kind: Some(pb::resource::Kind::Service(service.clone())),
+            ..Default::default()
         };
         // Some(0): "must not exist", so a service an operator creates
         // meanwhile is not overwritten.
@@ -98,6 +99,7 @@ pub async fn register<S: Store>(
         }
         let resource = pb::Resource {
             kind: Some(pb::resource::Kind::Endpoint(endpoint)),
+            ..Default::default()
         };
         match write(&resource, &field, Some(stored)) {
             Ok(w) => writes.push(w),

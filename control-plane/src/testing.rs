@@ -406,7 +406,10 @@ pub mod fixtures {
     /// An Apply item holding `kind`, with no revision expectation.
     pub fn item(kind: pb::resource::Kind) -> pb::ApplyItem {
         pb::ApplyItem {
-            resource: Some(pb::Resource { kind: Some(kind) }),
+            resource: Some(pb::Resource {
+                kind: Some(kind),
+                ..Default::default()
+            }),
             expected_revision: None,
         }
     }

@@ -26,6 +26,7 @@ fn endpoint_item(name: &str, port: u32) -> pb::ApplyItem {
                 port,
                 ..Default::default()
             })),
+            ..Default::default()
         }),
         expected_revision: None,
     }
@@ -47,6 +48,7 @@ async fn kill_9_keeps_acknowledged_batches_whole(db: TestDb) {
                         name: "web".into(),
                         ..Default::default()
                     })),
+                    ..Default::default()
                 }),
                 expected_revision: None,
             }],

@@ -14,6 +14,7 @@ fn service(name: &str) -> pb::Resource {
             name: name.into(),
             ..Default::default()
         })),
+        ..Default::default()
     }
 }
 
@@ -26,6 +27,7 @@ fn endpoint(name: &str, service: &str, port: u32) -> pb::Resource {
             port,
             ..Default::default()
         })),
+        ..Default::default()
     }
 }
 

@@ -342,6 +342,7 @@ pub fn from_document(document: Value) -> Result<pb::Resource, DocumentError> {
     })?;
     Ok(pb::Resource {
         kind: Some(resource),
+        ..Default::default()
     })
 }
 

@@ -167,7 +167,15 @@ fn invalid_resource_is_reported_by_name_and_field() {
         "{msg}"
     );
 
-    let msg = invalid(store.prepare_delta(delta(5, 6, [pb::Resource { kind: None }], [])));
+    let msg = invalid(store.prepare_delta(delta(
+        5,
+        6,
+        [pb::Resource {
+            kind: None,
+            ..Default::default()
+        }],
+        [],
+    )));
     assert!(
         msg.contains("upserts[0]: must hold a service, endpoint, route or listener"),
         "{msg}"

@@ -123,7 +123,10 @@ impl Sim {
                             .chain(s.endpoints.into_iter().map(pb::resource::Kind::Endpoint))
                             .chain(s.routes.into_iter().map(pb::resource::Kind::Route))
                             .chain(s.listeners.into_iter().map(pb::resource::Kind::Listener))
-                            .map(|k| pb::Resource { kind: Some(k) })
+                            .map(|k| pb::Resource {
+                                kind: Some(k),
+                                ..Default::default()
+                            })
                             .collect();
                         hold(&mut inventory, &all);
                         if let Some(f) = &self.on_push {

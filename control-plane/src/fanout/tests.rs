@@ -1,7 +1,10 @@
 use super::*;
 
 fn res(kind: pb::resource::Kind) -> pb::Resource {
-    pb::Resource { kind: Some(kind) }
+    pb::Resource {
+        kind: Some(kind),
+        ..Default::default()
+    }
 }
 
 fn service(name: &str, revision: u64) -> pb::Resource {

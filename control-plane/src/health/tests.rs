@@ -10,6 +10,7 @@ fn state() -> State {
             node: node.into(),
             ..Default::default()
         })),
+        ..Default::default()
     };
     State::from_dump(Dump {
         revision: 1,

@@ -73,6 +73,7 @@ fn printed_manifests_read_back_to_the_same_resource() {
     };
     let resource = pb::Resource {
         kind: Some(Resource::Endpoint(endpoint.clone())),
+        ..Default::default()
     };
     let doc = to_document(&resource);
     let text = to_yaml(std::slice::from_ref(&doc));

@@ -44,6 +44,7 @@ fn endpoint_rows_show_defaults_as_they_apply() {
                 revision: 7,
                 ..Default::default()
             })),
+            ..Default::default()
         }],
         false,
     );

@@ -14,8 +14,8 @@ pub enum Exit {
     /// was sent.
     Usage = 1,
     /// The control plane refused the request (invalid, conflict, still
-    /// referenced, not found), or a node refused the configuration during a
-    /// rollout; nothing was written.
+    /// referenced, not found, not authenticated or not permitted), or a
+    /// node refused the configuration during a rollout; nothing was written.
     Rejected = 2,
     /// The control plane could not be reached or failed to answer; retrying
     /// may help.
@@ -137,7 +137,32 @@ fn describe(status: &tonic::Status) -> String {
             }
         }
         Code::DeadlineExceeded => format!("the control plane did not answer in time: {message}"),
+        // The server says what the call needs and what the principal has;
+        // the prefix says which of the two refusals this is.
+        Code::PermissionDenied => prefixed("permission denied", message),
+        Code::Unauthenticated => format!(
+            "{} (give a valid token with --token or YARD_TOKEN)",
+            prefixed("not authenticated", message)
+        ),
+        // A server that does not know the service or method answers with
+        // no message at all.
+        Code::Unimplemented if message.is_empty() => {
+            "the control plane does not implement this call; it may be older than yardctl".into()
+        }
+        code if message.is_empty() => code.description().to_string(),
         _ => message.to_string(),
+    }
+}
+
+/// `label: message`, unless the message already starts with the label.
+fn prefixed(label: &str, message: &str) -> String {
+    let starts = message
+        .get(..label.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(label));
+    match message {
+        "" => label.to_string(),
+        _ if starts => message.to_string(),
+        _ => format!("{label}: {message}"),
     }
 }
 

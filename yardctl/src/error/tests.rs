@@ -30,3 +30,40 @@ fn a_closed_pipe_exits_quietly() {
     assert_eq!(e.exit, Exit::Ok);
     assert!(e.message.is_empty());
 }
+
+#[test]
+fn refusals_of_the_caller_say_which_one_and_keep_the_reason() {
+    let denied = Error::status(&Status::permission_denied(
+        "Apply needs the admin role; token/ci has the reader role",
+    ));
+    assert_eq!(denied.exit, Exit::Rejected);
+    assert_eq!(
+        denied.message,
+        "permission denied: Apply needs the admin role; token/ci has the reader role"
+    );
+    let already = Error::status(&Status::permission_denied("Permission denied: agents only"));
+    assert_eq!(already.message, "Permission denied: agents only");
+
+    let unknown = Error::status(&Status::unauthenticated("unknown or revoked token"));
+    assert_eq!(unknown.exit, Exit::Rejected);
+    assert_eq!(
+        unknown.message,
+        "not authenticated: unknown or revoked token (give a valid token with --token or YARD_TOKEN)"
+    );
+    let bare = Error::status(&Status::unauthenticated(""));
+    assert_eq!(
+        bare.message,
+        "not authenticated (give a valid token with --token or YARD_TOKEN)"
+    );
+}
+
+#[test]
+fn a_status_without_a_message_still_says_something() {
+    let e = Error::status(&Status::unimplemented(""));
+    assert_eq!(e.exit, Exit::Rejected);
+    assert_eq!(
+        e.message,
+        "the control plane does not implement this call; it may be older than yardctl"
+    );
+    assert!(!Error::status(&Status::not_found("")).message.is_empty());
+}

@@ -12,7 +12,8 @@ Exit codes:
   0  done
   1  usage error, or a manifest that does not parse (nothing was sent)
   2  refused: invalid, conflicting or still-referenced resources, not found,
-     or (rollout status) a node refused the configuration; nothing was written
+     not authenticated or not permitted, or (rollout status) a node refused
+     the configuration; nothing was written
   3  the control plane cannot be reached or failed to answer; retrying may help
   4  rollout status timed out
 
@@ -93,6 +94,9 @@ pub enum Command {
     /// Follow the rollout of a revision to the nodes.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Create, list and revoke bearer tokens (needs an admin token).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 /// `yardctl apply`.
@@ -178,6 +182,53 @@ pub struct RolloutStatusArgs {
     /// Give up after this long (e.g. 90s, 5m; 0 waits for ever).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// `yardctl token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret, once, alone on stdout.
+    ///
+    /// `yardctl token create ci --role reader > ci.token` keeps exactly the
+    /// secret; a note on stderr says it is not shown again.
+    Create(TokenCreateArgs),
+    /// List every token, revoked ones included; secrets are never shown.
+    List,
+    /// Revoke a token: the control plane refuses it from then on.
+    Revoke(TokenRevokeArgs),
+}
+
+/// `yardctl token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// The token's name, unique among all tokens (revoked ones included); it
+    /// shows as `token/NAME` in the audit trail.
+    pub name: String,
+    /// What the token may do: admin (everything), reader (get, watch, nodes,
+    /// rollout status) or agent (an agent's calls for one node).
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// The node an agent token speaks for; required with --role agent only.
+    #[arg(long, value_name = "ID")]
+    pub node: Option<String>,
+}
+
+/// `yardctl token revoke`.
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's name.
+    pub name: String,
+}
+
+/// The roles a token can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Every operator call and token management.
+    Admin,
+    /// Reads only: get, watch, nodes, rollout status.
+    Reader,
+    /// The agent of one node (needs --node).
+    Agent,
 }
 
 /// Parses a kind as typed on the command line: singular, plural or short,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use switchyard::label::Selector;
 use switchyard::pb;
 use switchyard::pb::operator_service_client::OperatorServiceClient;
+use switchyard::pb::token_service_client::TokenServiceClient;
 use switchyard::resource::Kind;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -24,6 +25,9 @@ const PAGE_SIZE: u32 = 500;
 
 /// An operator API client that sends the token with every call.
 pub type Client = OperatorServiceClient<InterceptedService<Channel, Auth>>;
+
+/// A token API client on the same kind of connection, with the same token.
+pub type TokenClient = TokenServiceClient<InterceptedService<Channel, Auth>>;
 
 /// Adds `authorization: Bearer <token>` to every call when a token is set.
 #[derive(Debug, Clone)]
@@ -88,7 +92,7 @@ impl Target {
     }
 
     /// Connects, failing fast (exit 3) when nothing answers.
-    pub async fn connect(&self) -> Result<Client, Error> {
+    async fn channel(&self) -> Result<Channel, Error> {
         let endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| Error::usage(format_args!("--server {}: {e}", self.url)))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -97,7 +101,22 @@ impl Target {
             let cause = root_cause(&e).unwrap_or_else(|| e.to_string());
             Error::unavailable(format_args!("cannot connect to {}: {cause}", self.url))
         })?;
+        Ok(channel)
+    }
+
+    /// Connects an operator API client that sends the token with every call.
+    pub async fn connect(&self) -> Result<Client, Error> {
+        let channel = self.channel().await?;
         Ok(OperatorServiceClient::with_interceptor(
+            channel,
+            self.auth.clone(),
+        ))
+    }
+
+    /// Connects a token API client, with the token as [`Target::connect`] sends it.
+    pub async fn connect_tokens(&self) -> Result<TokenClient, Error> {
+        let channel = self.channel().await?;
+        Ok(TokenServiceClient::with_interceptor(
             channel,
             self.auth.clone(),
         ))

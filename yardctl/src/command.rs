@@ -6,6 +6,7 @@ pub mod delete;
 pub mod get;
 pub mod nodes;
 pub mod rollout;
+pub mod token;
 pub mod watch;
 
 use std::io::Write;
@@ -13,7 +14,7 @@ use std::io::Write;
 use switchyard::resource::Ref;
 use tonic_types::StatusExt;
 
-use crate::cli::{Cli, Command, Output, RolloutCommand};
+use crate::cli::{Cli, Command, Output, RolloutCommand, TokenCommand};
 use crate::client::Target;
 use crate::error::Error;
 use crate::manifest::{Source, manifest_path};
@@ -52,6 +53,13 @@ pub async fn run(cli: Cli, console: &mut Console<'_>) -> Result<(), Error> {
                 ));
             }
             rollout::status(&target, args, console).await
+        }
+        Command::Token(TokenCommand::Create(args)) => {
+            token::create(&target, output, args, console).await
+        }
+        Command::Token(TokenCommand::List) => token::list(&target, output, console).await,
+        Command::Token(TokenCommand::Revoke(args)) => {
+            token::revoke(&target, output, args, console).await
         }
     }
 }

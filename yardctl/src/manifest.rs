@@ -11,9 +11,10 @@
 //!   port: 8080
 //! ```
 //!
-//! `revision` and (for endpoints) `status` appear in what `get` prints; they
-//! are set by Switchyard and ignored when applied, so printed manifests can
-//! be applied again as they are. A file holds any number of documents
+//! `revision`, `lastChange` (who made the write that last changed the
+//! resource, from which address, and when) and, for endpoints, `status`
+//! appear in what `get` prints; they are set by Switchyard and ignored when
+//! applied, so printed manifests can be applied again as they are. A file holds any number of documents
 //! (separated by `---`); a document may also be a list of manifests, which
 //! is what `get -o json` prints for several resources.
 
@@ -33,8 +34,16 @@ use crate::error::Error;
 use crate::mapping::{self, FieldError, enum_value_name, mapping};
 
 /// The top-level fields of a manifest: the four an operator writes, then the
-/// two `get` adds.
-const TOP_LEVEL: [&str; 6] = ["kind", "name", "labels", "spec", "revision", "status"];
+/// three `get` adds.
+const TOP_LEVEL: [&str; 7] = [
+    "kind",
+    "name",
+    "labels",
+    "spec",
+    "revision",
+    "lastChange",
+    "status",
+];
 /// Spec fields that belong elsewhere in a manifest. (`labels` may be given
 /// in `spec` instead of at the top, as long as it is given once.)
 const NOT_IN_SPEC: [&str; 2] = ["name", "revision"];
@@ -365,7 +374,8 @@ pub fn parse_kind(text: &str) -> Option<Kind> {
 }
 
 /// The manifest that declares `resource`, with its output-only fields
-/// (`revision`, endpoint `status`) filled in.
+/// (`revision`, `lastChange` when the control plane tells, endpoint
+/// `status`) filled in.
 pub fn to_document(resource: &pb::Resource) -> Value {
     let (kind, spec) = match &resource.kind {
         Some(Resource::Service(s)) => (
@@ -392,6 +402,9 @@ pub fn to_document(resource: &pb::Resource) -> Value {
             doc.insert(key.into(), v);
         }
     }
+    if let Some(author) = &resource.last_change {
+        doc.insert("lastChange".into(), author_document(author));
+    }
     let mut status = Mapping::new();
     if let Some(Resource::Endpoint(e)) = &resource.kind {
         // Shown even when unknown (the default, which the mapping leaves out).
@@ -411,6 +424,12 @@ pub fn to_document(resource: &pb::Resource) -> Value {
         doc.insert("status".into(), Value::Mapping(status));
     }
     Value::Mapping(doc)
+}
+
+/// Who made a write, as a document: `principal`, `address` (left out for
+/// the control plane's own writes) and `at` in RFC 3339.
+pub fn author_document(author: &pb::ChangeAuthor) -> Value {
+    mapping::to_value(author, "switchyard.v1.ChangeAuthor")
 }
 
 /// `documents` as a YAML stream, `---` between documents.

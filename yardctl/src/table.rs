@@ -61,7 +61,8 @@ impl Table {
     }
 }
 
-/// A table of resources of `kind`.
+/// A table of resources of `kind`: the cells of the kind, then who made
+/// the last change (BY).
 pub fn resources(kind: Kind, resources: &[pb::Resource], show_labels: bool) -> Table {
     let mut header: Vec<&str> = match kind {
         Kind::Service => vec![
@@ -86,6 +87,7 @@ pub fn resources(kind: Kind, resources: &[pb::Resource], show_labels: bool) -> T
             "REVISION",
         ],
     };
+    header.push("BY");
     if show_labels {
         header.push("LABELS");
     }
@@ -98,6 +100,7 @@ pub fn resources(kind: Kind, resources: &[pb::Resource], show_labels: bool) -> T
             Some(Resource::Listener(l)) => (listener(l), &l.labels),
             None => continue,
         };
+        cells.push(principal(resource.last_change.as_ref()));
         if show_labels {
             cells.push(labels_cell(labels));
         }
@@ -200,6 +203,12 @@ fn protocol(p: i32) -> String {
 /// An endpoint's health, in words.
 pub fn health(h: i32) -> String {
     enum_value_name("switchyard.v1.Health", h)
+}
+
+/// Who made a change (`token/alice`), or `-` when the control plane does
+/// not say (one without an audit trail).
+pub fn principal(author: Option<&pb::ChangeAuthor>) -> String {
+    dash(author.map_or("", |a| a.principal.as_str()))
 }
 
 /// `k=v,k=v`, or `<none>`.

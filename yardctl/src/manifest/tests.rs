@@ -94,6 +94,56 @@ fn printed_manifests_read_back_to_the_same_resource() {
 }
 
 #[test]
+fn the_last_change_is_shown_beside_the_revision_and_ignored_when_applied() {
+    let service = pb::Service {
+        name: "web".into(),
+        revision: 7,
+        protocol: pb::Protocol::Http2 as i32,
+        ..Default::default()
+    };
+    let author = pb::ChangeAuthor {
+        principal: "token/alice".into(),
+        address: "10.0.0.5:51234".into(),
+        at: Some(prost_types::Timestamp {
+            seconds: 1_796_407_796,
+            nanos: 0,
+        }),
+    };
+    let resource = pb::Resource {
+        kind: Some(Resource::Service(service.clone())),
+        last_change: Some(author),
+    };
+    let text = to_yaml(&[to_document(&resource)]);
+    assert_eq!(
+        text,
+        "kind: Service\nname: web\nrevision: 7\nlastChange:\n  principal: token/alice\n  \
+         address: 10.0.0.5:51234\n  at: 2026-12-04T18:09:56Z\nspec:\n  protocol: http2\n"
+    );
+    let json = to_json(&to_document(&resource));
+    for printed in [text.as_str(), json.as_str()] {
+        let back = parse(printed, "out").unwrap();
+        assert_eq!(
+            back[0].resource,
+            pb::Resource {
+                kind: Some(Resource::Service(pb::Service {
+                    revision: 0,
+                    ..service.clone()
+                })),
+                last_change: None,
+            },
+            "{printed}"
+        );
+    }
+
+    // Without an audit trail (an older control plane), no block at all.
+    let plain = pb::Resource {
+        kind: Some(Resource::Service(service)),
+        last_change: None,
+    };
+    assert!(!to_yaml(&[to_document(&plain)]).contains("lastChange"));
+}
+
+#[test]
 fn misplaced_fields_are_refused_with_their_place() {
     let problem = |text: &str| parse(text, "f.yaml").unwrap_err().message;
     assert_eq!(

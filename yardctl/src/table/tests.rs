@@ -51,7 +51,49 @@ fn endpoint_rows_show_defaults_as_they_apply() {
     assert_eq!(
         t.rows,
         [[
-            "web-1", "web", "10.0.0.1", "8080", "1", "-", "draining", "7"
+            "web-1", "web", "10.0.0.1", "8080", "1", "-", "draining", "7", "-"
         ]]
     );
+}
+
+fn service(last_change: Option<pb::ChangeAuthor>) -> pb::Resource {
+    pb::Resource {
+        kind: Some(Resource::Service(pb::Service {
+            name: "web".into(),
+            labels: [("team".to_string(), "shop".to_string())].into(),
+            revision: 3,
+            ..Default::default()
+        })),
+        last_change,
+    }
+}
+
+#[test]
+fn the_by_column_names_who_made_the_last_change() {
+    let alice = pb::ChangeAuthor {
+        principal: "token/alice".into(),
+        address: "10.0.0.5:51234".into(),
+        at: None,
+    };
+    let t = resources(Kind::Service, &[service(Some(alice)), service(None)], true);
+    assert_eq!(
+        t.header,
+        [
+            "NAME",
+            "PROTOCOL",
+            "LB-POLICY",
+            "HASH-ON",
+            "HEALTH-CHECK",
+            "REVISION",
+            "BY",
+            "LABELS"
+        ]
+    );
+    let by: Vec<&str> = t.rows.iter().map(|r| r[6].as_str()).collect();
+    assert_eq!(
+        by,
+        ["token/alice", "-"],
+        "`-` when the control plane does not say"
+    );
+    assert_eq!(t.rows[0][7], "team=shop", "labels stay last");
 }

@@ -90,6 +90,25 @@ async fn printed_manifests_apply_back_unchanged(db: TestDb) {
             .iter()
             .all(|l| l.starts_with("endpoint/") && l.ends_with(" unchanged"))
     );
+
+    // With the audit block a control plane with an audit trail prints, the
+    // manifests still apply back unchanged.
+    let printed = yardctl(&server, &["get", "all", "-o", "json"]).await;
+    let mut docs: serde_json::Value = serde_json::from_str(printed.ok()).unwrap();
+    for doc in docs.as_array_mut().unwrap() {
+        doc["lastChange"] = serde_json::json!({
+            "principal": "token/alice",
+            "address": "10.0.0.5:51234",
+            "at": "2026-12-04T18:09:56Z",
+        });
+    }
+    let audited = serde_json::to_string(&docs).unwrap();
+    let back = yardctl_stdin(&server, &["apply", "-f", "-"], &audited).await;
+    assert!(back.lines().len() >= 20, "{back:?}");
+    assert!(
+        back.lines().iter().all(|l| l.ends_with(" unchanged")),
+        "{back:?}"
+    );
     assert_eq!(revision(&server).await, before);
 }
 

@@ -41,15 +41,22 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
     assert_eq!(
         header,
         [
-            "NAME", "SERVICE", "ADDRESS", "PORT", "WEIGHT", "NODE", "HEALTH", "REVISION"
+            "NAME", "SERVICE", "ADDRESS", "PORT", "WEIGHT", "NODE", "HEALTH", "REVISION", "BY"
         ]
     );
-    let web1: Vec<&str> = lines
-        .iter()
-        .find(|l| l.starts_with("web-1 "))
-        .expect("web-1 listed")
-        .split_whitespace()
-        .collect();
+    // The last cell, BY, is who made the last change: `-` from a control
+    // plane without an audit trail, its principal otherwise.
+    let cells = |line: &str| -> Vec<String> {
+        let mut words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        words.pop();
+        words
+    };
+    let web1 = cells(
+        lines
+            .iter()
+            .find(|l| l.starts_with("web-1 "))
+            .expect("web-1 listed"),
+    );
     assert_eq!(
         web1,
         ["web-1", "web", "10.0.0.1", "8080", "1", "-", "unknown", "1"]
@@ -66,7 +73,7 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
     }
 
     let svc = yardctl(&server, &["get", "svc", "sessions"]).await;
-    let row: Vec<&str> = svc.lines()[1].split_whitespace().collect();
+    let row = cells(svc.lines()[1]);
     assert_eq!(
         row,
         [
@@ -81,19 +88,16 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
     );
     let listeners = yardctl(&server, &["get", "listeners"]).await;
     assert!(
-        listeners
-            .lines()
-            .iter()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == [
-                    "postgres",
-                    "127.0.0.1",
-                    "15432",
-                    "tcp",
-                    "service/postgres",
-                    "role=app",
-                    "1"
-                ]),
+        listeners.lines().iter().any(|l| cells(l)
+            == [
+                "postgres",
+                "127.0.0.1",
+                "15432",
+                "tcp",
+                "service/postgres",
+                "role=app",
+                "1"
+            ]),
         "{listeners:?}"
     );
     let routes = yardctl(&server, &["get", "routes", "shop"]).await;
@@ -211,10 +215,15 @@ async fn watch_prints_each_change_until_interrupted(db: TestDb) {
             .unwrap()
             .expect("watch still running")
     };
-    let seen: Vec<Vec<String>> = [next().await, next().await, next().await]
-        .iter()
-        .map(|l| l.split_whitespace().map(str::to_string).collect())
-        .collect();
+    // Revision, op and resource; who made the change follows when the
+    // control plane tells.
+    let head = |line: String| -> Vec<String> {
+        line.split_whitespace()
+            .take(3)
+            .map(str::to_string)
+            .collect()
+    };
+    let seen: Vec<Vec<String>> = vec![head(next().await), head(next().await), head(next().await)];
     assert_eq!(
         seen,
         [
@@ -225,12 +234,7 @@ async fn watch_prints_each_change_until_interrupted(db: TestDb) {
         "routes and listeners filtered out"
     );
     yardctl(&server, &["delete", "endpoint/web-2"]).await.ok();
-    let words: Vec<String> = next()
-        .await
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(words, ["2", "delete", "endpoint/web-2"]);
+    assert_eq!(head(next().await), ["2", "delete", "endpoint/web-2"]);
     interrupt(&mut history).await;
 
     // From now: what it says on stderr is where it starts; older changes are

@@ -676,6 +676,23 @@ async fn watch_follows_changes_and_filters_kinds(db: TestDb) {
     assert_eq!(resp.revision, second.revision);
     assert_eq!(resp.changes.len(), 1, "the service change is filtered out");
     assert_eq!(resp.changes[0].op, pb::ChangeOp::Upsert as i32);
+    // Watch and Get show who made the change: this client, from its address.
+    let author = resp.changes[0].author.clone().expect("an author");
+    assert!(author.address.starts_with("127.0.0.1:"), "{author:?}");
+    assert!(author.at.is_some());
+    let got = client
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Endpoint as i32,
+                name: "web-1".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .resource
+        .unwrap();
+    assert_eq!(got.last_change, Some(author));
     client
         .delete(pb::DeleteRequest {
             items: vec![pb::DeleteItem {

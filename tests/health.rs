@@ -158,6 +158,24 @@ fn health_of(c: &NodeConfig, endpoint: &str) -> Option<Health> {
 }
 
 /// An agent whose heartbeats keep it well inside a short node lease.
+/// Who last changed endpoint `name`: principal and address.
+async fn changed_by(server: &TestServer, name: &str) -> (String, String) {
+    let got = server
+        .client()
+        .await
+        .get(pb::GetRequest {
+            r#ref: Some(pb::ResourceRef {
+                kind: pb::Kind::Endpoint as i32,
+                name: name.into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let author = got.resource.and_then(|r| r.last_change).expect("an author");
+    (author.principal, author.address)
+}
+
 async fn agent(node: &str, role: &str, url: &str) -> TestAgent {
     let dir = Arc::new(TempDir::new());
     TestAgent::start_with(
@@ -356,6 +374,10 @@ async fn silent_node_endpoints_become_unknown_and_keep_serving() {
     let stop = CancellationToken::new();
     let proxy = tokio::spawn(Builtin::new().run(sidecar.agent.config(), stop.clone()));
     until_body(listen, "web-1").await;
+    // The health came from the owner's agent, over its own connection.
+    let (principal, address) = changed_by(&server, "web-1").await;
+    assert_eq!(principal, "node/backends");
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
 
     owner.agent.stop().await.unwrap();
     let stopped = Instant::now();
@@ -373,6 +395,11 @@ async fn silent_node_endpoints_become_unknown_and_keep_serving() {
     assert!(after >= lease, "not before the lease ran out: {after:?}");
     assert!(e.health_reason.contains("lease"), "{e:?}");
     assert!(e.health_changed_at.is_some());
+    // No node said so: the control plane did, on its own authority.
+    assert_eq!(
+        changed_by(&server, "web-1").await,
+        ("control-plane".to_string(), String::new())
+    );
     // Static stability: unknown is still routable.
     for _ in 0..20 {
         assert_eq!(fetch(listen).await.as_deref(), Some("web-1"));

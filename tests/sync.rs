@@ -197,8 +197,12 @@ async fn restart_while_control_planes_are_down(db: TestDb) {
         resource: endpoint("web-2", "web", 7002, "").resource.unwrap(),
         expected_revision: None,
     };
-    use switchyard_control_plane::store::Store;
-    let changed = store.apply(vec![write], false).await.unwrap().revision;
+    use switchyard_control_plane::store::{Author, Store};
+    let changed = store
+        .apply(vec![write], false, &Author::new("anonymous", ""))
+        .await
+        .unwrap()
+        .revision;
     store.close().await;
 
     let agent = TestAgent::start("edge-1", "edge", vec![format!("http://{addr}")], dir).await;

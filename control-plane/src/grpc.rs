@@ -19,7 +19,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tracing::{error, info};
 
 use crate::metrics::{Method, Requests};
-use crate::store::{self, Action, Op, Store};
+use crate::store::{self, Action, Author, Op, Store};
 
 /// Default and largest `List` page.
 const DEFAULT_PAGE: usize = 100;
@@ -39,11 +39,12 @@ pub fn status(err: store::Error) -> Status {
         E::Invalid(invalid) => invalid_argument(invalid),
         e @ E::Conflict { .. } => Status::aborted(e.to_string()),
         e @ E::Referenced { .. } => Status::failed_precondition(e.to_string()),
-        e @ E::NotFound(_) => Status::not_found(e.to_string()),
+        e @ (E::NotFound(_) | E::TokenNotFound(_)) => Status::not_found(e.to_string()),
+        e @ E::Exists(_) => Status::already_exists(e.to_string()),
         e @ E::Compacted { .. } => Status::out_of_range(format!(
             "{e}; list again and watch from the list's revision"
         )),
-        e @ (E::Corrupt(_) | E::Database(_) | E::Migrate(_)) => {
+        e @ (E::Corrupt(_) | E::Database(_) | E::Migrate(_) | E::Bootstrap(_)) => {
             error!(error = %e, "store failure");
             Status::internal("internal storage error; the details are in the control plane's log")
         }
@@ -138,6 +139,16 @@ impl<S: Store> Operator<S> {
     }
 }
 
+/// Who makes an operator request, for the audit trail. Requests carry no
+/// credentials yet: every operator is `anonymous`, known by its address.
+fn author<T>(request: &Request<T>) -> Author {
+    let address = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    Author::new("anonymous", address)
+}
+
 /// Parses `resource`, found at `field` of a request, into a store write.
 pub(crate) fn write(
     resource: &pb::Resource,
@@ -206,6 +217,7 @@ impl<S: Store> Operator<S> {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let author = author(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
         batch_size(&mut v, req.items.len());
@@ -224,7 +236,7 @@ impl<S: Store> Operator<S> {
         v.finish(()).map_err(invalid_argument)?;
         let applied = self
             .store
-            .apply(writes, req.dry_run)
+            .apply(writes, req.dry_run, &author)
             .await
             .map_err(status)?;
         if !req.dry_run {
@@ -252,6 +264,7 @@ impl<S: Store> Operator<S> {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let author = author(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
         batch_size(&mut v, req.items.len());
@@ -271,7 +284,7 @@ impl<S: Store> Operator<S> {
         v.finish(()).map_err(invalid_argument)?;
         let revision = self
             .store
-            .delete(removals, req.dry_run)
+            .delete(removals, req.dry_run, &author)
             .await
             .map_err(status)?;
         if !req.dry_run {
@@ -533,7 +546,7 @@ impl<S: Store> Watcher<S> {
                     } as i32,
                     r#ref: Some(c.target.to_pb()),
                     resource: c.resource.clone(),
-                    author: None,
+                    author: c.author.clone(),
                 })
                 .collect();
             i = end;

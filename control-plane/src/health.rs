@@ -150,12 +150,14 @@ impl Reporter {
         }
     }
 
-    /// Takes a report from `node`'s agent: the whole report is refused when
-    /// any entry is malformed or names an endpoint another node owns;
-    /// entries for endpoints that no longer exist are dropped.
+    /// Takes a report from `node`'s agent, calling from `address`: the whole
+    /// report is refused when any entry is malformed or names an endpoint
+    /// another node owns; entries for endpoints that no longer exist are
+    /// dropped.
     pub fn report(
         &self,
         node: &str,
+        address: &str,
         report: &pb::HealthReport,
         state: &State,
     ) -> Result<(), Error> {
@@ -200,6 +202,8 @@ impl Reporter {
                     health,
                     reason: entry.reason.chars().take(MAX_REASON).collect(),
                     at_ms,
+                    address: address.to_owned(),
+                    by_control_plane: false,
                 },
             ));
         }
@@ -336,6 +340,9 @@ impl Reporter {
                         health: pb::Health::Unknown,
                         reason: reason.clone(),
                         at_ms: now_ms(),
+                        // The node said nothing: the control plane decided.
+                        address: String::new(),
+                        by_control_plane: true,
                     },
                 );
             }

@@ -6,6 +6,8 @@
 //! the store, and the write carries the revision that was checked
 //! (optimistic concurrency), so an endpoint that changes hands in between
 //! makes the whole request fail with ABORTED instead of being overwritten.
+//!
+//! Every write is attributed to `node/<node_id>`, from the agent's address.
 
 use switchyard::pb;
 use switchyard::resource::{Kind, Ref};
@@ -20,7 +22,7 @@ use tokio::sync::watch;
 use crate::fanout::State;
 use crate::grpc::{Head, results, write};
 use crate::nodes::{Error, now_ms};
-use crate::store::{HealthWrite, Removal, Store};
+use crate::store::{Author, HealthWrite, Removal, Store};
 
 /// How long a registration waits for the replica's state to catch up with
 /// the store (normally a few milliseconds).
@@ -34,11 +36,13 @@ pub const REGISTERED_BY: (&str, &str) = ("switchyard.io/registered-by", "agent")
 /// creates its missing services, in one transaction. With `replace`, then
 /// deletes the node's earlier registrations that `req` no longer lists, as
 /// the replica's `state` knows them once it has caught up with the store.
+/// `address` is the agent's, for the audit trail.
 pub async fn register<S: Store>(
     store: &S,
     head: &Head,
     state: &watch::Receiver<Arc<State>>,
     req: pb::RegisterRequest,
+    address: &str,
 ) -> Result<pb::RegisterResponse, Error> {
     let node = req.node_id.as_str();
     let mut v = Violations::new();
@@ -53,6 +57,7 @@ pub async fn register<S: Store>(
         );
     }
     v.finish(())?;
+    let author = Author::new(format!("node/{node}"), address);
 
     let mut v = Violations::new();
     let mut writes = Vec::with_capacity(total);
@@ -110,7 +115,7 @@ pub async fn register<S: Store>(
     let mut revision = store.revision().await?;
     let mut done = Vec::new();
     if !writes.is_empty() {
-        let applied = store.apply(writes, false).await?;
+        let applied = store.apply(writes, false, &author).await?;
         revision = applied.revision;
         done = results(applied.results);
     }
@@ -123,6 +128,8 @@ pub async fn register<S: Store>(
                 health: pb::Health::Unknown,
                 reason: "registered again by its agent".into(),
                 at_ms: now_ms(),
+                address: address.to_owned(),
+                by_control_plane: false,
             })
             .collect();
         if let Some(r) = store.write_health(writes).await?.revision {
@@ -163,7 +170,7 @@ pub async fn register<S: Store>(
         if !stale.is_empty() {
             // Best effort: what was registered stands; an endpoint that
             // changed meanwhile is left for the next registration.
-            match store.delete(stale.clone(), false).await {
+            match store.delete(stale.clone(), false, &author).await {
                 Ok(r) => {
                     revision = r;
                     info!(%node, endpoints = stale.len(), "removed registrations no longer declared");
@@ -180,11 +187,13 @@ pub async fn register<S: Store>(
     })
 }
 
-/// Deletes, or marks draining, endpoints owned by `req.node_id`.
+/// Deletes, or marks draining, endpoints owned by `req.node_id`, whose
+/// agent calls from `address`.
 pub async fn deregister<S: Store>(
     store: &S,
     head: &Head,
     req: pb::DeregisterRequest,
+    address: &str,
 ) -> Result<pb::DeregisterResponse, Error> {
     let node = req.node_id.as_str();
     let mut v = Violations::new();
@@ -225,7 +234,13 @@ pub async fn deregister<S: Store>(
                     expected_revision: Some(revision),
                 })
                 .collect();
-            store.delete(removals, false).await?
+            store
+                .delete(
+                    removals,
+                    false,
+                    &Author::new(format!("node/{node}"), address),
+                )
+                .await?
         }
         pb::DeregisterMode::Drain => {
             let writes = present
@@ -236,6 +251,8 @@ pub async fn deregister<S: Store>(
                     health: pb::Health::Draining,
                     reason: "draining: deregistered by its agent".into(),
                     at_ms: now_ms(),
+                    address: address.to_owned(),
+                    by_control_plane: false,
                 })
                 .collect();
             match store.write_health(writes).await?.revision {

@@ -9,6 +9,15 @@
 //! touched, with the resource as written, so the log alone can replay history
 //! back to the compaction horizon.
 //!
+//! Every write also records its [`Author`] (principal, client address, wall
+//! clock) on the resource rows and change-log rows it writes, beside the
+//! stored body rather than in it: identical content stays unchanged whoever
+//! applies it, and agents never receive the audit trail.
+//!
+//! The store also keeps the bearer tokens ([`TokenRow`]: a hash of each
+//! secret, never the secret) and a token epoch that every token write bumps,
+//! so that replicas know when to reload them.
+//!
 //! The two backends share every statement (see `sql.rs`); they differ in how
 //! they connect, migrate and isolate reads.
 
@@ -64,6 +73,17 @@ pub enum Error {
         /// The newest compacted revision.
         horizon: u64,
     },
+    /// A token with that name exists (revoked tokens included: a name is
+    /// never given to a second token).
+    #[error("token {0:?} already exists")]
+    Exists(String),
+    /// No token has that name.
+    #[error("token {0:?} not found")]
+    TokenNotFound(String),
+    /// The bootstrap token was not created: the caller's `created` step
+    /// failed, so nothing was written.
+    #[error("bootstrap token not created: {0}")]
+    Bootstrap(String),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -98,6 +118,37 @@ fn list_refs(refs: &[Ref]) -> String {
 
 /// The result type of store operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who makes a write: recorded with every resource row and change-log row
+/// it writes (see `pb::ChangeAuthor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    /// The principal: `token/NAME`, `node/ID`, `anonymous`, or
+    /// [`Author::CONTROL_PLANE`].
+    pub principal: String,
+    /// The client's address (`ip:port`); empty for the control plane's own
+    /// writes.
+    pub address: String,
+}
+
+impl Author {
+    /// The principal of writes the control plane makes by itself.
+    pub const CONTROL_PLANE: &'static str = "control-plane";
+
+    /// `principal`, calling from `address`.
+    pub fn new(principal: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            principal: principal.into(),
+            address: address.into(),
+        }
+    }
+
+    /// The control plane itself (e.g. marking a silent node's endpoints
+    /// unknown), with no client address.
+    pub fn control_plane() -> Self {
+        Self::new(Self::CONTROL_PLANE, "")
+    }
+}
 
 /// One resource to create or replace.
 #[derive(Debug, Clone)]
@@ -163,8 +214,12 @@ pub struct Change {
     pub op: Op,
     /// The resource.
     pub target: Ref,
-    /// The resource as written (upserts only).
+    /// The resource as written (upserts only). Its `last_change` is not
+    /// set: the author is beside it.
     pub resource: Option<pb::Resource>,
+    /// Who made the write and when; `None` for entries written before the
+    /// store recorded authors.
+    pub author: Option<pb::ChangeAuthor>,
 }
 
 /// One page of a [`Store::list`].
@@ -231,6 +286,25 @@ pub struct HealthWrite {
     pub reason: String,
     /// When the change was observed, in Unix milliseconds.
     pub at_ms: i64,
+    /// The reporting agent's address (`ip:port`), recorded as the write's
+    /// client address.
+    pub address: String,
+    /// Whether the control plane decided this itself (the node's lease
+    /// expired) rather than the node reporting it: the write is then
+    /// attributed to [`Author::CONTROL_PLANE`], not to `node/<node>`.
+    pub by_control_plane: bool,
+}
+
+impl HealthWrite {
+    /// Who the write is attributed to: `node/<node>` from its address, or
+    /// the control plane.
+    pub fn author(&self) -> Author {
+        if self.by_control_plane {
+            Author::control_plane()
+        } else {
+            Author::new(format!("node/{}", self.node), self.address.clone())
+        }
+    }
 }
 
 /// The outcome of [`Store::write_health`].
@@ -242,31 +316,120 @@ pub struct HealthWritten {
     pub written: Vec<String>,
 }
 
+/// What a bearer token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Every operator call and token management.
+    Admin,
+    /// Reads only: Get, List, Watch, ListNodes.
+    Reader,
+    /// The agent service, for one node.
+    Agent,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Reader => "reader",
+            Role::Agent => "agent",
+        }
+    }
+
+    /// The role stored as `text`, if any.
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "reader" => Some(Role::Reader),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored bearer token. The secret itself is never stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Unique among all tokens, revoked ones included.
+    pub name: String,
+    /// What it allows.
+    pub role: Role,
+    /// For [`Role::Agent`]: the node it speaks for; empty otherwise.
+    pub node: String,
+    /// SHA-256 of the secret.
+    pub hash: [u8; 32],
+    /// When it was created, in Unix milliseconds.
+    pub created_at_ms: i64,
+    /// The principal that created it.
+    pub created_by: String,
+    /// When it was revoked, in Unix milliseconds.
+    pub revoked_at_ms: Option<i64>,
+}
+
+// By hand, so that logs never show even the hash of a secret.
+impl std::fmt::Debug for TokenRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRow")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("node", &self.node)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("created_by", &self.created_by)
+            .field("revoked_at_ms", &self.revoked_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of [`Store::bootstrap_token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The store had no token; the bootstrap token is now the only one.
+    Created,
+    /// The store already had tokens (this many): nothing was written.
+    Exists {
+        /// How many tokens the store holds, revoked ones included.
+        tokens: u64,
+    },
+}
+
 /// The configuration store. Implemented by [`Postgres`] and [`Sqlite`], and
 /// by [`Any`], which the server uses to pick one at start.
 pub trait Store: Send + Sync + 'static {
     /// Creates or replaces every resource of `writes` in one transaction that
     /// takes one new revision, or writes nothing. With `dry_run`, checks
-    /// everything and reports what would happen, then rolls back.
+    /// everything and reports what would happen, then rolls back. Every
+    /// resource written and its change-log entry record `author` and the
+    /// time.
     fn apply(
         &self,
         writes: Vec<Write>,
         dry_run: bool,
+        author: &Author,
     ) -> impl Future<Output = Result<Applied>> + Send;
 
     /// Deletes every resource of `removals` in one transaction, or nothing.
-    /// Returns the store's revision afterwards.
+    /// Returns the store's revision afterwards. The change-log entries
+    /// record `author` and the time.
     fn delete(
         &self,
         removals: Vec<Removal>,
         dry_run: bool,
+        author: &Author,
     ) -> impl Future<Output = Result<u64>> + Send;
 
-    /// One resource, if it exists.
+    /// One resource, if it exists, with its `last_change`.
     fn get(&self, target: &Ref) -> impl Future<Output = Result<Option<pb::Resource>>> + Send;
 
     /// Up to `limit` resources of `kind` whose names sort after `after`, in
-    /// name order, read in one snapshot with the store's revision.
+    /// name order, read in one snapshot with the store's revision; each
+    /// with its `last_change`.
     fn list(
         &self,
         kind: Kind,
@@ -293,7 +456,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every node the control plane knows, in id order.
     fn nodes(&self) -> impl Future<Output = Result<Vec<pb::Node>>> + Send;
 
-    /// Every resource, read in one snapshot.
+    /// Every resource, read in one snapshot, without `last_change` (this
+    /// feeds agents, which have no use for the audit trail).
     fn dump(&self) -> impl Future<Output = Result<Dump>> + Send;
 
     /// The change-log horizon: revisions at or below it are compacted.
@@ -310,7 +474,8 @@ pub trait Store: Send + Sync + 'static {
     /// Writes endpoint health in one transaction taking one revision, with
     /// one change-log entry per endpoint whose health changed; nothing (and
     /// no revision) when none did. Writes whose endpoint is gone or owned by
-    /// another node are skipped.
+    /// another node are skipped. Each is recorded as made by
+    /// [`HealthWrite::author`].
     fn write_health(
         &self,
         writes: Vec<HealthWrite>,
@@ -321,6 +486,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Starts listening for other replicas' commits (Postgres NOTIFY).
     fn notifications(&self) -> impl Future<Output = Result<Notifications>> + Send;
+
+    /// Stores a new token. Fails with [`Error::Exists`] when a token (even
+    /// a revoked one) has its name.
+    fn create_token(&self, row: TokenRow) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every token, revoked ones included, in name order.
+    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRow>>> + Send;
+
+    /// Revokes token `name` at `at_ms` (a token revoked before keeps its
+    /// first time) and returns it. Fails with [`Error::TokenNotFound`].
+    fn revoke_token(&self, name: &str, at_ms: i64)
+    -> impl Future<Output = Result<TokenRow>> + Send;
+
+    /// A counter that every token write increases in its own transaction:
+    /// a replica whose cached tokens were read at an older epoch reloads them.
+    fn token_epoch(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Creates the first token, once per store however many replicas race
+    /// to: in one transaction, bumps the token epoch (whose row lock makes
+    /// concurrent bootstraps take turns), counts the tokens, and only if
+    /// there are none stores `row` and calls `created` (the caller writes
+    /// the secret where the operator finds it) before committing. When
+    /// `created` fails, nothing is written and the error is
+    /// [`Error::Bootstrap`]; when tokens exist, nothing is written and the
+    /// answer is [`Bootstrap::Exists`]. Should the commit itself fail after
+    /// `created`, the caller must undo what `created` did. `created` runs
+    /// on the async runtime while the transaction holds its lock: it must
+    /// be short (writing one small file).
+    fn bootstrap_token(
+        &self,
+        row: TokenRow,
+        created: impl FnOnce() -> std::result::Result<(), String> + Send,
+    ) -> impl Future<Output = Result<Bootstrap>> + Send;
 }
 
 /// Wake-ups on commits made through any replica.
@@ -407,11 +605,11 @@ macro_rules! delegate {
 }
 
 impl Store for Any {
-    async fn apply(&self, writes: Vec<Write>, dry_run: bool) -> Result<Applied> {
-        delegate!(self, s => s.apply(writes, dry_run))
+    async fn apply(&self, writes: Vec<Write>, dry_run: bool, author: &Author) -> Result<Applied> {
+        delegate!(self, s => s.apply(writes, dry_run, author))
     }
-    async fn delete(&self, removals: Vec<Removal>, dry_run: bool) -> Result<u64> {
-        delegate!(self, s => s.delete(removals, dry_run))
+    async fn delete(&self, removals: Vec<Removal>, dry_run: bool, author: &Author) -> Result<u64> {
+        delegate!(self, s => s.delete(removals, dry_run, author))
     }
     async fn get(&self, target: &Ref) -> Result<Option<pb::Resource>> {
         delegate!(self, s => s.get(target))
@@ -451,5 +649,24 @@ impl Store for Any {
     }
     async fn notifications(&self) -> Result<Notifications> {
         delegate!(self, s => s.notifications())
+    }
+    async fn create_token(&self, row: TokenRow) -> Result<()> {
+        delegate!(self, s => s.create_token(row))
+    }
+    async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        delegate!(self, s => s.tokens())
+    }
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> Result<TokenRow> {
+        delegate!(self, s => s.revoke_token(name, at_ms))
+    }
+    async fn token_epoch(&self) -> Result<u64> {
+        delegate!(self, s => s.token_epoch())
+    }
+    async fn bootstrap_token(
+        &self,
+        row: TokenRow,
+        created: impl FnOnce() -> std::result::Result<(), String> + Send,
+    ) -> Result<Bootstrap> {
+        delegate!(self, s => s.bootstrap_token(row, created))
     }
 }

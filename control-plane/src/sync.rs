@@ -71,6 +71,15 @@ impl<S: Store> Agents<S> {
     }
 }
 
+/// The agent's address (`ip:port`) for the audit trail; empty when the
+/// transport has none.
+fn peer<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
 type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -81,11 +90,13 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let address = peer(&request);
         crate::registration::register(
             self.store.as_ref(),
             &self.head,
             &self.state,
             request.into_inner(),
+            &address,
         )
         .await
         .map(Response::new)
@@ -96,16 +107,23 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        crate::registration::deregister(self.store.as_ref(), &self.head, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(node_status)
+        let address = peer(&request);
+        crate::registration::deregister(
+            self.store.as_ref(),
+            &self.head,
+            request.into_inner(),
+            &address,
+        )
+        .await
+        .map(Response::new)
+        .map_err(node_status)
     }
 
     async fn sync(
         &self,
         request: Request<Streaming<pb::SyncRequest>>,
     ) -> Result<Response<SyncStream>, Status> {
+        let address = peer(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -154,6 +172,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             changes: WatchStream::from_changes(self.state.clone()),
             registry: self.registry.clone(),
             health: self.health.clone(),
+            address,
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             view: Arc::new(if fresh { View::new() } else { view }),
             revision: hello.last_applied_revision,
@@ -217,6 +236,8 @@ struct Session {
     changes: WatchStream<Arc<State>>,
     registry: Arc<Registry>,
     health: Arc<Reporter>,
+    /// The agent's address: its health reports are recorded as coming from it.
+    address: String,
     /// Created once: re-registering with the process-wide token on every
     /// wake would make ten thousand sessions contend on its lock.
     shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
@@ -405,7 +426,10 @@ impl Session {
                 // Checked against this replica's newest state; a report for
                 // another node's endpoint ends the stream, nothing written.
                 let state = self.state.borrow().clone();
-                if let Err(error) = self.health.report(&self.row.id, &report, &state) {
+                if let Err(error) = self
+                    .health
+                    .report(&self.row.id, &self.address, &report, &state)
+                {
                     warn!(node = %self.row.id, %error, "refused health report");
                     return Err(node_status(error));
                 }

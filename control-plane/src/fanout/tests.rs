@@ -146,18 +146,21 @@ fn delta_has_changed_upserts_and_removals() {
             op: Op::Upsert,
             target: Ref::new(Kind::Route, "front"),
             resource: Some(route("front", &["web"], 10)),
+            author: None,
         },
         store::Change {
             revision: 10,
             op: Op::Upsert,
             target: Ref::new(Kind::Endpoint, "web-1"),
             resource: Some(endpoint("web-1", "web", "n1", 10)),
+            author: None,
         },
         store::Change {
             revision: 11,
             op: Op::Upsert,
             target: Ref::new(Kind::Endpoint, "db-1"),
             resource: Some(endpoint("db-1", "db", "n3", 11)),
+            author: None,
         },
     ];
     let after = before.apply(changes);
@@ -184,6 +187,7 @@ fn moving_an_endpoint_reindexes_it() {
         op: Op::Upsert,
         target: Ref::new(Kind::Endpoint, "web-1"),
         resource: Some(endpoint("web-1", "api", "n2", 10)),
+        author: None,
     }]);
     let n1 = s.scope("n1", &Labels::new());
     assert!(n1.is_empty(), "n1 no longer owns web-1: {n1:?}");
@@ -197,6 +201,7 @@ fn moving_an_endpoint_reindexes_it() {
         op: Op::Delete,
         target: Ref::new(Kind::Endpoint, "api-1"),
         resource: None,
+        author: None,
     }]);
     assert_eq!(
         names(&gone.scope("n2", &Labels::new())),
@@ -215,6 +220,7 @@ fn shared_deltas_equal_computed_ones() {
         op: Op::Upsert,
         target: Ref::new(Kind::Endpoint, "web-1"),
         resource: Some(endpoint("web-1", "web", "n1", 10)),
+        author: None,
     }]);
     let (to, shared) = after.scope_shared("n9", &edge);
     assert!(shared);

@@ -10,15 +10,19 @@ use switchyard::pb;
 use switchyard::resource::{Kind, Ref, clear_pb_output, set_pb_revision};
 use switchyard::validate::{Invalid, Violations};
 
-use super::{Error, Op, Result};
+use super::{Error, Op, Result, Role, TokenRow};
 
 /// Node rows per multi-row statement: 11 parameters each stays under both
 /// backends' parameter limits (SQLite 32766, Postgres 65535).
 pub(super) const NODE_ROWS_PER_STATEMENT: usize = 1000;
 
-/// Endpoints per statement of a health write: 6 parameters per change-log
+/// Endpoints per statement of a health write: 9 parameters per change-log
 /// row stays well under both backends' limits.
 pub(super) const HEALTH_ROWS_PER_STATEMENT: usize = 1000;
+
+/// The columns of `tokens`, in the order [`token`] takes them.
+pub(super) const TOKEN_COLUMNS: &str =
+    "name, role, node, hash, created_at_ms, created_by, revoked_at_ms";
 
 /// Most revisions one `changes` call reads, whatever the caller asks.
 pub(super) const MAX_CHANGE_REVISIONS: u64 = 1024;
@@ -28,13 +32,70 @@ pub(super) fn decode(body: &[u8]) -> Result<pb::Resource> {
     pb::Resource::decode(body).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
-/// Decodes a change-log row.
+/// A Unix time in milliseconds as a protobuf timestamp.
+pub(super) fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// The author recorded in audit columns; `None` for rows written before
+/// authors were recorded (an empty principal).
+pub(super) fn author(principal: String, address: String, at_ms: i64) -> Option<pb::ChangeAuthor> {
+    (!principal.is_empty()).then(|| pb::ChangeAuthor {
+        principal,
+        address,
+        at: Some(timestamp(at_ms)),
+    })
+}
+
+/// Decodes a stored resource body and attaches its audit columns.
+pub(super) fn audited(
+    body: &[u8],
+    principal: String,
+    address: String,
+    at_ms: i64,
+) -> Result<pb::Resource> {
+    let mut resource = decode(body)?;
+    resource.last_change = author(principal, address, at_ms);
+    Ok(resource)
+}
+
+/// Decodes a `tokens` row (columns as in [`TOKEN_COLUMNS`]).
+pub(super) fn token(
+    name: String,
+    role: &str,
+    node: String,
+    hash: &[u8],
+    created_at_ms: i64,
+    created_by: String,
+    revoked_at_ms: Option<i64>,
+) -> Result<TokenRow> {
+    let role = Role::parse(role)
+        .ok_or_else(|| Error::Corrupt(format!("token {name:?}: role {role:?}")))?;
+    let hash = hash
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("token {name:?}: hash of {} bytes", hash.len())))?;
+    Ok(TokenRow {
+        name,
+        role,
+        node,
+        hash,
+        created_at_ms,
+        created_by,
+        revoked_at_ms,
+    })
+}
+
+/// Decodes a change-log row, whose audit columns [`author`] decoded.
 pub(super) fn change(
     revision: i64,
     kind: &str,
     name: String,
     op: &str,
     body: Option<Vec<u8>>,
+    author: Option<pb::ChangeAuthor>,
 ) -> Result<super::Change> {
     let kind = Kind::parse(kind).ok_or_else(|| Error::Corrupt(format!("unknown kind {kind:?}")))?;
     let op = match op {
@@ -47,6 +108,7 @@ pub(super) fn change(
         op,
         target: Ref::new(kind, name),
         resource: body.as_deref().map(decode).transpose()?,
+        author,
     })
 }
 
@@ -54,7 +116,9 @@ pub(super) fn change(
 ///
 /// Returns `None` when the declared part equals what is stored (nothing to
 /// write). Output-only fields the caller sent are dropped; an endpoint keeps
-/// the health its agent reported.
+/// the health its agent reported. The author is never part of the body (it
+/// has columns of its own), so who applies a resource does not make it
+/// differ.
 pub(super) fn next_body(
     new: &pb::Resource,
     stored: Option<&pb::Resource>,
@@ -62,9 +126,11 @@ pub(super) fn next_body(
 ) -> Option<pb::Resource> {
     let mut next = new.clone();
     clear_pb_output(&mut next);
+    next.last_change = None;
     if let Some(stored) = stored {
         let mut declared = stored.clone();
         clear_pb_output(&mut declared);
+        declared.last_change = None;
         // Maps are BTreeMaps (see build.rs), so equal messages encode equally.
         if declared.encode_to_vec() == next.encode_to_vec() {
             return None;
@@ -101,10 +167,7 @@ pub(super) fn health_body(
     if let Some(pb::resource::Kind::Endpoint(e)) = &mut next.kind {
         e.health = write.health as i32;
         e.health_reason = write.reason.clone();
-        e.health_changed_at = Some(prost_types::Timestamp {
-            seconds: write.at_ms.div_euclid(1000),
-            nanos: (write.at_ms.rem_euclid(1000) * 1_000_000) as i32,
-        });
+        e.health_changed_at = Some(timestamp(write.at_ms));
         e.revision = revision;
     }
     Some(next)
@@ -164,8 +227,8 @@ macro_rules! impl_store {
         use switchyard::resource::{Kind, Ref};
         use $crate::store::sql;
         use $crate::store::{
-            Action, Applied, Change, Dump, Error, HealthWrite, HealthWritten, NodeRow, Notifications,
-            Page, Removal, Result, Store, Write,
+            Action, Applied, Author, Bootstrap, Change, Dump, Error, HealthWrite, HealthWritten,
+            NodeRow, Notifications, Page, Removal, Result, Store, TokenRow, Write,
         };
 
         type Tx = sqlx::Transaction<'static, $db>;
@@ -179,6 +242,49 @@ macro_rules! impl_store {
             .fetch_one(&mut **tx)
             .await?;
             Ok(rev as u64)
+        }
+
+        /// Takes the next token epoch. Must be the first statement of every
+        /// token write: as with `bump`, the row lock orders token writers,
+        /// and on SQLite a transaction that starts by writing waits for the
+        /// lock instead of acting on a stale read.
+        async fn bump_tokens(tx: &mut Tx) -> Result<u64> {
+            let epoch: i64 = sqlx::query_scalar(
+                "UPDATE meta SET tokens_epoch = tokens_epoch + 1 WHERE id = 1 RETURNING tokens_epoch",
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            Ok(epoch as u64)
+        }
+
+        /// Inserts `row`; false when its name is taken.
+        async fn insert_token(tx: &mut Tx, row: &TokenRow) -> Result<bool> {
+            let done = sqlx::query(
+                "INSERT INTO tokens (name, role, node, hash, created_at_ms, created_by, revoked_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&row.name)
+            .bind(row.role.as_str())
+            .bind(&row.node)
+            .bind(&row.hash[..])
+            .bind(row.created_at_ms)
+            .bind(&row.created_by)
+            .bind(row.revoked_at_ms)
+            .execute(&mut **tx)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        fn token_from(row: &<$db as sqlx::Database>::Row) -> Result<TokenRow> {
+            sql::token(
+                row.get(0),
+                row.get::<&str, _>(1),
+                row.get(2),
+                row.get::<&[u8], _>(3),
+                row.get(4),
+                row.get(5),
+                row.get(6),
+            )
         }
 
         async fn load(tx: &mut Tx, target: &Ref) -> Result<Option<(u64, pb::Resource)>> {
@@ -205,9 +311,23 @@ macro_rules! impl_store {
             Ok(found.is_some())
         }
 
-        async fn log(tx: &mut Tx, revision: u64, seq: usize, target: &Ref, body: Option<&[u8]>) -> Result<()> {
+        /// The audit part of a write: who, from where, when.
+        struct Stamp<'a> {
+            author: &'a Author,
+            at_ms: i64,
+        }
+
+        async fn log(
+            tx: &mut Tx,
+            revision: u64,
+            seq: usize,
+            target: &Ref,
+            body: Option<&[u8]>,
+            stamp: &Stamp<'_>,
+        ) -> Result<()> {
             sqlx::query(
-                "INSERT INTO changes (revision, seq, kind, name, op, body) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO changes (revision, seq, kind, name, op, body, principal, address, at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(revision as i64)
             .bind(seq as i32)
@@ -215,6 +335,9 @@ macro_rules! impl_store {
             .bind(&target.name)
             .bind(if body.is_some() { "upsert" } else { "delete" })
             .bind(body)
+            .bind(&stamp.author.principal)
+            .bind(&stamp.author.address)
+            .bind(stamp.at_ms)
             .execute(&mut **tx)
             .await?;
             Ok(())
@@ -251,10 +374,13 @@ macro_rules! impl_store {
         }
 
         impl Store for $store {
-            async fn apply(&self, writes: Vec<Write>, dry_run: bool) -> Result<Applied> {
+            async fn apply(&self, writes: Vec<Write>, dry_run: bool, author: &Author) -> Result<Applied> {
                 sql::no_repeats(writes.iter().map(|w| (&w.target, w.field.as_str())))?;
                 let mut tx: Tx = self.pool.begin().await?;
                 let revision = bump(&mut tx).await?;
+                // Taken once the counter is locked, so that times follow
+                // revision order as closely as the clock allows.
+                let stamp = Stamp { author, at_ms: $crate::nodes::now_ms() };
                 let mut results = Vec::with_capacity(writes.len());
                 let mut written = 0usize;
                 for w in &writes {
@@ -268,13 +394,19 @@ macro_rules! impl_store {
                     };
                     let body = next.encode_to_vec();
                     sqlx::query(
-                        "INSERT INTO resources (kind, name, revision, body) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision, body = excluded.body",
+                        "INSERT INTO resources (kind, name, revision, body, changed_by, changed_from, changed_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision, body = excluded.body, \
+                         changed_by = excluded.changed_by, changed_from = excluded.changed_from, \
+                         changed_at_ms = excluded.changed_at_ms",
                     )
                     .bind(w.target.kind.as_str())
                     .bind(&w.target.name)
                     .bind(revision as i64)
                     .bind(&body)
+                    .bind(&author.principal)
+                    .bind(&author.address)
+                    .bind(stamp.at_ms)
                     .execute(&mut *tx)
                     .await?;
                     clear_refs(&mut tx, &w.target).await?;
@@ -289,7 +421,7 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    log(&mut tx, revision, written, &w.target, Some(&body)).await?;
+                    log(&mut tx, revision, written, &w.target, Some(&body), &stamp).await?;
                     written += 1;
                     let action = if stored.is_some() { Action::Configured } else { Action::Created };
                     results.push((w.target.clone(), action, revision));
@@ -317,10 +449,11 @@ macro_rules! impl_store {
                 Ok(Applied { revision, results })
             }
 
-            async fn delete(&self, removals: Vec<Removal>, dry_run: bool) -> Result<u64> {
+            async fn delete(&self, removals: Vec<Removal>, dry_run: bool, author: &Author) -> Result<u64> {
                 sql::no_repeats(removals.iter().map(|r| (&r.target, r.field.as_str())))?;
                 let mut tx: Tx = self.pool.begin().await?;
                 let revision = bump(&mut tx).await?;
+                let stamp = Stamp { author, at_ms: $crate::nodes::now_ms() };
                 for (seq, r) in removals.iter().enumerate() {
                     let actual: Option<i64> = sqlx::query_scalar(
                         "DELETE FROM resources WHERE kind = $1 AND name = $2 RETURNING revision",
@@ -334,7 +467,7 @@ macro_rules! impl_store {
                     };
                     check_expected(&r.target, r.expected_revision, Some(actual as u64))?;
                     clear_refs(&mut tx, &r.target).await?;
-                    log(&mut tx, revision, seq, &r.target, None).await?;
+                    log(&mut tx, revision, seq, &r.target, None, &stamp).await?;
                 }
                 for r in &removals {
                     let rows = sqlx::query(
@@ -361,13 +494,16 @@ macro_rules! impl_store {
             }
 
             async fn get(&self, target: &Ref) -> Result<Option<pb::Resource>> {
-                let body: Option<Vec<u8>> =
-                    sqlx::query_scalar("SELECT body FROM resources WHERE kind = $1 AND name = $2")
-                        .bind(target.kind.as_str())
-                        .bind(&target.name)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                body.as_deref().map(sql::decode).transpose()
+                let row = sqlx::query(
+                    "SELECT body, changed_by, changed_from, changed_at_ms FROM resources \
+                     WHERE kind = $1 AND name = $2",
+                )
+                .bind(target.kind.as_str())
+                .bind(&target.name)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|row| sql::audited(row.get::<&[u8], _>(0), row.get(1), row.get(2), row.get(3)))
+                    .transpose()
             }
 
             async fn list(&self, kind: Kind, after: &str, limit: usize) -> Result<Page> {
@@ -375,8 +511,9 @@ macro_rules! impl_store {
                 let revision: i64 = sqlx::query_scalar("SELECT revision FROM meta WHERE id = 1")
                     .fetch_one(&mut *tx)
                     .await?;
-                let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT body FROM resources WHERE kind = $1 AND name > $2 ORDER BY name LIMIT $3",
+                let rows = sqlx::query(
+                    "SELECT body, changed_by, changed_from, changed_at_ms FROM resources \
+                     WHERE kind = $1 AND name > $2 ORDER BY name LIMIT $3",
                 )
                 .bind(kind.as_str())
                 .bind(after)
@@ -384,11 +521,11 @@ macro_rules! impl_store {
                 .fetch_all(&mut *tx)
                 .await?;
                 tx.rollback().await?;
-                let more = bodies.len() > limit;
-                let resources = bodies
+                let more = rows.len() > limit;
+                let resources = rows
                     .iter()
                     .take(limit)
-                    .map(|b| sql::decode(b))
+                    .map(|row| sql::audited(row.get::<&[u8], _>(0), row.get(1), row.get(2), row.get(3)))
                     .collect::<Result<_>>()?;
                 Ok(Page { resources, revision: revision as u64, more })
             }
@@ -404,7 +541,7 @@ macro_rules! impl_store {
                     return Err(Error::Compacted { requested: after, horizon: horizon as u64 });
                 }
                 let rows = sqlx::query(
-                    "SELECT revision, kind, name, op, body FROM changes \
+                    "SELECT revision, kind, name, op, body, principal, address, at_ms FROM changes \
                      WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq",
                 )
                 .bind(after as i64)
@@ -420,6 +557,7 @@ macro_rules! impl_store {
                             row.get(2),
                             row.get::<&str, _>(3),
                             row.get(4),
+                            sql::author(row.get(5), row.get(6), row.get(7)),
                         )
                     })
                     .collect()
@@ -464,10 +602,7 @@ macro_rules! impl_store {
                 )
                 .fetch_all(&self.pool)
                 .await?;
-                let ts = |ms: i64| prost_types::Timestamp {
-                    seconds: ms.div_euclid(1000),
-                    nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-                };
+                let ts = sql::timestamp;
                 Ok(rows
                     .into_iter()
                     .map(|row| {
@@ -569,9 +704,10 @@ macro_rules! impl_store {
                 let endpoint = Kind::Endpoint.as_str();
                 let mut tx: Tx = self.pool.begin().await?;
                 let revision = bump(&mut tx).await?;
+                let at_ms = $crate::nodes::now_ms();
                 // Read every named endpoint, decide, then write the changed
                 // ones: three multi-row statements per thousand reports.
-                let mut next: Vec<(String, Vec<u8>)> = Vec::new();
+                let mut next: Vec<(String, Vec<u8>, Author)> = Vec::new();
                 for chunk in writes.chunks(sql::HEALTH_ROWS_PER_STATEMENT) {
                     let mut select = sqlx::QueryBuilder::<$db>::new(
                         "SELECT name, body FROM resources WHERE kind = ",
@@ -591,7 +727,7 @@ macro_rules! impl_store {
                     for w in chunk {
                         let Some(old) = stored.get_mut(&w.endpoint) else { continue };
                         if let Some(body) = sql::health_body(old, w, revision) {
-                            next.push((w.endpoint.clone(), body.encode_to_vec()));
+                            next.push((w.endpoint.clone(), body.encode_to_vec(), w.author()));
                             // A later report for the same endpoint in this
                             // batch compares with this one.
                             *old = body;
@@ -600,13 +736,13 @@ macro_rules! impl_store {
                 }
                 // Several reports of one endpoint in a batch: the last wins.
                 let mut last = std::collections::HashMap::new();
-                for (i, (name, _)) in next.iter().enumerate() {
+                for (i, (name, _, _)) in next.iter().enumerate() {
                     last.insert(name.clone(), i);
                 }
                 let next: Vec<_> = next
                     .into_iter()
                     .enumerate()
-                    .filter(|(i, (name, _))| last.get(name) == Some(i))
+                    .filter(|(i, (name, _, _))| last.get(name) == Some(i))
                     .map(|(_, x)| x)
                     .collect();
                 if next.is_empty() {
@@ -615,29 +751,37 @@ macro_rules! impl_store {
                 }
                 for (n, chunk) in next.chunks(sql::HEALTH_ROWS_PER_STATEMENT).enumerate() {
                     let mut upsert = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO resources (kind, name, revision, body) ",
+                        "INSERT INTO resources (kind, name, revision, body, changed_by, changed_from, changed_at_ms) ",
                     );
-                    upsert.push_values(chunk, |mut b, (name, body)| {
+                    upsert.push_values(chunk, |mut b, (name, body, author)| {
                         b.push_bind(endpoint)
                             .push_bind(name)
                             .push_bind(revision as i64)
-                            .push_bind(body);
+                            .push_bind(body)
+                            .push_bind(&author.principal)
+                            .push_bind(&author.address)
+                            .push_bind(at_ms);
                     });
                     upsert.push(
-                        " ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision, body = excluded.body",
+                        " ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision, body = excluded.body, \
+                         changed_by = excluded.changed_by, changed_from = excluded.changed_from, \
+                         changed_at_ms = excluded.changed_at_ms",
                     );
                     upsert.build().execute(&mut *tx).await?;
                     let mut log = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO changes (revision, seq, kind, name, op, body) ",
+                        "INSERT INTO changes (revision, seq, kind, name, op, body, principal, address, at_ms) ",
                     );
                     let first = n * sql::HEALTH_ROWS_PER_STATEMENT;
-                    log.push_values(chunk.iter().enumerate(), |mut b, (i, (name, body))| {
+                    log.push_values(chunk.iter().enumerate(), |mut b, (i, (name, body, author))| {
                         b.push_bind(revision as i64)
                             .push_bind((first + i) as i32)
                             .push_bind(endpoint)
                             .push_bind(name)
                             .push_bind("upsert")
-                            .push_bind(body);
+                            .push_bind(body)
+                            .push_bind(&author.principal)
+                            .push_bind(&author.address)
+                            .push_bind(at_ms);
                     });
                     log.build().execute(&mut *tx).await?;
                 }
@@ -645,7 +789,7 @@ macro_rules! impl_store {
                 tx.commit().await?;
                 Ok(HealthWritten {
                     revision: Some(revision),
-                    written: next.into_iter().map(|(name, _)| name).collect(),
+                    written: next.into_iter().map(|(name, _, _)| name).collect(),
                 })
             }
 
@@ -658,6 +802,82 @@ macro_rules! impl_store {
 
             async fn notifications(&self) -> Result<Notifications> {
                 self.listen().await
+            }
+
+            async fn create_token(&self, row: TokenRow) -> Result<()> {
+                let mut tx: Tx = self.pool.begin().await?;
+                bump_tokens(&mut tx).await?;
+                if !insert_token(&mut tx, &row).await? {
+                    tx.rollback().await?;
+                    return Err(Error::Exists(row.name));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn tokens(&self) -> Result<Vec<TokenRow>> {
+                let rows = sqlx::query(&format!("SELECT {} FROM tokens ORDER BY name", sql::TOKEN_COLUMNS))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(token_from).collect()
+            }
+
+            async fn revoke_token(&self, name: &str, at_ms: i64) -> Result<TokenRow> {
+                let mut tx: Tx = self.pool.begin().await?;
+                bump_tokens(&mut tx).await?;
+                let row = sqlx::query(&format!(
+                    "UPDATE tokens SET revoked_at_ms = COALESCE(revoked_at_ms, $2) WHERE name = $1 \
+                     RETURNING {}",
+                    sql::TOKEN_COLUMNS
+                ))
+                .bind(name)
+                .bind(at_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Err(Error::TokenNotFound(name.to_owned()));
+                };
+                let token = token_from(&row)?;
+                tx.commit().await?;
+                Ok(token)
+            }
+
+            async fn token_epoch(&self) -> Result<u64> {
+                let epoch: i64 = sqlx::query_scalar("SELECT tokens_epoch FROM meta WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(epoch as u64)
+            }
+
+            async fn bootstrap_token(
+                &self,
+                row: TokenRow,
+                created: impl FnOnce() -> std::result::Result<(), String> + Send,
+            ) -> Result<Bootstrap> {
+                let mut tx: Tx = self.pool.begin().await?;
+                // First, so that a concurrent bootstrap (another replica, or
+                // another process on the same SQLite file) waits here until
+                // this one commits or rolls back, then counts our token.
+                bump_tokens(&mut tx).await?;
+                let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if tokens > 0 {
+                    tx.rollback().await?;
+                    return Ok(Bootstrap::Exists { tokens: tokens as u64 });
+                }
+                if !insert_token(&mut tx, &row).await? {
+                    // Cannot happen: under the lock, no token existed.
+                    tx.rollback().await?;
+                    return Err(Error::Exists(row.name));
+                }
+                if let Err(reason) = created() {
+                    tx.rollback().await?;
+                    return Err(Error::Bootstrap(reason));
+                }
+                tx.commit().await?;
+                Ok(Bootstrap::Created)
             }
         }
     };

@@ -11,8 +11,8 @@ use switchyard::pb;
 use switchyard::resource::{Kind, Ref};
 
 use super::{
-    Applied, Change, Dump, HealthWrite, HealthWritten, NodeRow, Notifications, Page, Removal,
-    Result, Store, Write,
+    Applied, Author, Bootstrap, Change, Dump, HealthWrite, HealthWritten, NodeRow, Notifications,
+    Page, Removal, Result, Store, TokenRow, Write,
 };
 
 /// The calls of [`Store`], as metrics name them.
@@ -46,11 +46,21 @@ pub enum Call {
     WriteHealth,
     /// [`Store::stale_nodes`].
     StaleNodes,
+    /// [`Store::create_token`].
+    CreateToken,
+    /// [`Store::tokens`].
+    Tokens,
+    /// [`Store::revoke_token`].
+    RevokeToken,
+    /// [`Store::token_epoch`].
+    TokenEpoch,
+    /// [`Store::bootstrap_token`].
+    BootstrapToken,
 }
 
 impl Call {
     /// Every call, in the order metrics list them.
-    pub const ALL: [Call; 14] = [
+    pub const ALL: [Call; 19] = [
         Call::Apply,
         Call::Delete,
         Call::Get,
@@ -65,6 +75,11 @@ impl Call {
         Call::ExpireNodes,
         Call::WriteHealth,
         Call::StaleNodes,
+        Call::CreateToken,
+        Call::Tokens,
+        Call::RevokeToken,
+        Call::TokenEpoch,
+        Call::BootstrapToken,
     ];
 
     /// The call's name: the `op` label of the store metrics.
@@ -84,6 +99,11 @@ impl Call {
             Call::ExpireNodes => "expire_nodes",
             Call::WriteHealth => "write_health",
             Call::StaleNodes => "stale_nodes",
+            Call::CreateToken => "create_token",
+            Call::Tokens => "tokens",
+            Call::RevokeToken => "revoke_token",
+            Call::TokenEpoch => "token_epoch",
+            Call::BootstrapToken => "bootstrap_token",
         }
     }
 }
@@ -138,12 +158,12 @@ impl<S: Store> Timed<S> {
 }
 
 impl<S: Store> Store for Timed<S> {
-    async fn apply(&self, writes: Vec<Write>, dry_run: bool) -> Result<Applied> {
-        self.time(Call::Apply, self.inner.apply(writes, dry_run))
+    async fn apply(&self, writes: Vec<Write>, dry_run: bool, author: &Author) -> Result<Applied> {
+        self.time(Call::Apply, self.inner.apply(writes, dry_run, author))
             .await
     }
-    async fn delete(&self, removals: Vec<Removal>, dry_run: bool) -> Result<u64> {
-        self.time(Call::Delete, self.inner.delete(removals, dry_run))
+    async fn delete(&self, removals: Vec<Removal>, dry_run: bool, author: &Author) -> Result<u64> {
+        self.time(Call::Delete, self.inner.delete(removals, dry_run, author))
             .await
     }
     async fn get(&self, target: &Ref) -> Result<Option<pb::Resource>> {
@@ -192,6 +212,31 @@ impl<S: Store> Store for Timed<S> {
     async fn notifications(&self) -> Result<Notifications> {
         self.inner.notifications().await
     }
+    async fn create_token(&self, row: TokenRow) -> Result<()> {
+        self.time(Call::CreateToken, self.inner.create_token(row))
+            .await
+    }
+    async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        self.time(Call::Tokens, self.inner.tokens()).await
+    }
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> Result<TokenRow> {
+        self.time(Call::RevokeToken, self.inner.revoke_token(name, at_ms))
+            .await
+    }
+    async fn token_epoch(&self) -> Result<u64> {
+        self.time(Call::TokenEpoch, self.inner.token_epoch()).await
+    }
+    async fn bootstrap_token(
+        &self,
+        row: TokenRow,
+        created: impl FnOnce() -> std::result::Result<(), String> + Send,
+    ) -> Result<Bootstrap> {
+        self.time(
+            Call::BootstrapToken,
+            self.inner.bootstrap_token(row, created),
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +259,12 @@ mod tests {
             expected_revision: None,
         };
         // Deleting what does not exist is refused: timed, and counted.
-        assert!(store.delete(vec![removal], false).await.is_err());
+        assert!(
+            store
+                .delete(vec![removal], false, &Author::control_plane())
+                .await
+                .is_err()
+        );
         assert_eq!(latency.durations(Call::Revision).count(), 2);
         assert_eq!(latency.durations(Call::Get).count(), 1);
         assert_eq!(latency.durations(Call::Delete).count(), 1);

@@ -10,6 +10,8 @@ pub mod http;
 pub mod label;
 pub mod metrics;
 pub mod resource;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod validate;
 
 /// Types and gRPC stubs generated from `proto/switchyard/v1`.

@@ -79,36 +79,60 @@ pub fn response(status: StatusCode, content_type: &str, body: String) -> Respons
     response
 }
 
-/// Answers `GET /metrics` on `listener` with `render()` until `shutdown`;
-/// then lets scrapes in progress finish (briefly) and returns.
-pub async fn serve_metrics<F>(listener: TcpListener, render: F, shutdown: CancellationToken)
-where
+/// Answers `GET /metrics` on `listener` with `render()`, and the probes
+/// `GET /healthz` (the process serves: always 200) and `GET /ready` (200
+/// when `ready()` is `Ok`, else 503 with its reason), until `shutdown`; then
+/// lets requests in progress finish (briefly) and returns. Probes carry no
+/// configuration data, so that load balancers and Kubernetes, which cannot
+/// present client certificates, may call them.
+pub async fn serve_metrics<F, R>(
+    listener: TcpListener,
+    render: F,
+    ready: R,
+    shutdown: CancellationToken,
+) where
     F: Fn() -> String + Send + Sync + 'static,
+    R: Fn() -> Result<(), String> + Send + Sync + 'static,
 {
     let render = Arc::new(render);
+    let ready = Arc::new(ready);
     let handle = move |req: Request<Incoming>| {
-        let response = metrics_answer(&req, render.as_ref());
+        let response = metrics_answer(&req, render.as_ref(), ready.as_ref());
         async move { response }
     };
     serve(listener, handle, shutdown).await;
 }
 
-/// The answer to one request: the metrics at `GET /metrics`, 405 for
-/// another method there, 404 anywhere else.
-fn metrics_answer(req: &Request<Incoming>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET | &hyper::Method::HEAD, "/metrics") => {
-            (StatusCode::OK, CONTENT_TYPE, render())
-        }
-        (_, "/metrics") => (
+/// The answer to one request: the metrics at `GET /metrics`, the probes at
+/// `/healthz` and `/ready`, 405 for another method there, 404 anywhere
+/// else.
+fn metrics_answer(
+    req: &Request<Incoming>,
+    render: &dyn Fn() -> String,
+    ready: &dyn Fn() -> Result<(), String>,
+) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let get = matches!(req.method(), &hyper::Method::GET | &hyper::Method::HEAD);
+    let (status, content_type, body) = match (get, req.uri().path()) {
+        (true, "/metrics") => (StatusCode::OK, CONTENT_TYPE, render()),
+        (true, "/healthz") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+        (true, "/ready") => match ready() {
+            Ok(()) => (StatusCode::OK, TEXT, "ready\n".to_owned()),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        (false, "/metrics" | "/healthz" | "/ready") => (
             StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
+            TEXT,
             "only GET and HEAD\n".to_owned(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found; metrics are at /metrics\n".to_owned(),
+            TEXT,
+            "not found; metrics are at /metrics, probes at /healthz and /ready\n".to_owned(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

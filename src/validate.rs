@@ -128,6 +128,19 @@ pub fn join(parent: &str, field: &str) -> String {
     }
 }
 
+/// Most characters of a client's value quoted back in an error message.
+pub const MAX_ECHO: usize = 64;
+
+/// `value` as an error message may quote it: whole when it has at most
+/// `max` characters, otherwise its first `max` characters, an ellipsis and
+/// its length, so that no error grows with its input.
+pub fn truncate(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(max) {
+        None => value.into(),
+        Some((end, _)) => format!("{}… ({} bytes)", &value[..end], value.len()).into(),
+    }
+}
+
 /// Checks a resource or node name: 1 to 253 characters, lowercase letters,
 /// digits, `-`, `.` and `_`, starting and ending with a letter or digit.
 pub fn name(v: &mut Violations, field: &str, value: &str) {

@@ -61,6 +61,7 @@ impl Node {
         let agent = TestAgent::start(id, "edge", vec![control_plane.to_string()], dir).await;
         let builtin = Builtin::new();
         let sources = Sources::new(&agent.agent, Some(builtin.metrics()));
+        let ready = agent.agent.readiness();
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = listener.local_addr().unwrap();
@@ -69,6 +70,7 @@ impl Node {
             tokio::spawn(metrics::serve(
                 listener,
                 move || sources.render(),
+                ready,
                 stop.clone(),
             )),
         ];

@@ -166,13 +166,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the agent")?;
     let sources = metrics::Sources::new(&agent, Some(builtin.metrics()));
+    let ready = agent.readiness();
     let proxy = tokio::spawn(builtin.run(agent.config(), shutdown.clone()));
     let metrics = metrics_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving metrics at /metrics");
         }
         let render = move || sources.render();
-        tokio::spawn(metrics::serve(listener, render, shutdown.clone()))
+        tokio::spawn(metrics::serve(listener, render, ready, shutdown.clone()))
     });
     let api = api_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {

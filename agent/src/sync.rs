@@ -381,6 +381,24 @@ impl Agent {
         self.stats.clone()
     }
 
+    /// Whether the node serves a configuration: one loaded from disk or
+    /// applied from a control plane (the agent's `/ready` probe). Until
+    /// then, the reason it is not ready.
+    pub fn readiness(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let config = self.config.clone();
+        let stats = self.stats.clone();
+        move || {
+            if config.borrow().revision > 0 || stats.acks.load(Ordering::Relaxed) > 0 {
+                Ok(())
+            } else {
+                Err(
+                    "no configuration yet: none saved on disk, none applied from a control plane"
+                        .into(),
+                )
+            }
+        }
+    }
+
     /// How many health checks of each endpoint ran and failed.
     pub fn checks(&self) -> Arc<health::Checks> {
         self.check_stats.clone()

@@ -18,8 +18,9 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tracing::{error, info};
 
+use crate::auth::Caller;
 use crate::metrics::{Method, Requests};
-use crate::store::{self, Action, Author, Op, Store};
+use crate::store::{self, Action, Op, Store};
 
 /// Default and largest `List` page.
 const DEFAULT_PAGE: usize = 100;
@@ -139,16 +140,6 @@ impl<S: Store> Operator<S> {
     }
 }
 
-/// Who makes an operator request, for the audit trail. Requests carry no
-/// credentials yet: every operator is `anonymous`, known by its address.
-fn author<T>(request: &Request<T>) -> Author {
-    let address = request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    Author::new("anonymous", address)
-}
-
 /// Parses `resource`, found at `field` of a request, into a store write.
 pub(crate) fn write(
     resource: &pb::Resource,
@@ -217,7 +208,7 @@ impl<S: Store> Operator<S> {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let author = author(&request);
+        let author = Caller::of(&request).author();
         let req = request.into_inner();
         let mut v = Violations::new();
         batch_size(&mut v, req.items.len());
@@ -264,7 +255,7 @@ impl<S: Store> Operator<S> {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let author = author(&request);
+        let author = Caller::of(&request).author();
         let req = request.into_inner();
         let mut v = Violations::new();
         batch_size(&mut v, req.items.len());

@@ -2,6 +2,7 @@
 //! the agent sync stream with its in-memory fan-out, and the server that
 //! ties them together.
 
+pub mod auth;
 pub mod fanout;
 pub mod grpc;
 pub mod health;

@@ -1,12 +1,13 @@
 //! `switchyard-cp`: the Switchyard control-plane server.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
-use switchyard_control_plane::{health, metrics, server};
+use switchyard_control_plane::{auth, health, metrics, server};
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc instead of the system allocator: with ten thousand agent
@@ -70,6 +71,42 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", default_value = metrics::DEFAULT_LISTEN,
           value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// Authentication: `on` requires a bearer token or an agent's client
+    /// certificate on every call (but gRPC health) and checks its role.
+    /// Default: `off` only on a loopback address without TLS, else `on`.
+    #[arg(long, env = "SWITCHYARD_AUTH", value_enum)]
+    auth: Option<OnOff>,
+    /// With authentication on and no token in the store: create the first
+    /// admin token and write its secret to this new file (mode 0600; an
+    /// existing file is never overwritten). Does nothing once tokens exist.
+    #[arg(long, env = "SWITCHYARD_BOOTSTRAP_TOKEN_FILE", value_name = "PATH")]
+    bootstrap_token_file: Option<PathBuf>,
+    /// Serve gRPC beyond loopback without TLS (refused otherwise).
+    #[arg(long, env = "SWITCHYARD_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+    /// Serve gRPC beyond loopback with `--auth off` (refused otherwise).
+    #[arg(long, env = "SWITCHYARD_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Serve the metrics port (plaintext, no authentication) beyond
+    /// loopback, e.g. for Prometheus and Kubernetes probes (refused otherwise).
+    #[arg(long, env = "SWITCHYARD_INSECURE_METRICS")]
+    insecure_metrics: bool,
+    /// Most Watch and Sync streams open at once on one connection.
+    #[arg(long, env = "SWITCHYARD_MAX_STREAMS_PER_CONNECTION", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// Most Watch and Sync streams open at once for one principal (a token,
+    /// or a node's certificate) on this replica.
+    #[arg(long, env = "SWITCHYARD_MAX_STREAMS_PER_PRINCIPAL", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_principal: u32,
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -89,7 +126,32 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}:{}", host.trim(), args.listen.port())
     });
+    let tls = false;
+    let enforce = match args.auth {
+        Some(OnOff::On) => true,
+        Some(OnOff::Off) => false,
+        None => auth::default_enforce(args.listen, tls),
+    };
+    let insecure = auth::Insecure {
+        plaintext: args.insecure_plaintext,
+        no_auth: args.insecure_no_auth,
+        metrics: args.insecure_metrics,
+    };
+    if let Err(refusal) =
+        auth::check_exposure(args.listen, tls, enforce, args.metrics_listen.0, insecure)
+    {
+        anyhow::bail!("{refusal}");
+    }
+    if !args.listen.ip().is_loopback() && (!tls || !enforce) {
+        tracing::warn!(listen = %args.listen, tls, auth = enforce, "serving beyond loopback with security turned off by an --insecure-* flag");
+    }
     let config = server::Config {
+        auth: auth::Config {
+            enforce,
+            max_streams_per_connection: args.max_streams_per_connection as usize,
+            max_streams_per_principal: args.max_streams_per_principal as usize,
+        },
+        bootstrap_token_file: args.bootstrap_token_file,
         replica,
         listen: args.listen,
         database_url: args.database_url,

@@ -3,7 +3,9 @@
 //! Prometheus scrapes on its metrics port, until shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use switchyard::pb;
@@ -13,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::{self, Tokens};
 use crate::fanout;
 use crate::grpc::{Head, Operator};
 use crate::health::{self, Reporter};
@@ -56,6 +59,11 @@ pub struct Config {
     /// started in-process do not contend for one port; `switchyard-cp`
     /// defaults to [`metrics::DEFAULT_LISTEN`].
     pub metrics_listen: Option<SocketAddr>,
+    /// Authentication and stream limits.
+    pub auth: auth::Config,
+    /// With authentication on: when the store holds no token, create the
+    /// first admin token and write its secret to this new file.
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -73,6 +81,8 @@ impl Default for Config {
             health_flush_interval: Duration::from_millis(100),
             damping: health::Damping::default(),
             metrics_listen: None,
+            auth: auth::Config::default(),
+            bootstrap_token_file: None,
         }
     }
 }
@@ -97,6 +107,9 @@ pub enum Error {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Authentication is on and no principal could ever call.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// Opens the store, binds `config.listen` (and `config.metrics_listen`) and
@@ -162,6 +175,25 @@ pub async fn serve_with<S: Store>(
     let latency = Arc::new(store::Latency::default());
     let store = Arc::new(Timed::new(store, latency.clone()));
     let head = Head::new(store.revision().await?);
+    let tokens = Arc::new(Tokens::default());
+    if config.auth.enforce
+        && let Some(path) = &config.bootstrap_token_file
+    {
+        auth::bootstrap(store.as_ref(), path)
+            .await
+            .map_err(|e| match e {
+                store::Error::Bootstrap(reason) => Error::Auth(reason),
+                e => Error::Store(e),
+            })?;
+    }
+    tokens.reload(store.as_ref()).await?;
+    if config.auth.enforce && tokens.is_empty() {
+        return Err(Error::Auth(
+            "authentication is on and the store holds no token: pass \
+             --bootstrap-token-file PATH to create the first admin token"
+                .into(),
+        ));
+    }
     let addr = listener.local_addr().map_err(|source| Error::Bind {
         addr: config.listen,
         source,
@@ -174,6 +206,9 @@ pub async fn serve_with<S: Store>(
     health
         .set_serving::<pb::agent_service_server::AgentServiceServer<Agents<Timed<S>>>>()
         .await;
+    health
+        .set_serving::<pb::token_service_server::TokenServiceServer<auth::service::TokenService<Timed<S>>>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -185,6 +220,9 @@ pub async fn serve_with<S: Store>(
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
 
+    let token_service = pb::token_service_server::TokenServiceServer::new(
+        auth::service::TokenService::new(store.clone(), tokens.clone()),
+    );
     let state = tokio::sync::watch::Sender::new(Arc::new(fanout::load(store.as_ref()).await?));
     let replica = if config.replica.is_empty() {
         addr.to_string()
@@ -221,9 +259,17 @@ pub async fn serve_with<S: Store>(
         store: latency,
     };
     let metrics_addr = metrics_listener.as_ref().map(TcpListener::local_addr);
+    let store_up = Arc::new(AtomicBool::new(true));
+    let ready = {
+        let store_up = store_up.clone();
+        move || match store_up.load(Ordering::Relaxed) {
+            true => Ok(()),
+            false => Err("the store cannot be reached".to_owned()),
+        }
+    };
     let metrics = async {
         if let Some(listener) = metrics_listener {
-            metrics::serve(listener, move || sources.render(), shutdown.clone()).await;
+            metrics::serve(listener, move || sources.render(), ready, shutdown.clone()).await;
         }
     };
     if let Some(Ok(metrics)) = metrics_addr {
@@ -233,10 +279,12 @@ pub async fn serve_with<S: Store>(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(auth::Layer::new(config.auth.clone(), tokens.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(operator)
         .add_service(agents)
+        .add_service(token_service)
         .serve_with_incoming_shutdown(
             // Agents' pushes and acks are small messages: without
             // TCP_NODELAY, Nagle's algorithm holds them back behind unacked
@@ -249,7 +297,20 @@ pub async fn serve_with<S: Store>(
             shutdown.clone().cancelled_owned(),
         );
 
-    let upkeep = upkeep(store.as_ref(), &head, config, &shutdown);
+    let services = [
+        "",
+        <pb::operator_service_server::OperatorServiceServer<Operator<Timed<S>>> as tonic::server::NamedService>::NAME,
+        <pb::agent_service_server::AgentServiceServer<Agents<Timed<S>>> as tonic::server::NamedService>::NAME,
+        <pb::token_service_server::TokenServiceServer<auth::service::TokenService<Timed<S>>> as tonic::server::NamedService>::NAME,
+    ];
+    let watched = Watched {
+        head: &head,
+        tokens: &tokens,
+        health: &health,
+        services: &services,
+        store_up: &store_up,
+    };
+    let upkeep = upkeep(store.as_ref(), watched, config, &shutdown);
     let follow = fanout::follow(store.as_ref(), &state, &head, config.fanout, &shutdown);
     let nodes = registry.run(store.as_ref(), &shutdown);
     let health = reporter.run(store.as_ref(), &head, state.subscribe(), &shutdown);
@@ -260,9 +321,28 @@ pub async fn serve_with<S: Store>(
     Ok(result?)
 }
 
-/// Follows the store's revision (writes by other replicas) and compacts the
-/// change log, until shutdown.
-async fn upkeep<S: Store>(store: &S, head: &Head, config: &Config, shutdown: &CancellationToken) {
+/// What [`upkeep`] keeps up to date.
+struct Watched<'a> {
+    head: &'a Head,
+    tokens: &'a Tokens,
+    health: &'a tonic_health::server::HealthReporter,
+    services: &'a [&'static str],
+    store_up: &'a AtomicBool,
+}
+
+/// How long one poll of the store may take before the store counts as
+/// unreachable: health turns `NOT_SERVING` within a poll interval more.
+const POLL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Follows the store's revision and tokens (writes by other replicas),
+/// reports the store's reachability as this server's gRPC health and
+/// readiness, and compacts the change log, until shutdown.
+async fn upkeep<S: Store>(
+    store: &S,
+    watched: Watched<'_>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) {
     let mut poll = tokio::time::interval(config.poll_interval);
     let mut compaction = tokio::time::interval(config.compaction_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,10 +350,39 @@ async fn upkeep<S: Store>(store: &S, head: &Head, config: &Config, shutdown: &Ca
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = poll.tick() => match store.revision().await {
-                Ok(rev) => head.advance(rev),
-                Err(error) => warn!(%error, "reading the store's revision"),
-            },
+            _ = poll.tick() => {
+                let read = tokio::time::timeout(POLL_TIMEOUT, store.revision()).await;
+                let up = match read {
+                    Ok(Ok(rev)) => {
+                        watched.head.advance(rev);
+                        // Tokens created or revoked through another replica.
+                        if let Err(error) = watched.tokens.refresh(store).await {
+                            warn!(%error, "reading the store's tokens");
+                        }
+                        true
+                    }
+                    Ok(Err(error)) => {
+                        warn!(%error, "reading the store's revision");
+                        false
+                    }
+                    Err(_) => {
+                        warn!(timeout = ?POLL_TIMEOUT, "reading the store's revision timed out");
+                        false
+                    }
+                };
+                if watched.store_up.swap(up, Ordering::Relaxed) != up {
+                    let status = if up {
+                        info!("the store answers again: serving");
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        warn!("the store cannot be reached: not serving");
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    for service in watched.services {
+                        watched.health.set_service_status(*service, status).await;
+                    }
+                }
+            }
             _ = compaction.tick() => match store.compact(config.change_log_retention).await {
                 Ok(horizon) => tracing::debug!(horizon, "compacted the change log"),
                 Err(error) => warn!(%error, "compacting the change log"),

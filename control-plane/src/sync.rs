@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::Caller;
 use crate::fanout::{State, View};
 use crate::grpc::{Head, invalid_argument, node_status, status};
 use crate::health::Reporter;
@@ -71,15 +72,6 @@ impl<S: Store> Agents<S> {
     }
 }
 
-/// The agent's address (`ip:port`) for the audit trail; empty when the
-/// transport has none.
-fn peer<T>(request: &Request<T>) -> String {
-    request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default()
-}
-
 type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -90,7 +82,9 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let address = peer(&request);
+        let caller = Caller::of(&request);
+        caller.speak_for("node_id", &request.get_ref().node_id)?;
+        let address = caller.address;
         crate::registration::register(
             self.store.as_ref(),
             &self.head,
@@ -107,12 +101,13 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let address = peer(&request);
+        let caller = Caller::of(&request);
+        caller.speak_for("node_id", &request.get_ref().node_id)?;
         crate::registration::deregister(
             self.store.as_ref(),
             &self.head,
             request.into_inner(),
-            &address,
+            &caller.address,
         )
         .await
         .map(Response::new)
@@ -123,7 +118,8 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
         &self,
         request: Request<Streaming<pb::SyncRequest>>,
     ) -> Result<Response<SyncStream>, Status> {
-        let address = peer(&request);
+        let caller = Caller::of(&request);
+        let address = caller.address.clone();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -151,6 +147,8 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             }
         }
         v.finish(()).map_err(invalid_argument)?;
+        // Only after the checks above: the name is then short and valid.
+        caller.speak_for("hello.node_id", &hello.node_id)?;
 
         // An agent behind the change-log horizon, or with nothing, starts
         // over from a snapshot; any other resumes from what it holds.

@@ -1,3 +1,6 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::SystemTime;
 use switchyard::metrics::CONTENT_TYPE;
 use tokio::net::TcpListener;
@@ -100,11 +103,24 @@ fn every_family_is_written_and_parses() {
 }
 
 #[tokio::test]
-async fn only_get_metrics_is_served() {
+async fn only_get_metrics_and_the_probes_are_served() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, || "up 1\n".to_string(), stop.clone()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = {
+        let ready = ready.clone();
+        move || match ready.load(Ordering::Relaxed) {
+            true => Ok(()),
+            false => Err("nothing applied yet".to_owned()),
+        }
+    };
+    let server = tokio::spawn(serve(
+        listener,
+        || "up 1\n".to_string(),
+        readiness,
+        stop.clone(),
+    ));
     let ask = |request: &'static str| async move {
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         conn.write_all(request.as_bytes()).await.unwrap();
@@ -120,6 +136,17 @@ async fn only_get_metrics_is_served() {
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     let answer = ask("DELETE /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    let answer = ask("GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = ask("GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.ends_with("not ready: nothing applied yet\n"),
+        "{answer}"
+    );
+    ready.store(true, Ordering::Relaxed);
+    let answer = ask("GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // A scraper's idle keep-alive connection does not hold up shutdown.
     let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
     stop.cancel();

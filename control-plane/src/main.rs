@@ -1,11 +1,13 @@
 //! `switchyard-cp`: the Switchyard control-plane server.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
+use switchyard::tls::{self, ServerFiles};
 use switchyard_control_plane::{health, metrics, server};
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +72,53 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", default_value = metrics::DEFAULT_LISTEN,
           value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// The gRPC port's TLS certificate chain (PEM); with `--tls-key`, the
+    /// port serves TLS only. Re-read when the file changes or on SIGHUP, so
+    /// certificates rotate without a restart.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) for mutual TLS: every client must present a
+    /// certificate they issued. Needs `--tls-cert`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    client_ca: Option<PathBuf>,
+    /// How long a client may take to finish its TLS handshake before the
+    /// connection is dropped.
+    #[arg(long, env = "SWITCHYARD_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    handshake_timeout: Duration,
+}
+
+/// A server error, with a TLS file's error naming the flag that set it.
+fn named(error: server::Error) -> anyhow::Error {
+    match error {
+        server::Error::Tls(error) => {
+            let flag = match error.file() {
+                Some(tls::File::Key) => "--tls-key",
+                Some(tls::File::ClientCa | tls::File::CaCert) => "--client-ca",
+                Some(tls::File::Cert) | None => "--tls-cert",
+            };
+            anyhow::anyhow!("{flag}: {error}")
+        }
+        error => error.into(),
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -96,6 +145,15 @@ async fn main() -> anyhow::Result<()> {
         change_log_retention: args.change_log_retention,
         node_lease: args.node_lease,
         metrics_listen: args.metrics_listen.0,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| ServerFiles {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
+        handshake_timeout: args.handshake_timeout,
         damping: health::Damping {
             half_life: args.flap_half_life,
             suppress: args.flap_suppress,
@@ -110,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut server = std::pin::pin!(server::run(config, shutdown.clone()));
     tokio::select! {
-        result = &mut server => return result.context("control plane failed"),
+        result = &mut server => return result.map_err(named).context("control plane failed"),
         signal = terminated() => {
             signal.context("installing signal handlers")?;
             tracing::info!("shutting down");
@@ -118,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     match tokio::time::timeout(GRACE, server).await {
-        Ok(result) => result.context("control plane failed"),
+        Ok(result) => result.map_err(named).context("control plane failed"),
         Err(_) => anyhow::bail!("in-flight calls did not finish within {GRACE:?}"),
     }
 }

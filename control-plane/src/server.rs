@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::pb;
+use switchyard::tls::{self, ServerFiles, ServerTls};
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -56,6 +55,11 @@ pub struct Config {
     /// started in-process do not contend for one port; `switchyard-cp`
     /// defaults to [`metrics::DEFAULT_LISTEN`].
     pub metrics_listen: Option<SocketAddr>,
+    /// The gRPC port's certificate, key and (for mutual TLS) client CA;
+    /// `None` serves plaintext. The files are re-read when they change.
+    pub tls: Option<ServerFiles>,
+    /// How long a client may take to finish its TLS handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -73,6 +77,8 @@ impl Default for Config {
             health_flush_interval: Duration::from_millis(100),
             damping: health::Damping::default(),
             metrics_listen: None,
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -97,6 +103,9 @@ pub enum Error {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::Error),
 }
 
 /// Opens the store, binds `config.listen` (and `config.metrics_listen`) and
@@ -158,6 +167,8 @@ pub async fn serve_with<S: Store>(
         grpc: listener,
         metrics: metrics_listener,
     } = listeners;
+    // Before anything else: bad TLS files are a configuration error.
+    let tls = config.tls.clone().map(ServerTls::load).transpose()?;
     // Every store call of this server is timed, for the metrics.
     let latency = Arc::new(store::Latency::default());
     let store = Arc::new(Timed::new(store, latency.clone()));
@@ -229,7 +240,7 @@ pub async fn serve_with<S: Store>(
     if let Some(Ok(metrics)) = metrics_addr {
         info!(addr = %metrics, "serving metrics at /metrics");
     }
-    info!(%addr, revision = head.current(), "listening");
+    info!(%addr, revision = head.current(), tls = tls.is_some(), "listening");
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -238,22 +249,24 @@ pub async fn serve_with<S: Store>(
         .add_service(operator)
         .add_service(agents)
         .serve_with_incoming_shutdown(
-            // Agents' pushes and acks are small messages: without
-            // TCP_NODELAY, Nagle's algorithm holds them back behind unacked
-            // data. (tonic sets it only on listeners it binds itself.)
-            TcpListenerStream::new(listener).map(|conn| {
-                let conn = conn?;
-                conn.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(conn)
-            }),
+            // TLS handshakes (if any) and TCP_NODELAY, which agents' small
+            // pushes and acks need, happen there.
+            tls::incoming(listener, tls.clone(), config.handshake_timeout),
             shutdown.clone().cancelled_owned(),
         );
+    // Certificate rotation: new connections get the files' current pair.
+    let rotation = async {
+        if let Some(tls) = &tls {
+            tls.watch(shutdown.clone()).await;
+        }
+    };
 
     let upkeep = upkeep(store.as_ref(), &head, config, &shutdown);
     let follow = fanout::follow(store.as_ref(), &state, &head, config.fanout, &shutdown);
     let nodes = registry.run(store.as_ref(), &shutdown);
     let health = reporter.run(store.as_ref(), &head, state.subscribe(), &shutdown);
-    let (result, (), (), (), (), ()) = tokio::join!(server, upkeep, follow, nodes, health, metrics);
+    let (result, (), (), (), (), (), ()) =
+        tokio::join!(server, upkeep, follow, nodes, health, metrics, rotation);
     // Sessions recorded their nodes as disconnected when their streams ended.
     registry.flush(store.as_ref()).await;
     info!("stopped");

@@ -6,3 +6,4 @@ mod manifests;
 mod reads;
 mod rollout;
 mod support;
+mod tls;

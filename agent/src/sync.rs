@@ -335,6 +335,9 @@ fn causes(error: &dyn std::error::Error) -> String {
 pub struct Stats {
     /// Streams opened.
     pub connects: AtomicU64,
+    /// Streams that could not be opened (connection, TLS, token, refusal)
+    /// or that failed once open.
+    pub sync_failures: AtomicU64,
     /// Snapshots received.
     pub snapshots: AtomicU64,
     /// Deltas received.
@@ -558,7 +561,10 @@ impl Client {
             }
             match outcome.result {
                 Ok(()) => {}
-                Err(error) => warn!(%addr, %error, "sync failed"),
+                Err(error) => {
+                    Stats::bump(&self.stats.sync_failures);
+                    warn!(%addr, %error, "sync failed");
+                }
             }
             if outcome.delivered {
                 backoff.reset();

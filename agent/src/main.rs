@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
+use switchyard::tls::ClientFiles;
 use switchyard_agent::proxy::{Builtin, Driver};
 use switchyard_agent::{Agent, Config, local, metrics, persist, registration};
 use tokio_util::sync::CancellationToken;
@@ -29,8 +30,9 @@ struct Args {
     #[arg(long = "label", env = "SWITCHYARD_LABELS", value_delimiter = ',',
           value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// A control-plane address; repeat for several, tried in order (the
-    /// variable takes a comma-separated list).
+    /// A control-plane address, `http://HOST:PORT` or (with `--ca-cert`)
+    /// `https://HOST:PORT`; repeat for several, tried in order (the variable
+    /// takes a comma-separated list).
     #[arg(
         long = "control-plane",
         env = "SWITCHYARD_CONTROL_PLANES",
@@ -38,6 +40,32 @@ struct Args {
         default_value = "http://127.0.0.1:7700"
     )]
     control_planes: Vec<String>,
+    /// CA certificates (PEM) to check `https://` control planes with.
+    #[arg(long, env = "SWITCHYARD_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// This node's client certificate (PEM) for mutual TLS; its URI SAN
+    /// `spiffe://<trust-domain>/node/<node-id>` names the node. Read at each
+    /// connection, so a rotated certificate needs no restart.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// A file holding this agent's bearer token, sent with every call to
+    /// the control plane; read at each connection. A file rather than a
+    /// flag keeps the secret out of process listings.
+    #[arg(long, env = "SWITCHYARD_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Where the last applied configuration is kept.
     #[arg(
         long,
@@ -129,6 +157,12 @@ async fn main() -> anyhow::Result<()> {
         node_id,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         control_planes: args.control_planes,
+        tls: ClientFiles {
+            ca_cert: args.ca_cert,
+            cert: args.tls_cert,
+            key: args.tls_key,
+        },
+        token_file: args.token_file,
         data_dir: args.data_dir,
         ..Config::default()
     };
@@ -213,6 +247,10 @@ fn flag(field: &str) -> String {
         ("node_id", "--node-id"),
         ("labels", "--label"),
         ("control_planes", "--control-plane"),
+        ("tls.ca_cert", "--ca-cert"),
+        ("tls.cert", "--tls-cert"),
+        ("tls.key", "--tls-key"),
+        ("token_file", "--token-file"),
         ("data_dir", "--data-dir"),
     ];
     for (prefix, flag) in flags {

@@ -78,6 +78,11 @@ impl Sources {
                 &self.stats.connects,
             ),
             (
+                "switchyard_agent_sync_failures_total",
+                "Sync streams that could not be opened (connection, TLS, token, refusal) or failed once open.",
+                &self.stats.sync_failures,
+            ),
+            (
                 "switchyard_agent_sync_snapshots_total",
                 "Snapshots received.",
                 &self.stats.snapshots,

@@ -10,8 +10,9 @@
 
 mod backoff;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -20,11 +21,13 @@ use switchyard::pb;
 use switchyard::pb::agent_service_client::AgentServiceClient;
 use switchyard::pb::sync_request::Message as Out;
 use switchyard::pb::sync_response::Message as In;
+use switchyard::tls::{self, ClientFiles};
 use switchyard::validate::{self, Invalid, Violations};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::metadata::{Ascii, MetadataValue};
 use tracing::{debug, info, warn};
 
 use crate::health::{self, Results};
@@ -57,6 +60,8 @@ const MAX_REPORT_ENDPOINTS: usize = 1000;
 /// Longest `Nack.error` sent; a configuration with thousands of problems is
 /// reported by its first ones.
 const MAX_NACK_ERROR: usize = 8 << 10;
+/// Largest token file read: a bearer token is well under a kilobyte.
+const MAX_TOKEN_BYTES: u64 = 16 << 10;
 
 /// Everything the agent needs to start.
 #[derive(Debug, Clone)]
@@ -65,8 +70,18 @@ pub struct Config {
     pub node_id: String,
     /// This node's labels, matched against listeners' node selectors.
     pub labels: BTreeMap<String, String>,
-    /// Control-plane addresses, e.g. `http://127.0.0.1:7700`, tried in order.
+    /// Control-plane addresses, e.g. `http://127.0.0.1:7700` or
+    /// `https://cp.example:7700`, tried in order.
     pub control_planes: Vec<String>,
+    /// The CA to check `https://` control planes with, and the node's
+    /// client certificate for mutual TLS; read at each connection, so a
+    /// rotated certificate is used from the next one on.
+    pub tls: ClientFiles,
+    /// A file holding the agent's bearer token, sent as
+    /// `authorization: Bearer <token>` with every call; read at each
+    /// connection. In a file, not a flag, so that it stays out of process
+    /// listings.
+    pub token_file: Option<PathBuf>,
     /// Where the last applied configuration is kept.
     pub data_dir: PathBuf,
     /// Shortest delay between two attempts to reach a control plane.
@@ -119,6 +134,8 @@ impl Default for Config {
             node_id: String::new(),
             labels: BTreeMap::new(),
             control_planes: vec!["http://127.0.0.1:7700".into()],
+            tls: ClientFiles::default(),
+            token_file: None,
             data_dir: PathBuf::from("/var/lib/switchyard-agent"),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -140,10 +157,27 @@ impl Config {
         if self.control_planes.is_empty() {
             v.push("control_planes", "at least one control plane is required");
         }
+        // A TLS file's problem is reported once, whichever addresses use it.
+        let mut tls_fields = BTreeSet::new();
         for (i, addr) in self.control_planes.iter().enumerate() {
             if let Err(reason) = check_address(addr) {
                 v.push(format!("control_planes[{i}]"), reason);
+            } else if let Err(error) = self.tls.endpoint(addr) {
+                let field = match error.file() {
+                    Some(tls::File::CaCert | tls::File::ClientCa) => "tls.ca_cert".to_owned(),
+                    Some(tls::File::Cert) => "tls.cert".to_owned(),
+                    Some(tls::File::Key) => "tls.key".to_owned(),
+                    None => format!("control_planes[{i}]"),
+                };
+                if tls_fields.insert(field.clone()) {
+                    v.push(field, error);
+                }
             }
+        }
+        if let Some(path) = &self.token_file
+            && let Err(reason) = read_token(path)
+        {
+            v.push("token_file", reason);
         }
         if self.data_dir.as_os_str().is_empty() {
             v.push("data_dir", "must not be empty");
@@ -166,15 +200,15 @@ impl Config {
     }
 }
 
-/// Checks a control-plane address: an `http://host:port` URI.
+/// Checks a control-plane address: an `http://host:port` or
+/// `https://host:port` URI.
 fn check_address(addr: &str) -> Result<(), String> {
     let uri: tonic::transport::Uri = addr
         .parse()
         .map_err(|e| format!("{addr:?} is not a URI: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(format!("{addr:?}: TLS is not supported yet; use http://")),
-        _ => return Err(format!("{addr:?} must start with http://")),
+        Some("http" | "https") => {}
+        _ => return Err(format!("{addr:?} must start with http:// or https://")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{addr:?} has no host"));
@@ -183,6 +217,51 @@ fn check_address(addr: &str) -> Result<(), String> {
         return Err(format!("{addr:?} must not have a path"));
     }
     Ok(())
+}
+
+/// The `authorization` value for the token in `path`: `Bearer <token>`,
+/// with the file's content trimmed. The reason names the file and never
+/// quotes it.
+fn read_token(path: &Path) -> Result<MetadataValue<Ascii>, String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(format!(
+            "{}: larger than {MAX_TOKEN_BYTES} bytes, not a token",
+            path.display()
+        ));
+    }
+    let unprintable = || {
+        format!(
+            "{}: the token must be printable ASCII on one line",
+            path.display()
+        )
+    };
+    let token = std::str::from_utf8(&bytes)
+        .map_err(|_| unprintable())?
+        .trim();
+    if token.is_empty() {
+        return Err(format!("{}: holds no token", path.display()));
+    }
+    let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| unprintable())?;
+    // A secret: HTTP/2 header compression must never index it.
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// `message` as a request carrying `token`, if any.
+fn authorized<T>(message: T, token: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+    }
+    request
 }
 
 /// What went wrong starting the agent or on one stream.
@@ -203,6 +282,14 @@ pub enum Error {
     /// spells out the causes: tonic's own says only "transport error".
     #[error("connecting: {}", causes(.0))]
     Connect(tonic::transport::Error),
+    /// The TLS files could not be used (they may be mid-rotation: tried
+    /// again at the next connection).
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::Error),
+    /// The token file could not be used (tried again at the next
+    /// connection).
+    #[error("token file {0}")]
+    Token(String),
     /// The control plane refused or failed the stream.
     #[error("stream: {}: {}", .0.code(), .0.message())]
     Stream(#[source] tonic::Status),
@@ -218,7 +305,10 @@ impl Error {
     /// Whether trying again (another control plane, later) may work; errors
     /// of the agent's own configuration and task will not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Connect(_) | Error::Stream(_) | Error::Ended)
+        matches!(
+            self,
+            Error::Connect(_) | Error::Tls(_) | Error::Token(_) | Error::Stream(_) | Error::Ended
+        )
     }
 }
 
@@ -245,6 +335,9 @@ fn causes(error: &dyn std::error::Error) -> String {
 pub struct Stats {
     /// Streams opened.
     pub connects: AtomicU64,
+    /// Streams that could not be opened (connection, TLS, token, refusal)
+    /// or that failed once open.
+    pub sync_failures: AtomicU64,
     /// Snapshots received.
     pub snapshots: AtomicU64,
     /// Deltas received.
@@ -486,7 +579,10 @@ impl Client {
             }
             match outcome.result {
                 Ok(()) => {}
-                Err(error) => warn!(%addr, %error, "sync failed"),
+                Err(error) => {
+                    Stats::bump(&self.stats.sync_failures);
+                    warn!(%addr, %error, "sync failed");
+                }
             }
             if outcome.delivered {
                 backoff.reset();
@@ -506,12 +602,16 @@ impl Client {
     /// (bad file content, an endpoint owned by another node) is logged and
     /// does not stop syncing: the node keeps serving, and registration is
     /// tried again on the next connection.
-    async fn register(&mut self, channel: &tonic::transport::Channel) -> Result<(), Error> {
+    async fn register(
+        &mut self,
+        channel: &tonic::transport::Channel,
+        token: Option<&MetadataValue<Ascii>>,
+    ) -> Result<(), Error> {
         let Some(registration) = self.registrations.borrow_and_update().clone() else {
             return Ok(());
         };
         let mut client = AgentServiceClient::new(channel.clone());
-        let call = client.register(registration.request.clone());
+        let call = client.register(authorized(registration.request.clone(), token));
         let response = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
             response = tokio::time::timeout(OPEN_TIMEOUT, call) => response
@@ -552,15 +652,25 @@ impl Client {
             endpoints: registration.endpoint_names(),
             mode: mode as i32,
         };
+        let token = match self.token() {
+            Ok(token) => token,
+            Err(error) => {
+                warn!(%error, "cannot leave: registrations left as they are");
+                return;
+            }
+        };
         let attempt = async {
             for addr in &self.config.control_planes {
-                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(addr.clone()) else {
-                    continue;
+                let endpoint = match self.config.tls.endpoint(addr) {
+                    Ok(endpoint) => endpoint.connect_timeout(self.config.connect_timeout),
+                    Err(error) => {
+                        warn!(%addr, %error, "leaving");
+                        continue;
+                    }
                 };
-                let endpoint = endpoint.connect_timeout(self.config.connect_timeout);
                 let result = match endpoint.connect().await {
                     Ok(channel) => AgentServiceClient::new(channel)
-                        .deregister(request.clone())
+                        .deregister(authorized(request.clone(), token.as_ref()))
                         .await
                         .map(|_| ()),
                     Err(e) => Err(tonic::Status::unavailable(causes(&e))),
@@ -586,9 +696,22 @@ impl Client {
         Outcome { delivered, result }
     }
 
+    /// The `authorization` value to send, read from the token file now.
+    fn token(&self) -> Result<Option<MetadataValue<Ascii>>, Error> {
+        match &self.config.token_file {
+            None => Ok(None),
+            Some(path) => read_token(path).map(Some).map_err(Error::Token),
+        }
+    }
+
     async fn stream(&mut self, addr: &str, delivered: &mut bool) -> Result<(), Error> {
-        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
-            .map_err(Error::Connect)?
+        // Both read afresh at each connection: rotated certificates and
+        // tokens are picked up without a restart.
+        let token = self.token()?;
+        let endpoint = self
+            .config
+            .tls
+            .endpoint(addr)?
             .connect_timeout(self.config.connect_timeout)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
@@ -597,7 +720,7 @@ impl Client {
             _ = self.shutdown.cancelled() => return Ok(()),
             channel = endpoint.connect() => channel.map_err(Error::Connect)?,
         };
-        self.register(&channel).await?;
+        self.register(&channel, token.as_ref()).await?;
         let mut client =
             AgentServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -616,7 +739,10 @@ impl Client {
             // A control plane that accepts the connection but never answers
             // (e.g. its database hangs) must not hold the agent: give up and
             // fail over.
-            response = tokio::time::timeout(OPEN_TIMEOUT, client.sync(ReceiverStream::new(rx))) => {
+            response = tokio::time::timeout(
+                OPEN_TIMEOUT,
+                client.sync(authorized(ReceiverStream::new(rx), token.as_ref())),
+            ) => {
                 response
                     .map_err(|_| Error::Stream(tonic::Status::deadline_exceeded("no answer to hello")))?
                     .map_err(Error::Stream)?
@@ -657,7 +783,7 @@ impl Client {
                     continue;
                 }
                 Ok(()) = self.registrations.changed() => {
-                    self.register(&channel).await?;
+                    self.register(&channel, token.as_ref()).await?;
                     continue;
                 }
                 _ = refresh.tick() => {

@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard::pb;
@@ -14,6 +14,7 @@ use switchyard::pb::agent_service_server::{AgentService, AgentServiceServer};
 use switchyard::pb::sync_request::Message as Req;
 use switchyard::pb::sync_response::Message as Resp;
 use switchyard::resource::Ref;
+use switchyard_agent::registration::{OnShutdown, Registration};
 use switchyard_agent::testing::{delta, listener, web};
 use switchyard_agent::{Agent, Config, NodeConfig};
 use tokio::net::TcpListener;
@@ -65,9 +66,20 @@ impl Session {
     }
 }
 
-/// The fake control plane: hands every stream to the test.
+/// The fake control plane: hands every stream to the test, and records
+/// each call's `authorization` header.
 struct Fake {
     sessions: mpsc::Sender<Session>,
+    calls: Calls,
+}
+
+/// Each call's method and `authorization` header (`-` for none).
+type Calls = Arc<Mutex<Vec<(&'static str, String)>>>;
+
+fn record<T>(calls: &Calls, method: &'static str, request: &Request<T>) {
+    let header = request.metadata().get("authorization");
+    let value = header.map_or("-".into(), |v| v.to_str().unwrap().to_owned());
+    calls.lock().unwrap().push((method, value));
 }
 
 #[tonic::async_trait]
@@ -78,6 +90,7 @@ impl AgentService for Fake {
         &self,
         request: Request<Streaming<pb::SyncRequest>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        record(&self.calls, "sync", &request);
         let (outbound, rx) = mpsc::channel(16);
         let session = Session {
             inbound: request.into_inner(),
@@ -92,16 +105,18 @@ impl AgentService for Fake {
 
     async fn register(
         &self,
-        _: Request<pb::RegisterRequest>,
+        request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        Err(Status::unimplemented("not part of these tests"))
+        record(&self.calls, "register", &request);
+        Ok(Response::new(pb::RegisterResponse::default()))
     }
 
     async fn deregister(
         &self,
-        _: Request<pb::DeregisterRequest>,
+        request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        Err(Status::unimplemented("not part of these tests"))
+        record(&self.calls, "deregister", &request);
+        Ok(Response::new(pb::DeregisterResponse::default()))
     }
 }
 
@@ -109,6 +124,7 @@ impl AgentService for Fake {
 struct Server {
     addr: SocketAddr,
     sessions: mpsc::Receiver<Session>,
+    calls: Calls,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -119,9 +135,14 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (tx, sessions) = mpsc::channel(4);
         let shutdown = CancellationToken::new();
+        let calls = Calls::default();
+        let fake = Fake {
+            sessions: tx,
+            calls: calls.clone(),
+        };
         let task = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(AgentServiceServer::new(Fake { sessions: tx }))
+                .add_service(AgentServiceServer::new(fake))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
                     shutdown.clone().cancelled_owned(),
@@ -130,6 +151,7 @@ impl Server {
         Server {
             addr,
             sessions,
+            calls,
             shutdown,
             task,
         }
@@ -188,6 +210,8 @@ fn config(data_dir: &Path, control_planes: Vec<String>) -> Config {
         node_id: "node-1".into(),
         labels: [("zone".to_string(), "a".to_string())].into(),
         control_planes,
+        tls: Default::default(),
+        token_file: None,
         data_dir: data_dir.to_owned(),
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
@@ -487,5 +511,60 @@ async fn dropping_the_agent_ends_its_stream() {
     })
     .await
     .expect("the dropped agent's stream stayed open");
+    server.stop(vec![session]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_carries_the_token_read_at_each_connection() {
+    let dir = TempDir::new();
+    let token = dir.0.join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let mut server = Server::start().await;
+    let mut cfg = config(&dir.0, vec![server.url()]);
+    cfg.token_file = Some(token.clone());
+    cfg.registration = Some(Registration {
+        request: pb::RegisterRequest {
+            node_id: "node-1".into(),
+            ..Default::default()
+        },
+        on_shutdown: OnShutdown::Deregister,
+    });
+    let agent = Agent::start(cfg, CancellationToken::new()).await.unwrap();
+    let mut session = server.accept().await;
+    session.hello().await;
+
+    // A new token is used from the next connection on.
+    std::fs::write(&token, "second-token").unwrap();
+    drop(session);
+    let mut session = server.accept().await;
+    session.hello().await;
+    // A token file that cannot be read is retried, not fatal: two ended
+    // streams, then at least two attempts without a token.
+    std::fs::remove_file(&token).unwrap();
+    drop(session);
+    tokio::time::timeout(WAIT, async {
+        while agent.stats().sync_failures.load(Ordering::Relaxed) < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the missing token file was never tried");
+    std::fs::write(&token, "third-token").unwrap();
+    let session = server.accept().await;
+
+    agent.stop().await.unwrap();
+    let calls = server.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            ("register", "Bearer first-token".to_owned()),
+            ("sync", "Bearer first-token".to_owned()),
+            ("register", "Bearer second-token".to_owned()),
+            ("sync", "Bearer second-token".to_owned()),
+            ("register", "Bearer third-token".to_owned()),
+            ("sync", "Bearer third-token".to_owned()),
+            ("deregister", "Bearer third-token".to_owned()),
+        ]
+    );
     server.stop(vec![session]).await;
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
+use switchyard::tls::{self, ServerFiles};
 use switchyard_control_plane::{auth, health, metrics, server};
 use tokio_util::sync::CancellationToken;
 
@@ -100,6 +101,38 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_MAX_STREAMS_PER_PRINCIPAL", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_principal: u32,
+    /// The gRPC port's TLS certificate chain (PEM); with `--tls-key`, the
+    /// port serves TLS only. Re-read when the file changes or on SIGHUP, so
+    /// certificates rotate without a restart.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) for mutual TLS: every client must present a
+    /// certificate they issued. Needs `--tls-cert`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    client_ca: Option<PathBuf>,
+    /// How long a client may take to finish its TLS handshake before the
+    /// connection is dropped.
+    #[arg(long, env = "SWITCHYARD_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    handshake_timeout: Duration,
 }
 
 /// A switch.
@@ -107,6 +140,21 @@ struct Args {
 enum OnOff {
     On,
     Off,
+}
+
+/// A server error, with a TLS file's error naming the flag that set it.
+fn named(error: server::Error) -> anyhow::Error {
+    match error {
+        server::Error::Tls(error) => {
+            let flag = match error.file() {
+                Some(tls::File::Key) => "--tls-key",
+                Some(tls::File::ClientCa | tls::File::CaCert) => "--client-ca",
+                Some(tls::File::Cert) | None => "--tls-cert",
+            };
+            anyhow::anyhow!("{flag}: {error}")
+        }
+        error => error.into(),
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -126,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}:{}", host.trim(), args.listen.port())
     });
-    let tls = false;
+    let tls = args.tls_cert.is_some();
     let enforce = match args.auth {
         Some(OnOff::On) => true,
         Some(OnOff::Off) => false,
@@ -158,6 +206,15 @@ async fn main() -> anyhow::Result<()> {
         change_log_retention: args.change_log_retention,
         node_lease: args.node_lease,
         metrics_listen: args.metrics_listen.0,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| ServerFiles {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
+        handshake_timeout: args.handshake_timeout,
         damping: health::Damping {
             half_life: args.flap_half_life,
             suppress: args.flap_suppress,
@@ -172,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut server = std::pin::pin!(server::run(config, shutdown.clone()));
     tokio::select! {
-        result = &mut server => return result.context("control plane failed"),
+        result = &mut server => return result.map_err(named).context("control plane failed"),
         signal = terminated() => {
             signal.context("installing signal handlers")?;
             tracing::info!("shutting down");
@@ -180,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     match tokio::time::timeout(GRACE, server).await {
-        Ok(result) => result.context("control plane failed"),
+        Ok(result) => result.map_err(named).context("control plane failed"),
         Err(_) => anyhow::bail!("in-flight calls did not finish within {GRACE:?}"),
     }
 }

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use switchyard::pb;
+use switchyard::tls::{self, ServerFiles, ServerTls};
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -64,6 +63,11 @@ pub struct Config {
     /// With authentication on: when the store holds no token, create the
     /// first admin token and write its secret to this new file.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// The gRPC port's certificate, key and (for mutual TLS) client CA;
+    /// `None` serves plaintext. The files are re-read when they change.
+    pub tls: Option<ServerFiles>,
+    /// How long a client may take to finish its TLS handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +87,8 @@ impl Default for Config {
             metrics_listen: None,
             auth: auth::Config::default(),
             bootstrap_token_file: None,
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -110,6 +116,9 @@ pub enum Error {
     /// Authentication is on and no principal could ever call.
     #[error("{0}")]
     Auth(String),
+    /// The TLS files could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::Error),
 }
 
 /// Opens the store, binds `config.listen` (and `config.metrics_listen`) and
@@ -171,6 +180,8 @@ pub async fn serve_with<S: Store>(
         grpc: listener,
         metrics: metrics_listener,
     } = listeners;
+    // Before anything else: bad TLS files are a configuration error.
+    let tls = config.tls.clone().map(ServerTls::load).transpose()?;
     // Every store call of this server is timed, for the metrics.
     let latency = Arc::new(store::Latency::default());
     let store = Arc::new(Timed::new(store, latency.clone()));
@@ -275,7 +286,7 @@ pub async fn serve_with<S: Store>(
     if let Some(Ok(metrics)) = metrics_addr {
         info!(addr = %metrics, "serving metrics at /metrics");
     }
-    info!(%addr, revision = head.current(), "listening");
+    info!(%addr, revision = head.current(), tls = tls.is_some(), "listening");
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -286,16 +297,17 @@ pub async fn serve_with<S: Store>(
         .add_service(agents)
         .add_service(token_service)
         .serve_with_incoming_shutdown(
-            // Agents' pushes and acks are small messages: without
-            // TCP_NODELAY, Nagle's algorithm holds them back behind unacked
-            // data. (tonic sets it only on listeners it binds itself.)
-            TcpListenerStream::new(listener).map(|conn| {
-                let conn = conn?;
-                conn.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(conn)
-            }),
+            // TLS handshakes (if any) and TCP_NODELAY, which agents' small
+            // pushes and acks need, happen there.
+            tls::incoming(listener, tls.clone(), config.handshake_timeout),
             shutdown.clone().cancelled_owned(),
         );
+    // Certificate rotation: new connections get the files' current pair.
+    let rotation = async {
+        if let Some(tls) = &tls {
+            tls.watch(shutdown.clone()).await;
+        }
+    };
 
     let services = [
         "",
@@ -314,7 +326,8 @@ pub async fn serve_with<S: Store>(
     let follow = fanout::follow(store.as_ref(), &state, &head, config.fanout, &shutdown);
     let nodes = registry.run(store.as_ref(), &shutdown);
     let health = reporter.run(store.as_ref(), &head, state.subscribe(), &shutdown);
-    let (result, (), (), (), (), ()) = tokio::join!(server, upkeep, follow, nodes, health, metrics);
+    let (result, (), (), (), (), (), ()) =
+        tokio::join!(server, upkeep, follow, nodes, health, metrics, rotation);
     // Sessions recorded their nodes as disconnected when their streams ended.
     registry.flush(store.as_ref()).await;
     info!("stopped");

@@ -38,7 +38,9 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// The control plane's address.
+    /// The control plane's address: `http://HOST:PORT`, or
+    /// `https://HOST:PORT` for TLS (needs `--ca-cert`); without a scheme,
+    /// https when a TLS flag is given, else http.
     #[arg(
         long,
         env = "YARD_SERVER",
@@ -49,13 +51,14 @@ pub struct Global {
     /// Sent as `authorization: Bearer TOKEN` with every call.
     #[arg(long, env = "YARD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// CA certificate (PEM) for TLS; refused until the control plane serves TLS.
+    /// CA certificates (PEM) to check the control plane's certificate with;
+    /// required for `https://`.
     #[arg(long, env = "YARD_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; refused until then too.
+    /// Client certificate (PEM) for mutual TLS, with `--client-key`.
     #[arg(long, env = "YARD_CLIENT_CERT", value_name = "FILE", global = true)]
     pub client_cert: Option<PathBuf>,
-    /// Client private key (PEM) for mutual TLS; refused until then too.
+    /// Client private key (PEM) for mutual TLS, with `--client-cert`.
     #[arg(long, env = "YARD_CLIENT_KEY", value_name = "FILE", global = true)]
     pub client_key: Option<PathBuf>,
     /// Output format: table (the default), yaml, json, or name (kind/name lines).

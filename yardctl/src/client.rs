@@ -1,5 +1,5 @@
-//! The connection to the control plane: its address, the bearer token, call
-//! deadlines, and the calls several commands share.
+//! The connection to the control plane: its address, TLS, the bearer
+//! token, call deadlines, and the calls several commands share.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use switchyard::pb;
 use switchyard::pb::operator_service_client::OperatorServiceClient;
 use switchyard::pb::token_service_client::TokenServiceClient;
 use switchyard::resource::Kind;
+use switchyard::tls::{self, ClientFiles};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -50,51 +51,60 @@ impl Interceptor for Auth {
 /// Where and how to connect, checked before anything is sent.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The `http://host:port` URL.
+    /// The `http://` or `https://` URL.
     pub url: String,
+    /// The endpoint, with TLS set up from the files as they were read
+    /// when the flags were checked.
+    endpoint: Endpoint,
     auth: Auth,
 }
 
 impl Target {
-    /// Checks the global flags: the address, the token, and the TLS flags,
-    /// which are refused until the control plane serves TLS rather than
-    /// silently ignored.
+    /// Checks the global flags: the address, the TLS files (read now), and
+    /// the token. An address without a scheme is `https://` when a TLS
+    /// flag is given, `http://` otherwise.
     pub fn new(global: &Global) -> Result<Self, Error> {
-        let tls_flag = [
-            ("--ca-cert", &global.ca_cert),
-            ("--client-cert", &global.client_cert),
-            ("--client-key", &global.client_key),
-        ]
-        .into_iter()
-        .find(|(_, v)| v.is_some());
-        if let Some((flag, _)) = tls_flag {
-            return Err(Error::usage(format_args!(
-                "{flag}: TLS is not supported yet; the control plane serves plaintext gRPC only"
-            )));
-        }
-        let server = global.server.trim();
-        let url = if server.starts_with("https://") {
-            return Err(Error::usage(format_args!(
-                "--server {server}: TLS is not supported yet; use an http:// address"
-            )));
-        } else if server.contains("://") {
-            server.to_string()
-        } else {
-            format!("http://{server}")
+        let files = ClientFiles {
+            ca_cert: global.ca_cert.clone(),
+            cert: global.client_cert.clone(),
+            key: global.client_key.clone(),
         };
+        let server = global.server.trim();
+        let url = if server.contains("://") {
+            server.to_string()
+        } else if files.is_empty() {
+            format!("http://{server}")
+        } else {
+            format!("https://{server}")
+        };
+        let endpoint = files.endpoint(&url).map_err(|e| {
+            let flag = match e.file() {
+                Some(tls::File::CaCert | tls::File::ClientCa) => "--ca-cert",
+                Some(tls::File::Cert) => "--client-cert",
+                Some(tls::File::Key) => "--client-key",
+                None => "--server",
+            };
+            Error::usage(format_args!("{flag}: {e}"))
+        })?;
         let auth = match global.token.as_deref().map(str::trim) {
             None | Some("") => Auth(None),
             Some(token) => Auth(Some(format!("Bearer {token}").parse().map_err(|_| {
                 Error::usage("--token: must be printable ASCII without line breaks")
             })?)),
         };
-        Ok(Self { url, auth })
+        Ok(Self {
+            url,
+            endpoint,
+            auth,
+        })
     }
 
-    /// Connects, failing fast (exit 3) when nothing answers.
+    /// Connects, failing fast (exit 3) when nothing answers or the TLS
+    /// handshake fails.
     async fn channel(&self) -> Result<Channel, Error> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| Error::usage(format_args!("--server {}: {e}", self.url)))?
+        let endpoint = self
+            .endpoint
+            .clone()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let channel = endpoint.connect().await.map_err(|e| {

@@ -70,6 +70,7 @@ fn every_family_is_written_and_parses() {
     );
     for (family, kind) in [
         ("switchyard_agent_sync_connects_total", Type::Counter),
+        ("switchyard_agent_sync_failures_total", Type::Counter),
         ("switchyard_agent_sync_snapshots_total", Type::Counter),
         ("switchyard_agent_sync_deltas_total", Type::Counter),
         ("switchyard_agent_sync_nacks_total", Type::Counter),

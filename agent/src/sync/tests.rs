@@ -51,7 +51,7 @@ fn every_problem_is_reported() {
             "node_id",
             r#"labels["-bad"]"#,
             "control_planes[1]",
-            "control_planes[2]",
+            "tls.ca_cert",
             "control_planes[3]",
             "control_planes[4]",
             "heartbeat_interval",
@@ -59,7 +59,83 @@ fn every_problem_is_reported() {
         ]
     );
     let msg = config.validate().unwrap_err().to_string();
-    assert!(msg.contains("TLS is not supported yet"), "{msg}");
+    assert!(
+        msg.contains("an https:// address needs a CA certificate"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn tls_files_and_the_token_file_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = switchyard::tls::testing::Ca::new("test CA");
+    let ca_cert = ca.write(dir.path(), "ca");
+    let (cert, key) = ca.client(Some("node-1")).write(dir.path(), "node-1");
+    let write = |name: &str, text: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let token = write("token", b"  s3cret-token\n");
+    let mtls = Config {
+        control_planes: vec!["https://127.0.0.1:7700".into()],
+        tls: ClientFiles {
+            ca_cert: Some(ca_cert.clone()),
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+        },
+        token_file: Some(token.clone()),
+        ..valid()
+    };
+    mtls.validate().unwrap();
+    let value = read_token(&token).unwrap();
+    assert_eq!(value.to_str().unwrap(), "Bearer s3cret-token");
+
+    let plaintext_with_ca = Config {
+        control_planes: vec!["http://127.0.0.1:7700".into()],
+        ..mtls.clone()
+    };
+    assert_eq!(fields(&plaintext_with_ca), ["tls.ca_cert"]);
+    let key_is_a_cert = Config {
+        tls: ClientFiles {
+            key: Some(cert.clone()),
+            ..mtls.tls.clone()
+        },
+        ..mtls.clone()
+    };
+    assert_eq!(fields(&key_is_a_cert), ["tls.key"]);
+    // Reported once, however many control planes use the file.
+    let two = Config {
+        control_planes: vec!["https://a:7700".into(), "https://b:7700".into()],
+        ..key_is_a_cert
+    };
+    assert_eq!(fields(&two), ["tls.key"]);
+
+    for (content, words) in [
+        (None, "cannot read it"),
+        (Some(&b" \n\t"[..]), "holds no token"),
+        (
+            Some(&b"line one\nline two"[..]),
+            "printable ASCII on one line",
+        ),
+        (Some(&b"\xff\xfe"[..]), "printable ASCII on one line"),
+    ] {
+        let path = match content {
+            Some(text) => write("bad-token", text),
+            None => dir.path().join("missing-token"),
+        };
+        let config = Config {
+            token_file: Some(path.clone()),
+            ..mtls.clone()
+        };
+        let invalid = config.validate().unwrap_err();
+        assert_eq!(invalid.violations.len(), 1, "{invalid}");
+        let message = invalid.to_string();
+        assert!(message.contains("token_file"), "{message}");
+        assert!(message.contains(words), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(!message.contains("line one"), "the file is never quoted");
+    }
 }
 
 #[test]

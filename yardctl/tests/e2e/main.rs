@@ -7,4 +7,5 @@ mod manifests;
 mod reads;
 mod rollout;
 mod support;
+mod tls;
 mod tokens;

@@ -329,17 +329,33 @@ async fn an_unreachable_control_plane_is_exit_3_and_one_line() {
     );
 }
 
-/// Flags that cannot be honoured are refused, not ignored.
+/// TLS flags that do not fit the address, and other usage errors, are
+/// exit 1 naming the flag.
 #[tokio::test]
 async fn tls_flags_and_usage_errors_are_exit_1() {
     let url = "http://127.0.0.1:7700";
     let run = yardctl_at(url, &["--ca-cert", "ca.pem", "get", "svc"]).await;
     assert_eq!(
         run.failed(1),
-        "error: --ca-cert: TLS is not supported yet; the control plane serves plaintext gRPC only"
+        "error: --ca-cert: http://127.0.0.1:7700 is plaintext http://, \
+         but a CA certificate is set: use an https:// address"
     );
     let run = yardctl_at("https://cp:7700", &["get", "svc"]).await;
-    assert!(run.failed(1).contains("TLS is not supported yet"));
+    assert_eq!(
+        run.failed(1),
+        "error: --ca-cert: https://cp:7700: an https:// address needs a CA certificate \
+         to check the server with"
+    );
+    let run = yardctl_at(
+        "https://cp:7700",
+        &["--ca-cert", "/nonexistent/ca.pem", "get", "svc"],
+    )
+    .await;
+    assert!(
+        run.failed(1)
+            .starts_with("error: --ca-cert: CA certificate /nonexistent/ca.pem: cannot read it"),
+        "{run:?}"
+    );
     let run = yardctl_at(url, &["apply"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     let help = yardctl_at(url, &["--help"]).await;

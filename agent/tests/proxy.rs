@@ -99,6 +99,9 @@ impl Backend {
                                     .insert("x-saw-request-id", echo("x-request-id"));
                                 resp.headers_mut().insert("x-saw-added", echo("x-added"));
                                 resp.headers_mut().insert("x-saw-host", echo("host"));
+                                resp.headers_mut().insert("x-saw-te", echo("te"));
+                                resp.headers_mut()
+                                    .insert("x-saw-connection", echo("connection"));
                                 Ok(resp)
                             }
                         });
@@ -1891,4 +1894,243 @@ async fn websocket_sessions_work_through_the_proxy() {
     tokio::time::timeout(Duration::from_secs(5), proxy.stop())
         .await
         .expect("the proxy stops without waiting for its drain time");
+}
+
+/// The Python of the test virtualenv: `scripts/test` installs
+/// `tests/python/requirements.txt` in one and sets `SWITCHYARD_TEST_PYTHON`.
+/// Tests that need it are `#[ignore]`d (plain `cargo test` skips them;
+/// `scripts/test` runs them) and fail, rather than pass, without it.
+fn test_python() -> String {
+    std::env::var("SWITCHYARD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "SWITCHYARD_TEST_PYTHON is not set: run scripts/test, or set it to a python \
+             with tests/python/requirements.txt installed"
+        )
+    })
+}
+
+/// A server of `tests/python/`, run by the test virtualenv's Python;
+/// killed when dropped (and it stops by itself when its standard input
+/// closes, should the test process die first).
+struct PythonServer {
+    addr: SocketAddr,
+    _child: tokio::process::Child,
+}
+
+impl PythonServer {
+    /// Starts `script` and waits until it prints the port it serves on.
+    async fn start(script: &str) -> PythonServer {
+        use tokio::io::AsyncBufReadExt;
+        let path = format!("{}/../tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = tokio::process::Command::new(test_python())
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {path}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not start within 30 s"))
+        .unwrap();
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{script} printed {line:?}, not its port"));
+        PythonServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _child: child,
+        }
+    }
+}
+
+/// A proxy with a gRPC listener routing everything to the `grpc` service
+/// `orders`, whose one endpoint is `addr`; its port.
+async fn grpc_proxy_to(addr: SocketAddr) -> (Proxy, u16) {
+    let port = free_port();
+    let snap = pb::Snapshot {
+        services: vec![pb::Service {
+            protocol: pb::Protocol::Grpc as i32,
+            ..service("orders", pb::LbPolicy::RoundRobin)
+        }],
+        endpoints: vec![endpoint("orders-1", "orders", addr, 1, &[])],
+        routes: vec![pb::Route {
+            name: "orders".into(),
+            revision: 1,
+            rules: vec![rule(vec![], vec![dest("orders", 1, &[])])],
+            ..Default::default()
+        }],
+        listeners: vec![pb::Listener {
+            protocol: pb::Protocol::Grpc as i32,
+            ..http_listener(port, "orders")
+        }],
+        ..Default::default()
+    };
+    (Proxy::start(config(1, snap)).await, port)
+}
+
+/// Unary and server-streaming gRPC calls through the proxy on `port` to a
+/// health service that answers `Check` with SERVING (NOT_FOUND for the
+/// service `unknown`) and streams SERVING, NOT_SERVING, SERVING for
+/// `Watch`.
+async fn health_calls_through(port: u16, server: &str) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let ask = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    for _ in 0..5 {
+        let resp = client
+            .check(ask("orders"))
+            .await
+            .unwrap_or_else(|e| panic!("{server}: a unary call through the proxy: {e:?}"))
+            .into_inner();
+        assert_eq!(resp.status, ServingStatus::Serving as i32, "{server}");
+    }
+    // An error status travels in the trailers.
+    let err = client.check(ask("unknown")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{server}: {err:?}");
+
+    let mut stream = client
+        .watch(ask("orders"))
+        .await
+        .unwrap_or_else(|e| panic!("{server}: a streaming call through the proxy: {e:?}"))
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(message) = stream
+        .message()
+        .await
+        .unwrap_or_else(|e| panic!("{server}: the stream through the proxy: {e:?}"))
+    {
+        seen.push(message.status);
+    }
+    let (up, down) = (
+        ServingStatus::Serving as i32,
+        ServingStatus::NotServing as i32,
+    );
+    assert_eq!(seen, vec![up, down, up], "{server}: every streamed message");
+}
+
+/// A tonic server with the same health service as
+/// `tests/python/grpc_server.py`.
+#[derive(Default)]
+struct TonicHealth;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for TonicHealth {
+    async fn check(
+        &self,
+        req: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        if req.get_ref().service == "unknown" {
+            return Err(tonic::Status::not_found("unknown service"));
+        }
+        Ok(tonic::Response::new(
+            tonic_health::pb::HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            },
+        ))
+    }
+
+    type WatchStream = tokio_stream::Iter<
+        std::vec::IntoIter<Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>,
+    >;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let statuses = [
+            ServingStatus::Serving,
+            ServingStatus::NotServing,
+            ServingStatus::Serving,
+        ];
+        let messages: Vec<_> = statuses
+            .into_iter()
+            .map(|s| Ok(tonic_health::pb::HealthCheckResponse { status: s as i32 }))
+            .collect();
+        Ok(tonic::Response::new(tokio_stream::iter(messages)))
+    }
+}
+
+/// gRPC through the proxy to a tonic server, over HTTP/2 to the endpoint:
+/// unary and server-streaming calls, error statuses in trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_reach_a_tonic_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                TonicHealth,
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+    let (proxy, port) = grpc_proxy_to(addr).await;
+    health_calls_through(port, "tonic").await;
+    proxy.stop().await;
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// gRPC through the proxy to a grpcio server (the C core, which refuses a
+/// request without `te: trailers`), over HTTP/2 to the endpoint: unary and
+/// server-streaming calls, error statuses in trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SWITCHYARD_TEST_PYTHON (scripts/test sets it)"]
+async fn grpc_calls_reach_a_grpcio_server() {
+    let server = PythonServer::start("grpc_server.py").await;
+    let (proxy, port) = grpc_proxy_to(server.addr).await;
+    health_calls_through(port, "grpcio").await;
+    proxy.stop().await;
+}
+
+/// `TE` passes on only as `te: trailers`, to HTTP/1.1 endpoints (named in
+/// `Connection`, as RFC 9110 §10.1.4 asks) and HTTP/2 ones alike; any
+/// other transfer coding preference is this hop's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_trailers_alone_passes_on() {
+    let backend = Backend::start("web").await;
+    for protocol in [pb::Protocol::Http, pb::Protocol::Http2] {
+        let web = pb::Service {
+            protocol: protocol as i32,
+            ..service("web", pb::LbPolicy::RoundRobin)
+        };
+        let (proxy, port) = proxy_for(web, &backend).await;
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/");
+        let a = get(&c, &url, &[("te", "gzip, trailers"), ("connection", "te")]).await;
+        assert_eq!(a.status, 200, "{protocol:?}: {}", a.body);
+        assert_eq!(a.headers["x-saw-te"], "trailers", "{protocol:?}");
+        let connection = a.headers["x-saw-connection"].to_str().unwrap();
+        match protocol {
+            pb::Protocol::Http => assert_eq!(connection, "te"),
+            _ => assert_eq!(connection, "", "no connection header over HTTP/2"),
+        }
+        let a = get(&c, &url, &[("te", "gzip"), ("connection", "te")]).await;
+        assert_eq!(a.status, 200, "{protocol:?}: {}", a.body);
+        assert_eq!(a.headers["x-saw-te"], "", "{protocol:?}");
+        assert_eq!(a.headers["x-saw-connection"], "", "{protocol:?}");
+        proxy.stop().await;
+    }
 }

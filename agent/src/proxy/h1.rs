@@ -244,16 +244,33 @@ fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &m
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         // Framing is this hop's (below); the proxy answers `Expect`
-        // itself, having read the body to send it on.
+        // itself, having read the body to send it on. `Connection` is
+        // written below, as one field.
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::EXPECT
+            || name == header::CONNECTION
         {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // The options of this hop (a protocol switch the client asked for),
+    // with `te` when `TE` is sent, as RFC 9110 §10.1.4 asks.
+    let mut listed = false;
+    for value in &parts.headers.get_all(header::CONNECTION) {
+        out.extend_from_slice(if listed { b", " } else { b"connection: " });
+        out.extend_from_slice(value.as_bytes());
+        listed = true;
+    }
+    if parts.headers.contains_key(header::TE) && !connection_has(&parts.headers, "te") {
+        out.extend_from_slice(if listed { b", te" } else { b"connection: te" });
+        listed = true;
+    }
+    if listed {
         out.extend_from_slice(b"\r\n");
     }
     match length {

@@ -280,6 +280,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     }
 }
 
+/// Whether a request's `TE` lists `trailers`. That one preference passes
+/// on (as `te: trailers`, the only `TE` HTTP/2 allows, RFC 9113 §8.2.2),
+/// as Envoy does: gRPC servers on the C core (grpcio) refuse a request
+/// without it. Any other transfer coding is this hop's business.
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// The hash of a request for consistent hashing; `client` is its client's
 /// address as text.
 fn hash_of(on: &HashOn, headers: &HeaderMap, client: &HeaderValue) -> u64 {
@@ -377,7 +394,13 @@ async fn forward(
     // HTTP/1.1 endpoint; an HTTP/2 one gets an ordinary request.
     let switching = parts.extensions.get::<server::UpgradeRequested>().is_some()
         && service.protocol == Protocol::Http;
+    let trailers = accepts_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, switching);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let xff = HeaderName::from_static("x-forwarded-for");
     let forwarded = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
         Some(prior) => {

@@ -2134,3 +2134,61 @@ async fn te_trailers_alone_passes_on() {
         proxy.stop().await;
     }
 }
+
+/// HTTP/2 to an endpoint carries the client's authority as `:authority`
+/// and no `host` header (RFC 9113 §8.3.1), so that a strict server
+/// (python-h2 with its default checks, under hypercorn) takes the request:
+/// an HTTP/1.1 client's Host, an HTTP/2 client's `:authority`, and the
+/// endpoint's address for an HTTP/1.0 client that sent neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SWITCHYARD_TEST_PYTHON (scripts/test sets it)"]
+async fn http2_endpoints_get_the_client_authority_and_no_host() {
+    let server = PythonServer::start("h2_server.py").await;
+    let web = pb::Service {
+        protocol: pb::Protocol::Http2 as i32,
+        ..service("web", pb::LbPolicy::RoundRobin)
+    };
+    let (proxy, port) = proxy_to(web, server.addr).await;
+
+    let a = get(
+        &client(),
+        &format!("http://127.0.0.1:{port}/"),
+        &[("host", "shop.example")],
+    )
+    .await;
+    assert_eq!((a.status, a.body.as_str()), (200, "shop.example"));
+    assert_eq!(a.headers["x-http-version"], "2", "HTTP/2 to the endpoint");
+
+    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+    let h2: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let resp = h2
+        .request(
+            Request::get(format!("http://localhost:{port}/"))
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), format!("localhost:{port}"));
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(
+        answer.ends_with(&format!("\r\n\r\n{}", server.addr)),
+        "{answer:?}"
+    );
+    proxy.stop().await;
+}

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::PathAndQuery;
+use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard::resource::{HashOn, Protocol, RetryOn, RetryPolicy};
@@ -373,8 +373,9 @@ async fn forward(
         _ => None,
     };
 
-    // The upstream request: same method, headers and body; the endpoint's
-    // authority (set per try); proxy headers added.
+    // The upstream request: same method, headers and body; the client's
+    // authority (the endpoint's when it gave none, set per try); proxy
+    // headers added.
     let path_and_query = path.unwrap_or_else(|| {
         parts
             .uri
@@ -382,8 +383,8 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     });
-    // HTTP/2 clients send the authority, not a Host header; keep it for
-    // HTTP/1.1 upstreams (which get the endpoint's when there is neither).
+    // HTTP/2 clients send the authority, not a Host header: it becomes
+    // one, which header rules see and an HTTP/1.1 endpoint gets.
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -416,6 +417,16 @@ async fn forward(
         parts.headers.insert(request_id, new_request_id());
     }
     rule.request_headers().apply(&mut parts.headers);
+    // Over HTTP/2 the authority is `:authority` alone: a `host` beside it
+    // makes the request malformed (RFC 9113 §8.3.1), and strict servers
+    // (python-h2) refuse it.
+    let authority = match service.protocol {
+        Protocol::Http2 | Protocol::Grpc => parts
+            .headers
+            .remove(header::HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
+        _ => None,
+    };
 
     let deadline = rule.action.timeout.map(|t| started + t);
     let retry = rule.action.retry.as_ref().filter(|p| p.attempts > 0);
@@ -447,7 +458,7 @@ async fn forward(
         let endpoint = &pool.endpoints[id];
         let conns = &pool.conns[id];
         let in_flight = pool.balancer().start(id);
-        let Some(uri) = conns.uri(path_and_query.clone()) else {
+        let Some(uri) = conns.uri(path_and_query.clone(), authority.as_ref()) else {
             return fail(Refusal::Internal);
         };
         let last = match (&body, retry) {
@@ -471,7 +482,8 @@ async fn forward(
             }
             (_, None) => return fail(Refusal::Internal),
         };
-        if !request.headers().contains_key(header::HOST)
+        if !conns.is_http2()
+            && !request.headers().contains_key(header::HOST)
             && let Some(host) = conns
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())

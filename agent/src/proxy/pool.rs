@@ -347,12 +347,13 @@ impl Conns {
 
     /// The URI of a request to this endpoint for `path`: origin form for
     /// HTTP/1.1, absolute for HTTP/2 (whose pseudo-headers need scheme and
-    /// authority).
-    pub(super) fn uri(&self, path: PathAndQuery) -> Option<Uri> {
+    /// authority), with the client's `authority`, or the endpoint's when
+    /// there is none.
+    pub(super) fn uri(&self, path: PathAndQuery, authority: Option<&Authority>) -> Option<Uri> {
         let mut parts = hyper::http::uri::Parts::default();
         if self.http2 {
             parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(self.authority.clone()?);
+            parts.authority = Some(authority.or(self.authority.as_ref())?.clone());
         }
         parts.path_and_query = Some(path);
         Uri::from_parts(parts).ok()
@@ -361,6 +362,11 @@ impl Conns {
     /// The endpoint's authority (`host:port`), for a request with no Host.
     pub(super) fn authority(&self) -> Option<&Authority> {
         self.authority.as_ref()
+    }
+
+    /// Whether requests go to the endpoint over HTTP/2.
+    pub(super) fn is_http2(&self) -> bool {
+        self.http2
     }
 
     /// Sends `req` on a connection to this endpoint, reusing an idle one

@@ -2192,3 +2192,155 @@ async fn http2_endpoints_get_the_client_authority_and_no_host() {
     );
     proxy.stop().await;
 }
+
+/// What an endpoint of [`expecting_endpoint`] saw of one request: its
+/// head, and how many body bytes came before the connection closed.
+type Seen = Arc<std::sync::Mutex<Vec<(String, usize)>>>;
+
+/// An endpoint for `Expect: 100-continue`, one request per connection, by
+/// path: `/limited` answers `413` at once (closing) and then counts the
+/// body bytes that still come; `/agree` answers `100 Continue` when asked
+/// to, reads the body and answers `200 got N`; `/deaf` reads the body
+/// without a `100` and answers the same.
+async fn expecting_endpoint() -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let end = loop {
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let mut body = buf.len() - end;
+                let length: usize = head
+                    .split("\r\n")
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.parse().unwrap());
+                let read_body = async |conn: &mut tokio::net::TcpStream, body: &mut usize| {
+                    let mut chunk = [0u8; 4096];
+                    while *body < length {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => *body += n,
+                        }
+                    }
+                };
+                if head.starts_with("post /limited ") {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    // Whatever of the body still comes, until the proxy
+                    // closes.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        read_body(&mut conn, &mut body),
+                    )
+                    .await;
+                } else {
+                    if head.starts_with("post /agree ")
+                        && head.contains("\r\nexpect: 100-continue\r\n")
+                    {
+                        let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                    }
+                    read_body(&mut conn, &mut body).await;
+                    let text = format!("got {body}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                }
+                record.lock().unwrap().push((head, body));
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// `Expect: 100-continue` goes to the endpoint, whose answer decides: an
+/// early final status (`413`) reaches the client before it has sent any
+/// body byte (and no body byte reaches the endpoint); a `100` reaches it
+/// as the go-ahead for the body; an endpoint that ignores the expectation
+/// gets the body after a short wait all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_by_the_endpoint() {
+    let (addr, seen) = expecting_endpoint().await;
+    let (proxy, port) = proxy_to(service("web", pb::LbPolicy::RoundRobin), addr).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+
+    // Refused early: the client sends nothing but the head.
+    let mut conn = connect().await.unwrap();
+    conn.write_all(
+        b"POST /limited HTTP/1.1\r\nhost: web\r\ncontent-length: 100000\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut conn, &mut got, "\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&got);
+    assert!(
+        answer.starts_with("HTTP/1.1 413 "),
+        "the endpoint's 413 first, no 100: {answer:?}"
+    );
+    assert!(
+        eventually(|| seen.lock().unwrap().len() == 1).await,
+        "the endpoint saw the connection end"
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let (head, body) = &seen[0];
+        assert!(head.contains("\r\nexpect: 100-continue\r\n"), "{head:?}");
+        assert_eq!(*body, 0, "no body byte reached the endpoint");
+    }
+    drop(conn);
+
+    // Agreed: the endpoint's 100 is the client's go-ahead.
+    let mut conn = connect().await.unwrap();
+    conn.write_all(
+        b"POST /agree HTTP/1.1\r\nhost: web\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut conn, &mut got, "\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&got).to_string();
+    assert!(
+        answer.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{answer:?}"
+    );
+    conn.write_all(b"hello").await.unwrap();
+    read_until(&mut conn, &mut got, "got 5").await;
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"), "{answer:?}");
+
+    // Ignored: the body goes after a short wait, as the client's own 100
+    // tells it to send it.
+    let mut conn = connect().await.unwrap();
+    conn.write_all(
+        b"POST /deaf HTTP/1.1\r\nhost: web\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut conn, &mut got, "\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&got).to_string();
+    assert!(
+        answer.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{answer:?}"
+    );
+    conn.write_all(b"hello").await.unwrap();
+    read_until(&mut conn, &mut got, "got 5").await;
+    proxy.stop().await;
+}

@@ -13,7 +13,9 @@
 //! A streamed request body is sent as the endpoint reads it, and goes on
 //! being sent while the response body is read (an echo, a streaming
 //! upload answered early); a connection whose request body was not sent
-//! whole is not reused.
+//! whole is not reused. One that expects `100 Continue` goes with the
+//! expectation and waits for the endpoint's `100` (up to [`EXPECT_WAIT`]);
+//! a final answer before it means the body is not sent at all.
 //!
 //! The side facing the proxy's clients is [`server`], which shares this
 //! module's body framing.
@@ -37,6 +39,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{Either, Full};
@@ -74,6 +77,12 @@ const BODY_READ: usize = 16 * 1024;
 /// A buffered request body up to this size goes out in the same write as
 /// the head.
 const COALESCE: usize = 16 * 1024;
+
+/// How long a request body that expects `100 Continue` waits for the
+/// endpoint's answer before it is sent anyway (RFC 9110 §10.1.1 lets a
+/// client stop waiting; curl waits a second too): an endpoint that ignores
+/// the expectation waits for the body.
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 /// Why an exchange failed: before the answer's head arrived (the try
 /// fails) or within its body (the answer breaks off).
@@ -159,11 +168,16 @@ impl Conn {
             None => Some(buffered.len() as u64),
             Some(incoming) => incoming.size_hint().exact(),
         };
+        // A streamed body that expects `100 Continue` waits for the
+        // endpoint's: the client's side answers `100` when the body is
+        // first read, so the client hears the endpoint's go-ahead (or its
+        // early refusal) rather than the proxy's.
+        let expect = stream.is_some() && expects_continue(&parts.headers);
         // The head is made in the connection's buffer, which then takes
         // the answer: one allocation for both.
         let out = &mut self.buf;
         out.reserve(HEAD_READ.max(512 + buffered.len().min(COALESCE)));
-        encode_head(&parts, length, out);
+        encode_head(&parts, length, expect, out);
         if buffered.len() <= COALESCE {
             out.extend_from_slice(&buffered);
         }
@@ -187,11 +201,49 @@ impl Conn {
             })
         });
         let mut reusable = true;
+        // Until the endpoint's `100` (or the wait is over), the body is
+        // held back.
+        let mut held = expect.then(|| Box::pin(tokio::time::sleep(EXPECT_WAIT)));
         let head = std::future::poll_fn(|cx| {
-            advance(&mut upload, &mut reusable, &mut self.io, cx);
-            poll_head(&mut self.io, &mut self.buf, head_request, upgrade, cx)
+            loop {
+                if held
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                {
+                    held = None;
+                }
+                if held.is_none() {
+                    advance(&mut upload, &mut reusable, &mut self.io, cx);
+                }
+                let mut continued = false;
+                let head = poll_head(
+                    &mut self.io,
+                    &mut self.buf,
+                    head_request,
+                    upgrade,
+                    &mut continued,
+                    cx,
+                );
+                if continued && held.is_some() {
+                    held = None;
+                    // The body starts now (and with the answer, if that
+                    // came too).
+                    if head.is_pending() {
+                        continue;
+                    }
+                }
+                return head;
+            }
         })
         .await?;
+        if held.is_some() && upload.is_some() {
+            // A final answer before the `100`: the endpoint does not want
+            // the body (RFC 9110 §10.1.1), which is not sent, and the
+            // connection, whose framing is now unknown to the endpoint, is
+            // not reused.
+            upload = None;
+            reusable = false;
+        }
         let Head {
             mut response,
             framing,
@@ -234,18 +286,31 @@ fn take(mut full: Full<Bytes>) -> Bytes {
     }
 }
 
+/// Whether a request expects `100 Continue` before its body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Writes the request line and headers, framed for a body of `length`
-/// bytes (`None`: unknown, sent chunked).
-fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &mut BytesMut) {
+/// bytes (`None`: unknown, sent chunked), with `Expect: 100-continue` when
+/// `expect`.
+fn encode_head(
+    parts: &hyper::http::request::Parts,
+    length: Option<u64>,
+    expect: bool,
+    out: &mut BytesMut,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        // Framing is this hop's (below); the proxy answers `Expect`
-        // itself, having read the body to send it on. `Connection` is
-        // written below, as one field.
+        // Framing is this hop's (below), and so is `Expect` (below: a
+        // body already read is sent with the head, and the client has had
+        // its `100`). `Connection` is written below, as one field.
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::EXPECT
@@ -272,6 +337,9 @@ fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &m
     }
     if listed {
         out.extend_from_slice(b"\r\n");
+    }
+    if expect {
+        out.extend_from_slice(b"expect: 100-continue\r\n");
     }
     match length {
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -395,13 +463,15 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Reads the response head into `buf` (skipping interim `1xx` answers)
-/// and leaves the bytes after it there.
+/// Reads the response head into `buf` (skipping interim `1xx` answers,
+/// and setting `continued` on a `100 Continue`) and leaves the bytes after
+/// it there.
 fn poll_head(
     io: &mut TcpStream,
     buf: &mut BytesMut,
     head_request: bool,
     upgrade: bool,
+    continued: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, Error>> {
     loop {
@@ -409,7 +479,10 @@ fn poll_head(
             && let Some(head) = parse_head(buf, head_request, upgrade)?
         {
             match head {
-                Parsed::Interim => continue,
+                Parsed::Interim(status) => {
+                    *continued |= status == StatusCode::CONTINUE;
+                    continue;
+                }
                 Parsed::Final(head) => return Poll::Ready(Ok(head)),
             }
         }
@@ -436,7 +509,7 @@ fn poll_head(
 /// What [`parse_head`] found.
 enum Parsed {
     /// An interim (`1xx`) answer, consumed.
-    Interim,
+    Interim(StatusCode),
     /// The final answer's head, consumed.
     Final(Head),
 }
@@ -471,7 +544,7 @@ fn parse_head(
     }
     if status.is_informational() && !switched {
         buf.advance(len);
-        return Ok(Some(Parsed::Interim));
+        return Ok(Some(Parsed::Interim(status)));
     }
     // The values are slices of the head, which is kept as one buffer:
     // where each name and value lies in it is noted on the stack first.

@@ -431,15 +431,21 @@ async fn forward(
     let deadline = rule.action.timeout.map(|t| started + t);
     let retry = rule.action.retry.as_ref().filter(|p| p.attempts > 0);
     // A request is sent again only if its body can be: it is buffered when
-    // small and its size known, streamed (and tried once) otherwise.
+    // small and its size known, streamed (and tried once) otherwise. One
+    // that expects `100 Continue` is streamed: reading it would tell the
+    // client to go ahead before the endpoint has.
+    let expect = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut body = match retry {
-        Some(_) => match replayable(body, deadline).await {
+        Some(_) if !expect => match replayable(body, deadline).await {
             Ok(bytes) => Payload::Buffered(bytes),
             Err(Unbuffered::Stream(body)) => Payload::Stream(Some(body)),
             Err(Unbuffered::TimedOut) => return fail(Refusal::Timeout),
             Err(Unbuffered::Failed) => return fail(Refusal::BadRequest),
         },
-        None => Payload::Stream(Some(body)),
+        _ => Payload::Stream(Some(body)),
     };
     let idempotent = matches!(
         parts.method,

@@ -26,7 +26,10 @@
 //! HTTP/1.0 one reads to the close) takes it for a whole one.
 //!
 //! The request body is read from the socket as the handler asks for it
-//! ([`Body`]), answering `Expect: 100-continue` on the first read. A
+//! ([`Body`]), answering `Expect: 100-continue` on the first read: the
+//! client side reads it once the endpoint has answered its own `100`, so
+//! the client hears the endpoint's go-ahead, or only its early final
+//! answer (a `413` before any byte of the body was sent). A
 //! response may stream while its request body is still arriving (an echo);
 //! a connection whose request body was not read to its end is closed after
 //! the response, since what follows on it is not a request.

@@ -259,9 +259,14 @@ struct Proxy {
 
 impl Proxy {
     async fn start(initial: Arc<NodeConfig>) -> Proxy {
+        Proxy::start_with(Builtin::new(), initial).await
+    }
+
+    /// Runs `builtin` on two threads.
+    async fn start_with(builtin: Builtin, initial: Arc<NodeConfig>) -> Proxy {
         let (config, rx) = watch::channel(initial.clone());
         let stop = CancellationToken::new();
-        let builtin = Builtin::new().with_threads(2);
+        let builtin = builtin.with_threads(2);
         let metrics = builtin.metrics();
         let task = tokio::spawn(builtin.run(rx, stop.clone()));
         let proxy = Proxy {
@@ -2342,5 +2347,101 @@ async fn expect_continue_is_answered_by_the_endpoint() {
     );
     conn.write_all(b"hello").await.unwrap();
     read_until(&mut conn, &mut got, "got 5").await;
+    proxy.stop().await;
+}
+
+/// The kernel's count of connections dropped because a listen queue was
+/// full (`TcpExt: ListenOverflows` in /proc/net/netstat), for this network
+/// namespace.
+fn listen_overflows() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .map(|(_, value)| value.parse().unwrap())
+        .expect("ListenOverflows in /proc/net/netstat")
+}
+
+/// The backlog of the socket listening on 127.0.0.1:`port`, as `ss`
+/// reports it (the Send-Q of a listening socket).
+fn listen_backlog(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) is needed to read a listening socket's backlog");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener on {port}: {text:?}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// Listeners are bound with an explicit backlog (by default 4096, or
+/// `net.core.somaxconn` when lower), and bursts of connections are all
+/// accepted with no listen queue overflowing: 2,000 connections in bursts
+/// of 500 on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_connections_are_all_accepted() {
+    const BURSTS: usize = 4;
+    const BURST: usize = 500;
+    let web = Backend::start("web").await;
+    let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &web).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(listen_backlog(port), somaxconn.min(4096));
+
+    let open = |proxy: &Proxy| -> u64 {
+        proxy
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("switchyard_agent_proxy_open_connections{listener=\"front\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    eventually(|| open(&proxy) == 0).await;
+    let before = listen_overflows();
+    for burst in 0..BURSTS {
+        let mut connecting = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            connecting.spawn(tokio::net::TcpStream::connect(("127.0.0.1", port)));
+        }
+        let mut clients = Vec::with_capacity(BURST);
+        while let Some(connected) = connecting.join_next().await {
+            clients.push(connected.unwrap().expect("connected"));
+        }
+        assert!(
+            eventually(|| open(&proxy) == BURST as u64).await,
+            "burst {burst}: {} of {BURST} connections accepted",
+            open(&proxy)
+        );
+        drop(clients);
+        assert!(
+            eventually(|| open(&proxy) == 0).await,
+            "burst {burst} closed"
+        );
+    }
+    let overflows = listen_overflows() - before;
+    assert_eq!(
+        overflows, 0,
+        "{overflows} connections overflowed a listen queue during {BURSTS} bursts of {BURST}"
+    );
+    proxy.stop().await;
+
+    // A backlog set on the proxy (`--listen-backlog`) is the listeners'.
+    let port = free_port();
+    let snap = web_snapshot(
+        service("web", pb::LbPolicy::RoundRobin),
+        vec![endpoint("web-1", "web", web.addr, 1, &[])],
+        port,
+    );
+    let proxy = Proxy::start_with(Builtin::new().with_backlog(100), config(1, snap)).await;
+    assert_eq!(listen_backlog(port), 100);
     proxy.stop().await;
 }

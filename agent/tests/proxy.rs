@@ -2445,3 +2445,58 @@ async fn bursts_of_connections_are_all_accepted() {
     assert_eq!(listen_backlog(port), 100);
     proxy.stop().await;
 }
+
+/// The request line's version and target, read as RFC 9112 says: a later
+/// HTTP/1 minor version is served as HTTP/1.1 (§2.3), another major
+/// version is answered 505, and a request line that does not have three
+/// parts (a space inside the target) is malformed: 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_line_versions_and_targets_are_read_as_rfc_9112_says() {
+    let web = Backend::start("web").await;
+    let (proxy, port) = proxy_for(service("web", pb::LbPolicy::RoundRobin), &web).await;
+    let exchange = async |request: &str| {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+            .await
+            .expect("answered, then closed")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+
+    // Two requests on one connection: HTTP/1.2 keeps it alive as 1.1 does.
+    let answer = exchange(
+        "GET /a HTTP/1.2\r\nhost: web\r\n\r\nGET /b HTTP/1.2\r\nhost: web\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        answer.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "{answer:?}"
+    );
+    assert!(answer.contains("\r\nx-path: /a\r\n"), "{answer:?}");
+    assert!(answer.contains("\r\nx-path: /b\r\n"), "{answer:?}");
+    assert_eq!(web.hits.load(Ordering::Relaxed), 2);
+
+    for (request, status) in [
+        ("GET /a b HTTP/1.1\r\nhost: web\r\n\r\n", "400"),
+        ("GET /a  HTTP/1.1\r\nhost: web\r\n\r\n", "400"),
+        ("GET / HTTP/2.0\r\nhost: web\r\n\r\n", "505"),
+        ("GET / HTTP/3.0\r\nhost: web\r\n\r\n", "505"),
+    ] {
+        let answer = exchange(request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request:?}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        web.hits.load(Ordering::Relaxed),
+        2,
+        "none reached the endpoint"
+    );
+    proxy.stop().await;
+}

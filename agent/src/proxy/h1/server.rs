@@ -423,6 +423,27 @@ impl Reader {
     /// Parses a complete request head at the start of the buffer, or
     /// `None` when more bytes are needed.
     fn parse(&mut self, limits: Limits) -> Result<Option<Parsed>, Refusal> {
+        // httparse knows HTTP/1.0 and 1.1 only: a request line it refuses
+        // for its version (rarely) is read here, before a verdict.
+        match self.parse_known(limits) {
+            Err(UNSUPPORTED_VERSION) => match request_line(&self.buf) {
+                Line::Partial => Ok(None),
+                Line::Malformed => Err(bad("malformed request line")),
+                Line::Unsupported => Err(UNSUPPORTED_VERSION),
+                // A later HTTP/1 minor version is served as the highest
+                // this server speaks, HTTP/1.1 (RFC 9112 §2.3).
+                Line::LaterMinor(at) => {
+                    self.buf[at] = b'1';
+                    self.parse_known(limits)
+                }
+            },
+            parsed => parsed,
+        }
+    }
+
+    /// [`Reader::parse`] for HTTP/1.0 and 1.1; any other version, or what
+    /// httparse takes for one, is [`UNSUPPORTED_VERSION`].
+    fn parse_known(&mut self, limits: Limits) -> Result<Option<Parsed>, Refusal> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut fields);
         let len = match parsed.parse(&self.buf) {
@@ -437,12 +458,7 @@ impl Reader {
                     "too many header fields",
                 ));
             }
-            Err(httparse::Error::Version) => {
-                return Err(Refusal(
-                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                    "HTTP version not supported",
-                ));
-            }
+            Err(httparse::Error::Version) => return Err(UNSUPPORTED_VERSION),
             Err(_) => return Err(bad("malformed request head")),
         };
         let method = parsed.method.unwrap_or_default();
@@ -642,6 +658,53 @@ impl Reader {
         Error::Io(error)
     }
 }
+
+/// What [`request_line`] makes of a request line whose version httparse
+/// refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// The line has not all arrived.
+    Partial,
+    /// Not `method SP target SP HTTP/d.d` (a space inside the target, a
+    /// malformed version): 400.
+    Malformed,
+    /// A well-formed version of another major version: 505.
+    Unsupported,
+    /// HTTP/1.2 to 1.9: the minor version's digit is at this index.
+    LaterMinor(usize),
+}
+
+/// Reads the request line at the start of `buf` for its version (RFC 9112
+/// §3: exactly three parts, single spaces apart; the version
+/// `HTTP/DIGIT.DIGIT`).
+fn request_line(buf: &[u8]) -> Line {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return Line::Partial;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    if line.iter().filter(|&&b| b == b' ').count() != 2 {
+        return Line::Malformed;
+    }
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            if *major == b'1' && *minor > b'1' {
+                Line::LaterMinor(line.len() - 1)
+            } else {
+                Line::Unsupported
+            }
+        }
+        _ => Line::Malformed,
+    }
+}
+
+/// Answered for a request of another HTTP major version.
+const UNSUPPORTED_VERSION: Refusal = Refusal(
+    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+    "HTTP version not supported",
+);
 
 /// Answered for a head over the limit.
 const TOO_LARGE: Refusal = Refusal(

@@ -69,6 +69,15 @@ impl Backend {
                                 if req.uri().path() == "/slow" {
                                     tokio::time::sleep(Duration::from_millis(300)).await;
                                 }
+                                if req.uri().path() == "/collect" {
+                                    // The whole request body, then its size.
+                                    let size = match req.into_body().collect().await {
+                                        Ok(body) => body.to_bytes().len(),
+                                        Err(_) => 0,
+                                    };
+                                    let text = Full::new(Bytes::from(format!("got {size}")));
+                                    return Ok(Response::new(Either::Left(text)));
+                                }
                                 if req.uri().path() == "/echo" {
                                     // The request body, streamed back as it
                                     // arrives.
@@ -2499,4 +2508,147 @@ async fn request_line_versions_and_targets_are_read_as_rfc_9112_says() {
         "none reached the endpoint"
     );
     proxy.stop().await;
+}
+
+/// A request body whose framing breaks after its head has gone to the
+/// endpoint (a bad chunk-size line, a bare LF, a chunk longer than
+/// announced, a malformed trailer, a body cut short by the client) is
+/// answered 400 at once and its client connection closed; the endpoint's
+/// connection (HTTP/1.1) is closed, never reused; the request is not
+/// retried, is counted as an invalid request, and is not held against the
+/// endpoint (which one failure would eject).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_breaks_is_refused_without_blaming_the_endpoint() {
+    let chunked =
+        "POST /collect HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    let cases: [(&str, String, bool); 9] = [
+        ("chunk size zz", format!("{chunked}zz\r\n"), false),
+        (
+            "chunk size 0x1",
+            format!("{chunked}0x1\r\nx\r\n0\r\n\r\n"),
+            false,
+        ),
+        ("negative chunk size", format!("{chunked}-1\r\n"), false),
+        (
+            "overflowing chunk size",
+            format!("{chunked}10000000000000000\r\n"),
+            false,
+        ),
+        ("bare LF", format!("{chunked}5\nworld\r\n0\r\n\r\n"), false),
+        (
+            "chunk longer than announced",
+            format!("{chunked}3\r\nworld\r\n0\r\n\r\n"),
+            false,
+        ),
+        (
+            "malformed trailer",
+            format!("{chunked}0\r\nno colon\r\n\r\n"),
+            false,
+        ),
+        (
+            "bare LF in a trailer",
+            format!("{chunked}0\r\nx-t: 1\n\r\n"),
+            false,
+        ),
+        (
+            "content-length body cut short",
+            "POST /collect HTTP/1.1\r\nhost: web\r\ncontent-length: 100\r\n\r\n0123456789".into(),
+            true,
+        ),
+    ];
+    for protocol in [pb::Protocol::Http, pb::Protocol::Http2] {
+        let web = Backend::start("web").await;
+        let svc = pb::Service {
+            protocol: protocol as i32,
+            outlier_detection: Some(pb::OutlierDetection {
+                consecutive_5xx: 1,
+                consecutive_connect_failures: 1,
+                max_ejection_percent: 100,
+                base_ejection_time: millis(60_000),
+                ..Default::default()
+            }),
+            ..service("web", pb::LbPolicy::RoundRobin)
+        };
+        let (proxy, port) = proxy_for(svc, &web).await;
+        for (n, (name, request, shutdown)) in cases.iter().enumerate() {
+            let what = format!("{protocol:?}, {name}");
+            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            conn.write_all(request.as_bytes()).await.unwrap();
+            if *shutdown {
+                conn.shutdown().await.unwrap();
+            }
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no answer within 5 s"))
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer:?}");
+            assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{what}: {answer:?}");
+            assert!(
+                eventually(|| web.hits.load(Ordering::Relaxed) == n as u64 + 1).await,
+                "{what}: the head reached the endpoint once, and was not sent again: {} hits",
+                web.hits.load(Ordering::Relaxed)
+            );
+            if protocol == pb::Protocol::Http {
+                assert!(
+                    eventually(|| web.closed.load(Ordering::Relaxed) == n as u64 + 1).await,
+                    "{what}: the endpoint's connection was closed"
+                );
+                assert_eq!(
+                    web.connections.load(Ordering::Relaxed),
+                    n as u64 + 1,
+                    "{what}: a new endpoint connection for each request"
+                );
+            }
+        }
+        // Once the answer has begun (an echo), the body breaking off
+        // closes the connection, the answer unfinished.
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        conn.write_all(
+            b"POST /echo HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut conn, &mut got, "hello").await;
+        conn.write_all(b"zz\r\n").await.unwrap();
+        let mut rest = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut rest)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&rest[..n]),
+                Err(_) => panic!("{protocol:?}: the echo's connection stays open"),
+            }
+        }
+        let answer = String::from_utf8_lossy(&got);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{protocol:?}: {answer:?}"
+        );
+        assert!(
+            !answer.ends_with("0\r\n\r\n"),
+            "{protocol:?}: unfinished: {answer:?}"
+        );
+
+        // The endpoint was not blamed (one failure would have ejected it
+        // for a minute): it still gets requests.
+        let a = get(&client(), &format!("http://127.0.0.1:{port}/"), &[]).await;
+        assert_eq!(a.status, 200, "{protocol:?}: then {}", a.body);
+        let metrics = proxy.metrics();
+        let invalid = format!(
+            "switchyard_agent_proxy_errors_total{{listener=\"front\",reason=\"invalid_request\"}} {}",
+            cases.len() + 1
+        );
+        assert!(metrics.contains(&invalid), "{protocol:?}: {metrics}");
+        assert!(
+            !metrics.contains("switchyard_agent_proxy_upstream_failures_total{"),
+            "{protocol:?}: {metrics}"
+        );
+        proxy.stop().await;
+    }
 }

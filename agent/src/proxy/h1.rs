@@ -13,7 +13,11 @@
 //! A streamed request body is sent as the endpoint reads it, and goes on
 //! being sent while the response body is read (an echo, a streaming
 //! upload answered early); a connection whose request body was not sent
-//! whole is not reused. One that expects `100 Continue` goes with the
+//! whole is not reused. A client's body that breaks off on the way
+//! (malformed framing, cut short) ends the exchange at once, the
+//! connection closed: before the answer's head, as a failure of the
+//! client's ([`Error::Request`]), after it, as the answer breaking off.
+//! One that expects `100 Continue` goes with the
 //! expectation and waits for the endpoint's `100` (up to [`EXPECT_WAIT`]);
 //! a final answer before it means the body is not sent at all.
 //!
@@ -52,7 +56,7 @@ use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 use super::http::{Inbound, Outbound};
-use super::pool::{Lease, Slot};
+use super::pool::{BodyError, Lease, Slot};
 
 /// The largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -99,6 +103,11 @@ pub(super) enum Error {
     /// malformed or ambiguous head, or malformed body framing.
     #[error("invalid upstream answer: {0}")]
     Invalid(&'static str),
+    /// The client's request body broke off while it was being sent (its
+    /// framing was malformed, or it was cut short): the exchange is given
+    /// up at once, and the connection closed. Not the endpoint's failure.
+    #[error("request body: {0}")]
+    Request(BodyError),
 }
 
 /// An endpoint's connection switched to the protocol a client asked for
@@ -212,8 +221,10 @@ impl Conn {
                 {
                     held = None;
                 }
-                if held.is_none() {
-                    advance(&mut upload, &mut reusable, &mut self.io, cx);
+                if held.is_none()
+                    && let Some(error) = advance(&mut upload, &mut reusable, &mut self.io, cx)
+                {
+                    return Poll::Ready(Err(Error::Request(error)));
                 }
                 let mut continued = false;
                 let head = poll_head(
@@ -370,21 +381,31 @@ struct Upload {
     finished: bool,
 }
 
+/// Why a streamed request body was not sent whole.
+enum Unsent {
+    /// The client's body broke off.
+    Client(BodyError),
+    /// The connection to the endpoint failed.
+    Upstream(io::Error),
+}
+
 impl Upload {
     /// Writes what can be written now: ready when all of it is sent, or
     /// when sending failed (the client's body or the connection broke).
-    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Unsent>> {
         loop {
             while let Some(front) = self.out.front_mut() {
                 match Pin::new(&mut *io).poll_write(cx, front) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Unsent::Upstream(io::ErrorKind::WriteZero.into())));
+                    }
                     Poll::Ready(Ok(n)) => {
                         front.advance(n);
                         if front.is_empty() {
                             self.out.pop_front();
                         }
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Unsent::Upstream(e))),
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -409,20 +430,20 @@ impl Upload {
                             }
                             Some(left) => {
                                 *left = left.checked_sub(data.len() as u64).ok_or_else(|| {
-                                    io::Error::other("request body longer than its length")
+                                    Unsent::Client("request body longer than its length".into())
                                 })?;
                                 self.out.push_back(data);
                             }
                         }
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Unsent::Client(e))),
                 Poll::Ready(None) => {
                     match self.left {
                         None => self.out.push_back(Bytes::from_static(b"0\r\n\r\n")),
                         Some(_) => {
-                            return Poll::Ready(Err(io::Error::other(
-                                "request body shorter than its length",
+                            return Poll::Ready(Err(Unsent::Client(
+                                "request body shorter than its length".into(),
                             )));
                         }
                     }
@@ -435,22 +456,32 @@ impl Upload {
 }
 
 /// Moves `upload` on, if there is one: gone once sent; gone, and the
-/// connection not to be reused, once failed.
+/// connection not to be reused, once failed. The client's body breaking
+/// off is returned: the exchange ends with it.
 fn advance(
     upload: &mut Option<Box<Upload>>,
     reusable: &mut bool,
     io: &mut TcpStream,
     cx: &mut Context<'_>,
-) {
-    if let Some(u) = upload {
-        match u.poll_send(io, cx) {
-            Poll::Ready(Ok(())) => *upload = None,
-            Poll::Ready(Err(error)) => {
-                debug!(%error, "request body not sent whole");
-                *upload = None;
-                *reusable = false;
-            }
-            Poll::Pending => {}
+) -> Option<BodyError> {
+    let u = upload.as_mut()?;
+    let sent = match u.poll_send(io, cx) {
+        Poll::Ready(sent) => sent,
+        Poll::Pending => return None,
+    };
+    *upload = None;
+    match sent {
+        Ok(()) => None,
+        Err(Unsent::Upstream(error)) => {
+            // The endpoint may have answered without reading it all, and
+            // closed: its answer is still read.
+            debug!(%error, "request body not sent whole");
+            *reusable = false;
+            None
+        }
+        Err(Unsent::Client(error)) => {
+            *reusable = false;
+            Some(error)
         }
     }
 }
@@ -913,7 +944,12 @@ impl hyper::body::Body for Body {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            advance(&mut this.upload, &mut this.reusable, &mut conn.io, cx);
+            if let Some(error) = advance(&mut this.upload, &mut this.reusable, &mut conn.io, cx) {
+                // The answer has begun: it breaks off too, so that the
+                // client does not take it for a whole one.
+                this.conn = None;
+                return Poll::Ready(Some(Err(Error::Request(error))));
+            }
             match decode(&mut this.framing, &mut conn.buf) {
                 Ok(Decoded::Data(data)) => {
                     if this.framing.ended() {

@@ -337,6 +337,17 @@ async fn forward(
         ctx.stats.refused(why);
         error(why)
     };
+    // A request body that broke off is the client's failure: 400. The
+    // HTTP/1.x server side counts it itself (it sees every body that
+    // breaks, also once the answer has begun).
+    let http1_client = matches!(req.body(), Inbound::Http1(_));
+    let invalid = || {
+        if http1_client {
+            error(Refusal::InvalidRequest)
+        } else {
+            fail(Refusal::InvalidRequest)
+        }
+    };
     let Some(Backend::Http(router)) = table.listeners.get(&ctx.listener) else {
         return fail(Refusal::NotConfigured);
     };
@@ -443,9 +454,19 @@ async fn forward(
             Ok(bytes) => Payload::Buffered(bytes),
             Err(Unbuffered::Stream(body)) => Payload::Stream(Some(body)),
             Err(Unbuffered::TimedOut) => return fail(Refusal::Timeout),
-            Err(Unbuffered::Failed) => return fail(Refusal::BadRequest),
+            Err(Unbuffered::Failed) => return invalid(),
         },
         _ => Payload::Stream(Some(body)),
+    };
+    // An HTTP/2 endpoint's client (hyper's) resets the stream when the
+    // request body breaks off, which looks like the endpoint's failure:
+    // the body's state tells them apart. (The HTTP/1.1 client side tells
+    // it itself.)
+    let watch = match (&body, service.protocol) {
+        (Payload::Stream(Some(Inbound::Http1(b))), Protocol::Http2 | Protocol::Grpc) => {
+            Some(b.watch())
+        }
+        _ => None,
     };
     let idempotent = matches!(
         parts.method,
@@ -510,17 +531,26 @@ async fn forward(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let result = match limit {
+        let mut result = match limit {
             Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
                 Ok(r) => r,
                 Err(_) => Err(Failure::TimedOut),
             },
             None => sent.await,
         };
+        if matches!(result, Err(Failure::Reset)) && watch.as_ref().is_some_and(|w| w.broke()) {
+            result = Err(Failure::Request);
+        }
         // Refused before anything was sent: no retry, no outlier record.
         if let Err(Failure::Overflow) = result {
             upstream.count_circuit_open();
             return fail(Refusal::PendingOverflow);
+        }
+        // The client's body broke off: not the endpoint's failure, and
+        // nothing to try again.
+        if let Err(Failure::Request) = result {
+            debug!(endpoint = %endpoint.name, "request body broke off");
+            return invalid();
         }
         let counters = &pool.stats[id];
         match &result {
@@ -538,7 +568,7 @@ async fn forward(
             // A slow endpoint is not a broken one: timeouts are the route's
             // business, not outlier detection's.
             Err(Failure::TimedOut) => counters.failed(TryFailure::Timeout),
-            Err(Failure::Overflow) => {} // returned above
+            Err(Failure::Overflow | Failure::Request) => {} // returned above
         }
         if let Err(e) = &result {
             debug!(endpoint = %endpoint.name, error = ?e, "try failed");
@@ -593,6 +623,7 @@ async fn forward(
             Err(Failure::Reset) => fail(Refusal::Reset),
             Err(Failure::TimedOut) => fail(Refusal::Timeout),
             Err(Failure::Overflow) => fail(Refusal::PendingOverflow),
+            Err(Failure::Request) => invalid(),
         };
     }
 }

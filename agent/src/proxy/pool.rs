@@ -55,6 +55,10 @@ pub(super) enum Failure {
     /// wait already or none freed up within the connect timeout; nothing
     /// was sent.
     Overflow,
+    /// The client's request body broke off (malformed framing, cut short)
+    /// after the request had gone out: the client's failure, not the
+    /// endpoint's, and not to be tried again.
+    Request,
 }
 
 /// A service's open connections and waiting requests, kept across
@@ -552,6 +556,10 @@ impl Conns {
         };
         match conn.send(req, lease).await {
             Ok(resp) => Ok(resp.map(Upstream::Http1)),
+            Err(h1::Error::Request(error)) => {
+                debug!(host = %self.host, port = self.port, %error, "request body broke off");
+                Err(Failure::Request)
+            }
             Err(error) => {
                 debug!(host = %self.host, port = self.port, %error, "exchange failed");
                 Err(Failure::Reset)

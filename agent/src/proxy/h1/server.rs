@@ -125,7 +125,9 @@ pub(in crate::proxy) enum Served {
 /// Serves HTTP/1.x requests on `io` with `handler` until the client
 /// closes, an error, or `stop`: then idle connections close at once and
 /// one with a request in progress after its response. `refused` is told
-/// of each request refused before it reached the handler.
+/// of each request refused before it reached the handler, and of each
+/// whose body broke off (malformed framing, cut short, too slow) while the
+/// handler read it, whatever the handler answered.
 pub(in crate::proxy) async fn serve<H, F, B>(
     io: TcpStream,
     limits: Limits,
@@ -248,15 +250,18 @@ where
         // Anything left of this request's body is no longer its; a body
         // still held elsewhere (an HTTP/2 upstream's sending task) is
         // woken to find that out and let go of the connection.
-        let body_read = {
+        let (body_read, broken) = {
             let mut reader = lock(&shared);
             reader.request += 1;
             reader.idle = None;
             if let Some(waker) = reader.waker.take() {
                 waker.wake();
             }
-            reader.body_read()
+            (reader.body_read(), reader.broken)
         };
+        if broken {
+            refused();
+        }
         if out.capacity() > COPY_MAX {
             out = BytesMut::new();
         }
@@ -748,6 +753,26 @@ impl Body {
     /// The reader, while the body's request is the current one.
     fn reader(&self) -> Option<MutexGuard<'_, Reader>> {
         Some(lock(&self.shared)).filter(|r| r.request == self.request)
+    }
+
+    /// A handle that tells whether this body broke off, for the handler to
+    /// keep while the body itself goes elsewhere.
+    pub(in crate::proxy) fn watch(&self) -> Watch {
+        Watch(Body {
+            shared: self.shared.clone(),
+            request: self.request,
+        })
+    }
+}
+
+/// Tells whether a request body broke off: its framing was malformed, the
+/// client went away or stopped sending ([`Body::watch`]).
+pub(in crate::proxy) struct Watch(Body);
+
+impl Watch {
+    /// Whether the body broke off.
+    pub(in crate::proxy) fn broke(&self) -> bool {
+        self.0.reader().is_some_and(|r| r.broken)
     }
 }
 

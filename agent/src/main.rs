@@ -102,6 +102,12 @@ struct Args {
     /// agent's own runtime.
     #[arg(long, env = "SWITCHYARD_PROXY_THREADS")]
     proxy_threads: Option<usize>,
+    /// The listen backlog of the built-in proxy's listeners: connections
+    /// the kernel queues until the proxy accepts them (default: 4096, or
+    /// net.core.somaxconn when lower; the kernel caps it at somaxconn).
+    #[arg(long, env = "SWITCHYARD_LISTEN_BACKLOG",
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    listen_backlog: Option<u32>,
     /// Print the configuration saved in the data directory and exit, without
     /// connecting.
     #[arg(long)]
@@ -150,7 +156,10 @@ async fn main() -> anyhow::Result<()> {
     let threads = args.proxy_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let builtin = Builtin::new().with_threads(threads);
+    let mut builtin = Builtin::new().with_threads(threads);
+    if let Some(backlog) = args.listen_backlog {
+        builtin = builtin.with_backlog(backlog);
+    }
     let config = Config {
         preflight: Some(builtin.preflight()),
         registration,

@@ -55,6 +55,21 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// are closed when no request comes to find them so.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
+/// The largest listen backlog the proxy asks for by default.
+const MAX_DEFAULT_BACKLOG: u32 = 4096;
+
+/// The listen backlog used unless one is set ([`Builtin::with_backlog`]):
+/// 4096, or the kernel's cap (`net.core.somaxconn`) when that is lower.
+/// std's `TcpListener::bind` asks for 128, which a burst of connections on
+/// loopback overflows (the kernel then drops their handshakes, and each
+/// client waits for a retransmission, a second or more).
+pub fn default_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(MAX_DEFAULT_BACKLOG, |cap| cap.clamp(1, MAX_DEFAULT_BACKLOG))
+}
+
 /// A data plane the agent drives from the node's configuration.
 ///
 /// The built-in proxy is one; a driver for an external proxy (rendering its
@@ -73,6 +88,8 @@ pub trait Driver: Send + 'static {
 pub struct Builtin {
     /// Threads to serve traffic on; 0: the runtime that runs the proxy.
     threads: usize,
+    /// The listen backlog of its listeners; `None`: [`default_backlog`].
+    backlog: Option<u32>,
     /// Upstream HTTP/2 connection tasks, waited for at shutdown (HTTP/1.1
     /// connections have no task of their own).
     upstream_tasks: TaskTracker,
@@ -152,6 +169,16 @@ impl Builtin {
     #[must_use]
     pub fn with_threads(mut self, n: usize) -> Self {
         self.threads = n;
+        self
+    }
+
+    /// Binds listeners with a listen backlog of `n` connections (at least
+    /// 1; the kernel caps it at `net.core.somaxconn`) instead of
+    /// [`default_backlog`]. A listener kept across configurations keeps
+    /// the backlog it was opened with.
+    #[must_use]
+    pub fn with_backlog(mut self, n: u32) -> Self {
+        self.backlog = Some(n.max(1));
         self
     }
 
@@ -456,6 +483,7 @@ impl Driver for Builtin {
                 workers::Workers::start(0).expect("no thread to start")
             }
         };
+        let backlog = self.backlog.unwrap_or_else(default_backlog);
         let tables = watch::Sender::new(Arc::new(Table::default()));
         let mut prune = tokio::time::interval(PRUNE_EVERY);
         let mut open: HashMap<String, Open> = HashMap::new();
@@ -481,6 +509,7 @@ impl Driver for Builtin {
                     upstream_tasks: &self.upstream_tasks,
                     workers: &workers,
                     shutdown: &shutdown,
+                    backlog,
                 };
                 reconcile(&current, &mut open, &mut tasks, &serving);
                 *bound = open.values().map(|l| l.bind.addr).collect();
@@ -541,6 +570,8 @@ struct Serving<'a> {
     upstream_tasks: &'a TaskTracker,
     workers: &'a workers::Workers,
     shutdown: &'a CancellationToken,
+    /// The listen backlog of new listeners.
+    backlog: u32,
 }
 
 /// Opens, keeps and closes listeners so that exactly the configured ones run.
@@ -556,6 +587,7 @@ fn reconcile(
         upstream_tasks,
         workers,
         shutdown,
+        backlog,
     } = serving;
     open.retain(|name, l| {
         let wanted = config.listeners.get(name).map(|c| Bind {
@@ -577,10 +609,7 @@ fn reconcile(
             addr: SocketAddr::new(l.address, l.port),
             protocol: l.protocol,
         };
-        let listener = match std::net::TcpListener::bind(bind.addr).and_then(|l| {
-            l.set_nonblocking(true)?;
-            Ok(l)
-        }) {
+        let listener = match listen(bind.addr, *backlog) {
             Ok(l) => l,
             Err(error) => {
                 // Retried at the next configuration change.
@@ -619,6 +648,24 @@ fn reconcile(
         });
         open.insert(name.clone(), Open { bind, stop });
     }
+}
+
+/// A non-blocking socket listening on `addr` with a queue of `backlog`
+/// connections (std's `TcpListener::bind` has no say in it), with
+/// `SO_REUSEADDR` as std sets it, so that a restarted agent can bind again
+/// while its old connections linger.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// What a listener's connections need.

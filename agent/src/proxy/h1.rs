@@ -13,7 +13,13 @@
 //! A streamed request body is sent as the endpoint reads it, and goes on
 //! being sent while the response body is read (an echo, a streaming
 //! upload answered early); a connection whose request body was not sent
-//! whole is not reused.
+//! whole is not reused. A client's body that breaks off on the way
+//! (malformed framing, cut short) ends the exchange at once, the
+//! connection closed: before the answer's head, as a failure of the
+//! client's ([`Error::Request`]), after it, as the answer breaking off.
+//! One that expects `100 Continue` goes with the
+//! expectation and waits for the endpoint's `100` (up to [`EXPECT_WAIT`]);
+//! a final answer before it means the body is not sent at all.
 //!
 //! The side facing the proxy's clients is [`server`], which shares this
 //! module's body framing.
@@ -37,6 +43,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{Either, Full};
@@ -49,7 +56,7 @@ use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 use super::http::{Inbound, Outbound};
-use super::pool::{Lease, Slot};
+use super::pool::{BodyError, Lease, Slot};
 
 /// The largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -75,6 +82,12 @@ const BODY_READ: usize = 16 * 1024;
 /// the head.
 const COALESCE: usize = 16 * 1024;
 
+/// How long a request body that expects `100 Continue` waits for the
+/// endpoint's answer before it is sent anyway (RFC 9110 §10.1.1 lets a
+/// client stop waiting; curl waits a second too): an endpoint that ignores
+/// the expectation waits for the body.
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
+
 /// Why an exchange failed: before the answer's head arrived (the try
 /// fails) or within its body (the answer breaks off).
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +103,11 @@ pub(super) enum Error {
     /// malformed or ambiguous head, or malformed body framing.
     #[error("invalid upstream answer: {0}")]
     Invalid(&'static str),
+    /// The client's request body broke off while it was being sent (its
+    /// framing was malformed, or it was cut short): the exchange is given
+    /// up at once, and the connection closed. Not the endpoint's failure.
+    #[error("request body: {0}")]
+    Request(BodyError),
 }
 
 /// An endpoint's connection switched to the protocol a client asked for
@@ -159,11 +177,16 @@ impl Conn {
             None => Some(buffered.len() as u64),
             Some(incoming) => incoming.size_hint().exact(),
         };
+        // A streamed body that expects `100 Continue` waits for the
+        // endpoint's: the client's side answers `100` when the body is
+        // first read, so the client hears the endpoint's go-ahead (or its
+        // early refusal) rather than the proxy's.
+        let expect = stream.is_some() && expects_continue(&parts.headers);
         // The head is made in the connection's buffer, which then takes
         // the answer: one allocation for both.
         let out = &mut self.buf;
         out.reserve(HEAD_READ.max(512 + buffered.len().min(COALESCE)));
-        encode_head(&parts, length, out);
+        encode_head(&parts, length, expect, out);
         if buffered.len() <= COALESCE {
             out.extend_from_slice(&buffered);
         }
@@ -187,11 +210,51 @@ impl Conn {
             })
         });
         let mut reusable = true;
+        // Until the endpoint's `100` (or the wait is over), the body is
+        // held back.
+        let mut held = expect.then(|| Box::pin(tokio::time::sleep(EXPECT_WAIT)));
         let head = std::future::poll_fn(|cx| {
-            advance(&mut upload, &mut reusable, &mut self.io, cx);
-            poll_head(&mut self.io, &mut self.buf, head_request, upgrade, cx)
+            loop {
+                if held
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                {
+                    held = None;
+                }
+                if held.is_none()
+                    && let Some(error) = advance(&mut upload, &mut reusable, &mut self.io, cx)
+                {
+                    return Poll::Ready(Err(Error::Request(error)));
+                }
+                let mut continued = false;
+                let head = poll_head(
+                    &mut self.io,
+                    &mut self.buf,
+                    head_request,
+                    upgrade,
+                    &mut continued,
+                    cx,
+                );
+                if continued && held.is_some() {
+                    held = None;
+                    // The body starts now (and with the answer, if that
+                    // came too).
+                    if head.is_pending() {
+                        continue;
+                    }
+                }
+                return head;
+            }
         })
         .await?;
+        if held.is_some() && upload.is_some() {
+            // A final answer before the `100`: the endpoint does not want
+            // the body (RFC 9110 §10.1.1), which is not sent, and the
+            // connection, whose framing is now unknown to the endpoint, is
+            // not reused.
+            upload = None;
+            reusable = false;
+        }
         let Head {
             mut response,
             framing,
@@ -234,20 +297,35 @@ fn take(mut full: Full<Bytes>) -> Bytes {
     }
 }
 
+/// Whether a request expects `100 Continue` before its body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Writes the request line and headers, framed for a body of `length`
-/// bytes (`None`: unknown, sent chunked).
-fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &mut BytesMut) {
+/// bytes (`None`: unknown, sent chunked), with `Expect: 100-continue` when
+/// `expect`.
+fn encode_head(
+    parts: &hyper::http::request::Parts,
+    length: Option<u64>,
+    expect: bool,
+    out: &mut BytesMut,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        // Framing is this hop's (below); the proxy answers `Expect`
-        // itself, having read the body to send it on.
+        // Framing is this hop's (below), and so is `Expect` (below: a
+        // body already read is sent with the head, and the client has had
+        // its `100`). `Connection` is written below, as one field.
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::EXPECT
+            || name == header::CONNECTION
         {
             continue;
         }
@@ -255,6 +333,24 @@ fn encode_head(parts: &hyper::http::request::Parts, length: Option<u64>, out: &m
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // The options of this hop (a protocol switch the client asked for),
+    // with `te` when `TE` is sent, as RFC 9110 §10.1.4 asks.
+    let mut listed = false;
+    for value in &parts.headers.get_all(header::CONNECTION) {
+        out.extend_from_slice(if listed { b", " } else { b"connection: " });
+        out.extend_from_slice(value.as_bytes());
+        listed = true;
+    }
+    if parts.headers.contains_key(header::TE) && !connection_has(&parts.headers, "te") {
+        out.extend_from_slice(if listed { b", te" } else { b"connection: te" });
+        listed = true;
+    }
+    if listed {
+        out.extend_from_slice(b"\r\n");
+    }
+    if expect {
+        out.extend_from_slice(b"expect: 100-continue\r\n");
     }
     match length {
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -285,21 +381,31 @@ struct Upload {
     finished: bool,
 }
 
+/// Why a streamed request body was not sent whole.
+enum Unsent {
+    /// The client's body broke off.
+    Client(BodyError),
+    /// The connection to the endpoint failed.
+    Upstream(io::Error),
+}
+
 impl Upload {
     /// Writes what can be written now: ready when all of it is sent, or
     /// when sending failed (the client's body or the connection broke).
-    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Unsent>> {
         loop {
             while let Some(front) = self.out.front_mut() {
                 match Pin::new(&mut *io).poll_write(cx, front) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Unsent::Upstream(io::ErrorKind::WriteZero.into())));
+                    }
                     Poll::Ready(Ok(n)) => {
                         front.advance(n);
                         if front.is_empty() {
                             self.out.pop_front();
                         }
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Unsent::Upstream(e))),
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -324,20 +430,20 @@ impl Upload {
                             }
                             Some(left) => {
                                 *left = left.checked_sub(data.len() as u64).ok_or_else(|| {
-                                    io::Error::other("request body longer than its length")
+                                    Unsent::Client("request body longer than its length".into())
                                 })?;
                                 self.out.push_back(data);
                             }
                         }
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Unsent::Client(e))),
                 Poll::Ready(None) => {
                     match self.left {
                         None => self.out.push_back(Bytes::from_static(b"0\r\n\r\n")),
                         Some(_) => {
-                            return Poll::Ready(Err(io::Error::other(
-                                "request body shorter than its length",
+                            return Poll::Ready(Err(Unsent::Client(
+                                "request body shorter than its length".into(),
                             )));
                         }
                     }
@@ -350,22 +456,32 @@ impl Upload {
 }
 
 /// Moves `upload` on, if there is one: gone once sent; gone, and the
-/// connection not to be reused, once failed.
+/// connection not to be reused, once failed. The client's body breaking
+/// off is returned: the exchange ends with it.
 fn advance(
     upload: &mut Option<Box<Upload>>,
     reusable: &mut bool,
     io: &mut TcpStream,
     cx: &mut Context<'_>,
-) {
-    if let Some(u) = upload {
-        match u.poll_send(io, cx) {
-            Poll::Ready(Ok(())) => *upload = None,
-            Poll::Ready(Err(error)) => {
-                debug!(%error, "request body not sent whole");
-                *upload = None;
-                *reusable = false;
-            }
-            Poll::Pending => {}
+) -> Option<BodyError> {
+    let u = upload.as_mut()?;
+    let sent = match u.poll_send(io, cx) {
+        Poll::Ready(sent) => sent,
+        Poll::Pending => return None,
+    };
+    *upload = None;
+    match sent {
+        Ok(()) => None,
+        Err(Unsent::Upstream(error)) => {
+            // The endpoint may have answered without reading it all, and
+            // closed: its answer is still read.
+            debug!(%error, "request body not sent whole");
+            *reusable = false;
+            None
+        }
+        Err(Unsent::Client(error)) => {
+            *reusable = false;
+            Some(error)
         }
     }
 }
@@ -378,13 +494,15 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Reads the response head into `buf` (skipping interim `1xx` answers)
-/// and leaves the bytes after it there.
+/// Reads the response head into `buf` (skipping interim `1xx` answers,
+/// and setting `continued` on a `100 Continue`) and leaves the bytes after
+/// it there.
 fn poll_head(
     io: &mut TcpStream,
     buf: &mut BytesMut,
     head_request: bool,
     upgrade: bool,
+    continued: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, Error>> {
     loop {
@@ -392,7 +510,10 @@ fn poll_head(
             && let Some(head) = parse_head(buf, head_request, upgrade)?
         {
             match head {
-                Parsed::Interim => continue,
+                Parsed::Interim(status) => {
+                    *continued |= status == StatusCode::CONTINUE;
+                    continue;
+                }
                 Parsed::Final(head) => return Poll::Ready(Ok(head)),
             }
         }
@@ -419,7 +540,7 @@ fn poll_head(
 /// What [`parse_head`] found.
 enum Parsed {
     /// An interim (`1xx`) answer, consumed.
-    Interim,
+    Interim(StatusCode),
     /// The final answer's head, consumed.
     Final(Head),
 }
@@ -454,7 +575,7 @@ fn parse_head(
     }
     if status.is_informational() && !switched {
         buf.advance(len);
-        return Ok(Some(Parsed::Interim));
+        return Ok(Some(Parsed::Interim(status)));
     }
     // The values are slices of the head, which is kept as one buffer:
     // where each name and value lies in it is noted on the stack first.
@@ -823,7 +944,12 @@ impl hyper::body::Body for Body {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            advance(&mut this.upload, &mut this.reusable, &mut conn.io, cx);
+            if let Some(error) = advance(&mut this.upload, &mut this.reusable, &mut conn.io, cx) {
+                // The answer has begun: it breaks off too, so that the
+                // client does not take it for a whole one.
+                this.conn = None;
+                return Poll::Ready(Some(Err(Error::Request(error))));
+            }
             match decode(&mut this.framing, &mut conn.buf) {
                 Ok(Decoded::Data(data)) => {
                     if this.framing.ended() {

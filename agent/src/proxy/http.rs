@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::PathAndQuery;
+use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use switchyard::resource::{HashOn, Protocol, RetryOn, RetryPolicy};
@@ -280,6 +280,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     }
 }
 
+/// Whether a request's `TE` lists `trailers`. That one preference passes
+/// on (as `te: trailers`, the only `TE` HTTP/2 allows, RFC 9113 §8.2.2),
+/// as Envoy does: gRPC servers on the C core (grpcio) refuse a request
+/// without it. Any other transfer coding is this hop's business.
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// The hash of a request for consistent hashing; `client` is its client's
 /// address as text.
 fn hash_of(on: &HashOn, headers: &HeaderMap, client: &HeaderValue) -> u64 {
@@ -320,6 +337,17 @@ async fn forward(
         ctx.stats.refused(why);
         error(why)
     };
+    // A request body that broke off is the client's failure: 400. The
+    // HTTP/1.x server side counts it itself (it sees every body that
+    // breaks, also once the answer has begun).
+    let http1_client = matches!(req.body(), Inbound::Http1(_));
+    let invalid = || {
+        if http1_client {
+            error(Refusal::InvalidRequest)
+        } else {
+            fail(Refusal::InvalidRequest)
+        }
+    };
     let Some(Backend::Http(router)) = table.listeners.get(&ctx.listener) else {
         return fail(Refusal::NotConfigured);
     };
@@ -356,8 +384,9 @@ async fn forward(
         _ => None,
     };
 
-    // The upstream request: same method, headers and body; the endpoint's
-    // authority (set per try); proxy headers added.
+    // The upstream request: same method, headers and body; the client's
+    // authority (the endpoint's when it gave none, set per try); proxy
+    // headers added.
     let path_and_query = path.unwrap_or_else(|| {
         parts
             .uri
@@ -365,8 +394,8 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     });
-    // HTTP/2 clients send the authority, not a Host header; keep it for
-    // HTTP/1.1 upstreams (which get the endpoint's when there is neither).
+    // HTTP/2 clients send the authority, not a Host header: it becomes
+    // one, which header rules see and an HTTP/1.1 endpoint gets.
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -377,7 +406,13 @@ async fn forward(
     // HTTP/1.1 endpoint; an HTTP/2 one gets an ordinary request.
     let switching = parts.extensions.get::<server::UpgradeRequested>().is_some()
         && service.protocol == Protocol::Http;
+    let trailers = accepts_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, switching);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let xff = HeaderName::from_static("x-forwarded-for");
     let forwarded = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
         Some(prior) => {
@@ -393,19 +428,45 @@ async fn forward(
         parts.headers.insert(request_id, new_request_id());
     }
     rule.request_headers().apply(&mut parts.headers);
+    // Over HTTP/2 the authority is `:authority` alone: a `host` beside it
+    // makes the request malformed (RFC 9113 §8.3.1), and strict servers
+    // (python-h2) refuse it.
+    let authority = match service.protocol {
+        Protocol::Http2 | Protocol::Grpc => parts
+            .headers
+            .remove(header::HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
+        _ => None,
+    };
 
     let deadline = rule.action.timeout.map(|t| started + t);
     let retry = rule.action.retry.as_ref().filter(|p| p.attempts > 0);
     // A request is sent again only if its body can be: it is buffered when
-    // small and its size known, streamed (and tried once) otherwise.
+    // small and its size known, streamed (and tried once) otherwise. One
+    // that expects `100 Continue` is streamed: reading it would tell the
+    // client to go ahead before the endpoint has.
+    let expect = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut body = match retry {
-        Some(_) => match replayable(body, deadline).await {
+        Some(_) if !expect => match replayable(body, deadline).await {
             Ok(bytes) => Payload::Buffered(bytes),
             Err(Unbuffered::Stream(body)) => Payload::Stream(Some(body)),
             Err(Unbuffered::TimedOut) => return fail(Refusal::Timeout),
-            Err(Unbuffered::Failed) => return fail(Refusal::BadRequest),
+            Err(Unbuffered::Failed) => return invalid(),
         },
-        None => Payload::Stream(Some(body)),
+        _ => Payload::Stream(Some(body)),
+    };
+    // An HTTP/2 endpoint's client (hyper's) resets the stream when the
+    // request body breaks off, which looks like the endpoint's failure:
+    // the body's state tells them apart. (The HTTP/1.1 client side tells
+    // it itself.)
+    let watch = match (&body, service.protocol) {
+        (Payload::Stream(Some(Inbound::Http1(b))), Protocol::Http2 | Protocol::Grpc) => {
+            Some(b.watch())
+        }
+        _ => None,
     };
     let idempotent = matches!(
         parts.method,
@@ -424,7 +485,7 @@ async fn forward(
         let endpoint = &pool.endpoints[id];
         let conns = &pool.conns[id];
         let in_flight = pool.balancer().start(id);
-        let Some(uri) = conns.uri(path_and_query.clone()) else {
+        let Some(uri) = conns.uri(path_and_query.clone(), authority.as_ref()) else {
             return fail(Refusal::Internal);
         };
         let last = match (&body, retry) {
@@ -448,7 +509,8 @@ async fn forward(
             }
             (_, None) => return fail(Refusal::Internal),
         };
-        if !request.headers().contains_key(header::HOST)
+        if !conns.is_http2()
+            && !request.headers().contains_key(header::HOST)
             && let Some(host) = conns
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -469,17 +531,26 @@ async fn forward(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let result = match limit {
+        let mut result = match limit {
             Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
                 Ok(r) => r,
                 Err(_) => Err(Failure::TimedOut),
             },
             None => sent.await,
         };
+        if matches!(result, Err(Failure::Reset)) && watch.as_ref().is_some_and(|w| w.broke()) {
+            result = Err(Failure::Request);
+        }
         // Refused before anything was sent: no retry, no outlier record.
         if let Err(Failure::Overflow) = result {
             upstream.count_circuit_open();
             return fail(Refusal::PendingOverflow);
+        }
+        // The client's body broke off: not the endpoint's failure, and
+        // nothing to try again.
+        if let Err(Failure::Request) = result {
+            debug!(endpoint = %endpoint.name, "request body broke off");
+            return invalid();
         }
         let counters = &pool.stats[id];
         match &result {
@@ -497,7 +568,7 @@ async fn forward(
             // A slow endpoint is not a broken one: timeouts are the route's
             // business, not outlier detection's.
             Err(Failure::TimedOut) => counters.failed(TryFailure::Timeout),
-            Err(Failure::Overflow) => {} // returned above
+            Err(Failure::Overflow | Failure::Request) => {} // returned above
         }
         if let Err(e) = &result {
             debug!(endpoint = %endpoint.name, error = ?e, "try failed");
@@ -552,6 +623,7 @@ async fn forward(
             Err(Failure::Reset) => fail(Refusal::Reset),
             Err(Failure::TimedOut) => fail(Refusal::Timeout),
             Err(Failure::Overflow) => fail(Refusal::PendingOverflow),
+            Err(Failure::Request) => invalid(),
         };
     }
 }

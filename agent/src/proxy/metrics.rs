@@ -41,11 +41,11 @@ pub(crate) enum Refusal {
     ConnectionLimit,
     /// No endpoint of the service may take the request.
     NoHealthyUpstream,
-    /// The request body could not be read.
-    BadRequest,
     /// An HTTP/1.x request that cannot be read one way only, too large,
     /// or too slow: refused before routing (400, 408, 417, 431, 501 or
-    /// 505).
+    /// 505); or a request whose body broke off (malformed framing, cut
+    /// short, too slow) after it was routed (400, or the connection
+    /// closed if the answer had begun).
     InvalidRequest,
     /// The endpoint could not be connected to.
     Connect,
@@ -59,7 +59,7 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// Every reason, in label order.
-    const ALL: [Refusal; 14] = [
+    const ALL: [Refusal; 13] = [
         Refusal::NotConfigured,
         Refusal::NoRoute,
         Refusal::NoDestination,
@@ -68,7 +68,6 @@ impl Refusal {
         Refusal::PendingOverflow,
         Refusal::ConnectionLimit,
         Refusal::NoHealthyUpstream,
-        Refusal::BadRequest,
         Refusal::InvalidRequest,
         Refusal::Connect,
         Refusal::Reset,
@@ -87,7 +86,6 @@ impl Refusal {
             Refusal::PendingOverflow => "pending_overflow",
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
-            Refusal::BadRequest => "bad_request",
             Refusal::InvalidRequest => "invalid_request",
             Refusal::Connect => "connect_error",
             Refusal::Reset => "reset",
@@ -100,7 +98,7 @@ impl Refusal {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             Refusal::NoRoute => StatusCode::NOT_FOUND,
-            Refusal::BadRequest | Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
+            Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
             Refusal::Connect | Refusal::Reset | Refusal::Internal => StatusCode::BAD_GATEWAY,
             Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::NotConfigured
@@ -126,7 +124,6 @@ impl Refusal {
             }
             Refusal::ConnectionLimit => "circuit open (max_connections)",
             Refusal::NoHealthyUpstream => "no healthy upstream",
-            Refusal::BadRequest => "cannot read the request body",
             Refusal::InvalidRequest => "invalid request",
             Refusal::Connect => "upstream connect error",
             Refusal::Reset => "upstream reset or protocol error",

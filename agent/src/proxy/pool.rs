@@ -55,6 +55,10 @@ pub(super) enum Failure {
     /// wait already or none freed up within the connect timeout; nothing
     /// was sent.
     Overflow,
+    /// The client's request body broke off (malformed framing, cut short)
+    /// after the request had gone out: the client's failure, not the
+    /// endpoint's, and not to be tried again.
+    Request,
 }
 
 /// A service's open connections and waiting requests, kept across
@@ -347,12 +351,13 @@ impl Conns {
 
     /// The URI of a request to this endpoint for `path`: origin form for
     /// HTTP/1.1, absolute for HTTP/2 (whose pseudo-headers need scheme and
-    /// authority).
-    pub(super) fn uri(&self, path: PathAndQuery) -> Option<Uri> {
+    /// authority), with the client's `authority`, or the endpoint's when
+    /// there is none.
+    pub(super) fn uri(&self, path: PathAndQuery, authority: Option<&Authority>) -> Option<Uri> {
         let mut parts = hyper::http::uri::Parts::default();
         if self.http2 {
             parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(self.authority.clone()?);
+            parts.authority = Some(authority.or(self.authority.as_ref())?.clone());
         }
         parts.path_and_query = Some(path);
         Uri::from_parts(parts).ok()
@@ -361,6 +366,11 @@ impl Conns {
     /// The endpoint's authority (`host:port`), for a request with no Host.
     pub(super) fn authority(&self) -> Option<&Authority> {
         self.authority.as_ref()
+    }
+
+    /// Whether requests go to the endpoint over HTTP/2.
+    pub(super) fn is_http2(&self) -> bool {
+        self.http2
     }
 
     /// Sends `req` on a connection to this endpoint, reusing an idle one
@@ -546,6 +556,10 @@ impl Conns {
         };
         match conn.send(req, lease).await {
             Ok(resp) => Ok(resp.map(Upstream::Http1)),
+            Err(h1::Error::Request(error)) => {
+                debug!(host = %self.host, port = self.port, %error, "request body broke off");
+                Err(Failure::Request)
+            }
             Err(error) => {
                 debug!(host = %self.host, port = self.port, %error, "exchange failed");
                 Err(Failure::Reset)

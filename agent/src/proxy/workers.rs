@@ -11,13 +11,19 @@
 //! left one thread with twice the connections of another; so the thread
 //! that accepts a connection hands it to the thread serving the fewest of
 //! that listener's connections ([`Lane`]), as Envoy's exact balancing does.
+//! A thread woken by its listener takes every connection waiting in the
+//! listen queue before it serves any (as nginx's `multi_accept` does), so
+//! that a burst empties the queue at once instead of a connection per
+//! wake-up.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -142,6 +148,9 @@ pub(super) struct Lane {
     alive: Arc<[AtomicBool]>,
     others: Arc<[mpsc::UnboundedSender<Handoff>]>,
     inbox: mpsc::UnboundedReceiver<Handoff>,
+    /// Connections accepted and kept, not yet served (the rest of a
+    /// burst).
+    kept: VecDeque<Accepted>,
 }
 
 impl Lane {
@@ -161,6 +170,7 @@ impl Lane {
                 alive: alive.clone(),
                 others: others.clone(),
                 inbox,
+                kept: VecDeque::new(),
             })
             .collect()
     }
@@ -176,13 +186,18 @@ impl Lane {
         connections: &mut JoinSet<()>,
     ) -> Option<Accepted> {
         loop {
+            if let Some(mine) = self.kept.pop_front() {
+                return Some(mine);
+            }
             tokio::select! {
                 _ = stop.cancelled() => return None,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => match self.place(stream, peer) {
-                        Some(mine) => return Some(mine),
-                        None => continue,
-                    },
+                    Ok((stream, peer)) => {
+                        if let Some(mine) = self.place(stream, peer) {
+                            self.kept.push_back(mine);
+                        }
+                        self.accept_waiting(listener).await;
+                    }
                     Err(error) => {
                         // E.g. out of file descriptors: back off instead of
                         // spinning on the error.
@@ -197,6 +212,28 @@ impl Lane {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+    }
+
+    /// Accepts the connections waiting in `listener`'s queue until it is
+    /// empty, keeping or handing over each. Bounded by tokio's task budget:
+    /// past it, the rest waits for the next turn (connections already
+    /// accepted are served meanwhile).
+    async fn accept_waiting(&mut self, listener: &TcpListener) {
+        std::future::poll_fn(|cx| {
+            loop {
+                match listener.poll_accept(cx) {
+                    Poll::Ready(Ok((stream, peer))) => {
+                        if let Some(mine) = self.place(stream, peer) {
+                            self.kept.push_back(mine);
+                        }
+                    }
+                    // An error is met again by the next accept, which
+                    // backs off.
+                    Poll::Ready(Err(_)) | Poll::Pending => return Poll::Ready(()),
+                }
+            }
+        })
+        .await;
     }
 
     /// Keeps a connection this thread accepted, or hands it to the thread

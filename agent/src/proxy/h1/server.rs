@@ -26,7 +26,10 @@
 //! HTTP/1.0 one reads to the close) takes it for a whole one.
 //!
 //! The request body is read from the socket as the handler asks for it
-//! ([`Body`]), answering `Expect: 100-continue` on the first read. A
+//! ([`Body`]), answering `Expect: 100-continue` on the first read: the
+//! client side reads it once the endpoint has answered its own `100`, so
+//! the client hears the endpoint's go-ahead, or only its early final
+//! answer (a `413` before any byte of the body was sent). A
 //! response may stream while its request body is still arriving (an echo);
 //! a connection whose request body was not read to its end is closed after
 //! the response, since what follows on it is not a request.
@@ -122,7 +125,9 @@ pub(in crate::proxy) enum Served {
 /// Serves HTTP/1.x requests on `io` with `handler` until the client
 /// closes, an error, or `stop`: then idle connections close at once and
 /// one with a request in progress after its response. `refused` is told
-/// of each request refused before it reached the handler.
+/// of each request refused before it reached the handler, and of each
+/// whose body broke off (malformed framing, cut short, too slow) while the
+/// handler read it, whatever the handler answered.
 pub(in crate::proxy) async fn serve<H, F, B>(
     io: TcpStream,
     limits: Limits,
@@ -245,15 +250,18 @@ where
         // Anything left of this request's body is no longer its; a body
         // still held elsewhere (an HTTP/2 upstream's sending task) is
         // woken to find that out and let go of the connection.
-        let body_read = {
+        let (body_read, broken) = {
             let mut reader = lock(&shared);
             reader.request += 1;
             reader.idle = None;
             if let Some(waker) = reader.waker.take() {
                 waker.wake();
             }
-            reader.body_read()
+            (reader.body_read(), reader.broken)
         };
+        if broken {
+            refused();
+        }
         if out.capacity() > COPY_MAX {
             out = BytesMut::new();
         }
@@ -420,6 +428,27 @@ impl Reader {
     /// Parses a complete request head at the start of the buffer, or
     /// `None` when more bytes are needed.
     fn parse(&mut self, limits: Limits) -> Result<Option<Parsed>, Refusal> {
+        // httparse knows HTTP/1.0 and 1.1 only: a request line it refuses
+        // for its version (rarely) is read here, before a verdict.
+        match self.parse_known(limits) {
+            Err(UNSUPPORTED_VERSION) => match request_line(&self.buf) {
+                Line::Partial => Ok(None),
+                Line::Malformed => Err(bad("malformed request line")),
+                Line::Unsupported => Err(UNSUPPORTED_VERSION),
+                // A later HTTP/1 minor version is served as the highest
+                // this server speaks, HTTP/1.1 (RFC 9112 §2.3).
+                Line::LaterMinor(at) => {
+                    self.buf[at] = b'1';
+                    self.parse_known(limits)
+                }
+            },
+            parsed => parsed,
+        }
+    }
+
+    /// [`Reader::parse`] for HTTP/1.0 and 1.1; any other version, or what
+    /// httparse takes for one, is [`UNSUPPORTED_VERSION`].
+    fn parse_known(&mut self, limits: Limits) -> Result<Option<Parsed>, Refusal> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut fields);
         let len = match parsed.parse(&self.buf) {
@@ -434,12 +463,7 @@ impl Reader {
                     "too many header fields",
                 ));
             }
-            Err(httparse::Error::Version) => {
-                return Err(Refusal(
-                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                    "HTTP version not supported",
-                ));
-            }
+            Err(httparse::Error::Version) => return Err(UNSUPPORTED_VERSION),
             Err(_) => return Err(bad("malformed request head")),
         };
         let method = parsed.method.unwrap_or_default();
@@ -640,6 +664,53 @@ impl Reader {
     }
 }
 
+/// What [`request_line`] makes of a request line whose version httparse
+/// refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// The line has not all arrived.
+    Partial,
+    /// Not `method SP target SP HTTP/d.d` (a space inside the target, a
+    /// malformed version): 400.
+    Malformed,
+    /// A well-formed version of another major version: 505.
+    Unsupported,
+    /// HTTP/1.2 to 1.9: the minor version's digit is at this index.
+    LaterMinor(usize),
+}
+
+/// Reads the request line at the start of `buf` for its version (RFC 9112
+/// §3: exactly three parts, single spaces apart; the version
+/// `HTTP/DIGIT.DIGIT`).
+fn request_line(buf: &[u8]) -> Line {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return Line::Partial;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    if line.iter().filter(|&&b| b == b' ').count() != 2 {
+        return Line::Malformed;
+    }
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            if *major == b'1' && *minor > b'1' {
+                Line::LaterMinor(line.len() - 1)
+            } else {
+                Line::Unsupported
+            }
+        }
+        _ => Line::Malformed,
+    }
+}
+
+/// Answered for a request of another HTTP major version.
+const UNSUPPORTED_VERSION: Refusal = Refusal(
+    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+    "HTTP version not supported",
+);
+
 /// Answered for a head over the limit.
 const TOO_LARGE: Refusal = Refusal(
     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -682,6 +753,26 @@ impl Body {
     /// The reader, while the body's request is the current one.
     fn reader(&self) -> Option<MutexGuard<'_, Reader>> {
         Some(lock(&self.shared)).filter(|r| r.request == self.request)
+    }
+
+    /// A handle that tells whether this body broke off, for the handler to
+    /// keep while the body itself goes elsewhere.
+    pub(in crate::proxy) fn watch(&self) -> Watch {
+        Watch(Body {
+            shared: self.shared.clone(),
+            request: self.request,
+        })
+    }
+}
+
+/// Tells whether a request body broke off: its framing was malformed, the
+/// client went away or stopped sending ([`Body::watch`]).
+pub(in crate::proxy) struct Watch(Body);
+
+impl Watch {
+    /// Whether the body broke off.
+    pub(in crate::proxy) fn broke(&self) -> bool {
+        self.0.reader().is_some_and(|r| r.broken)
     }
 }
 

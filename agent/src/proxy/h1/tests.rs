@@ -152,7 +152,7 @@ impl Client {
             body.as_bytes(),
         ))));
         *req.method_mut() = method;
-        *req.uri_mut() = self.conns.uri(path.parse().unwrap()).unwrap();
+        *req.uri_mut() = self.conns.uri(path.parse().unwrap(), None).unwrap();
         req.headers_mut()
             .insert("host", "example.test".parse().unwrap());
         self.conns

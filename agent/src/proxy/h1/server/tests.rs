@@ -417,6 +417,17 @@ async fn ambiguous_or_malformed_requests_are_refused_and_closed() {
             "CONNECT is not supported",
         ),
         (b"GET / HTTP/3.0\r\nhost: a\r\n\r\n", 505, "HTTP version not supported"),
+        (b"GET / HTTP/2.0\r\nhost: a\r\n\r\n", 505, "HTTP version not supported"),
+        (
+            b"GET /a b HTTP/1.1\r\nhost: a\r\n\r\n",
+            400,
+            "malformed request line",
+        ),
+        (
+            b"GET / HTTP/1.x\r\nhost: a\r\n\r\n",
+            400,
+            "malformed request line",
+        ),
     ];
     for &(request, status, reason) in cases {
         let mut conn = Conn::open(LIMITS).await;
@@ -683,4 +694,20 @@ async fn a_response_that_breaks_is_reset_not_closed() {
         }
     };
     assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset));
+}
+
+/// The request line's version as RFC 9112 reads it, whatever httparse
+/// makes of it.
+#[test]
+fn request_lines_are_read_for_their_version() {
+    use super::{Line, request_line};
+    assert_eq!(request_line(b"GET / HTTP/1.2"), Line::Partial);
+    assert_eq!(request_line(b"GET / HTTP/1.2\r\n"), Line::LaterMinor(13));
+    assert_eq!(request_line(b"GET / HTTP/1.9\n"), Line::LaterMinor(13));
+    assert_eq!(request_line(b"GET / HTTP/2.0\r\n"), Line::Unsupported);
+    assert_eq!(request_line(b"GET / HTTP/0.9\r\n"), Line::Unsupported);
+    assert_eq!(request_line(b"GET /a b HTTP/1.1\r\n"), Line::Malformed);
+    assert_eq!(request_line(b"GET /  HTTP/1.1\r\n"), Line::Malformed);
+    assert_eq!(request_line(b"GET / HTTP/1.10\r\n"), Line::Malformed);
+    assert_eq!(request_line(b"GET /\r\n"), Line::Malformed);
 }

@@ -527,7 +527,316 @@ async fn an_agent_speaks_only_for_its_own_node(db: TestDb) {
     server.stop().await;
 }
 
+/// A token revoked through one replica is refused by another replica on
+/// the same Postgres within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_replica_within_a_second() {
+    let db = TestDb::postgres().await;
+    let dir = TempDir::new();
+    let (first, admin) = start(&db, dir.path()).await;
+    let second = TestServer::start_with(
+        db.url(),
+        switchyard_control_plane::server::Config {
+            auth: auth::Config {
+                enforce: true,
+                ..auth::Config::default()
+            },
+            ..TestServer::config()
+        },
+    )
+    .await;
+    let one = channel(&first).await;
+    let two = channel(&second).await;
+    let ci = create_token(&one, &admin, "ci", pb::Role::Reader, "").await;
+    let list = |channel: Channel, secret: String| async move {
+        OperatorServiceClient::new(channel)
+            .list(req(
+                &secret,
+                pb::ListRequest {
+                    kind: pb::Kind::Service as i32,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    };
+    // The other replica learns of the new token too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while list(two.clone(), ci.clone()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica never took the token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    TokenServiceClient::new(one.clone())
+        .revoke_token(req(&admin, pb::RevokeTokenRequest { name: "ci".into() }))
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    // The replica that revoked it refuses it at once.
+    assert_eq!(
+        list(one.clone(), ci.clone()).await,
+        Err(Code::Unauthenticated)
+    );
+    loop {
+        match list(two.clone(), ci.clone()).await {
+            Err(Code::Unauthenticated) => break,
+            Ok(()) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "the second replica still accepts the revoked token after {:?}",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "revocation reached the second replica after {:?}",
+        revoked.elapsed()
+    );
+    first.stop().await;
+    second.stop().await;
+}
+
+fn auth_on(bootstrap: Option<std::path::PathBuf>) -> switchyard_control_plane::server::Config {
+    switchyard_control_plane::server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        auth: auth::Config {
+            enforce: true,
+            ..auth::Config::default()
+        },
+        bootstrap_token_file: bootstrap,
+        ..TestServer::config()
+    }
+}
+
+/// Starts a server that should refuse to start, and returns its error.
+async fn refused(db: &TestDb, config: switchyard_control_plane::server::Config) -> String {
+    let config = switchyard_control_plane::server::Config {
+        database_url: db.url().into(),
+        ..config
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        switchyard_control_plane::server::run(config, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("a refusal comes at once");
+    result
+        .expect_err("the server must refuse to start")
+        .to_string()
+}
+
+async fn token_names(server: &TestServer, admin: &str) -> Vec<String> {
+    TokenServiceClient::new(channel(server).await)
+        .list_tokens(req(admin, pb::ListTokensRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
+/// Bootstrap as decided: one admin token on an empty store, written to a
+/// new file readable by its owner only; never over an existing file; a
+/// no-op once tokens exist; and without it, authentication with no token
+/// refuses to start.
+async fn bootstrap_creates_one_admin_once(db: TestDb) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new();
+
+    let error = refused(&db, auth_on(None)).await;
+    assert!(error.contains("--bootstrap-token-file"), "{error}");
+
+    let taken = dir.path().join("taken");
+    std::fs::write(&taken, "keep me\n").unwrap();
+    let error = refused(&db, auth_on(Some(taken.clone()))).await;
+    assert!(
+        error.contains("--bootstrap-token-file") && error.contains("exists"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "keep me\n");
+
+    let (server, admin) = start(&db, dir.path()).await;
+    let file = dir.path().join("admin.token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(token_names(&server, &admin).await, ["bootstrap-admin"]);
+    server.stop().await;
+
+    // Started again with the same flag: nothing changes, the old secret works.
+    let again = TestServer::start_with(db.url(), auth_on(Some(file.clone()))).await;
+    let other = dir.path().join("other.token");
+    let third = TestServer::start_with(db.url(), auth_on(Some(other.clone()))).await;
+    assert_eq!(token_names(&again, &admin).await, ["bootstrap-admin"]);
+    assert_eq!(token_names(&third, &admin).await, ["bootstrap-admin"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), admin);
+    assert!(!other.exists(), "no second secret is written");
+    again.stop().await;
+    third.stop().await;
+}
+
+/// Two replicas starting together on one empty Postgres create exactly one
+/// admin token between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_bootstrap_one_token() {
+    let db = TestDb::postgres().await;
+    let dir = TempDir::new();
+    let files: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("admin-{i}.token")))
+        .collect();
+    let servers = futures::future::join_all(
+        files
+            .iter()
+            .map(|f| TestServer::start_with(db.url(), auth_on(Some(f.clone())))),
+    )
+    .await;
+    // Every replica serves; exactly one wrote a secret.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let written = loop {
+        let written: Vec<_> = files.iter().filter(|f| f.exists()).collect();
+        if !written.is_empty() || Instant::now() > deadline {
+            break written;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(written.len(), 1, "{written:?}");
+    let admin = read_secret(written[0]).await;
+    for server in &servers {
+        assert_eq!(token_names(server, &admin).await, ["bootstrap-admin"]);
+    }
+    for server in servers {
+        server.stop().await;
+    }
+    let still: Vec<_> = files.iter().filter(|f| f.exists()).collect();
+    assert_eq!(still.len(), 1, "{still:?}");
+}
+
+/// Past the per-connection and per-principal limits, a Watch is refused
+/// with RESOURCE_EXHAUSTED naming the limit; a stream that ends frees its
+/// place.
+async fn streams_are_limited_per_connection_and_per_principal(db: TestDb) {
+    let dir = TempDir::new();
+    let file = dir.path().join("admin.token");
+    let server = TestServer::start_with(
+        db.url(),
+        switchyard_control_plane::server::Config {
+            auth: auth::Config {
+                enforce: true,
+                max_streams_per_connection: 2,
+                max_streams_per_principal: 3,
+            },
+            bootstrap_token_file: Some(file.clone()),
+            ..TestServer::config()
+        },
+    )
+    .await;
+    let admin = read_secret(&file).await;
+    let watch = |channel: Channel| {
+        let admin = admin.clone();
+        async move {
+            OperatorServiceClient::new(channel)
+                .watch(req(&admin, pb::WatchRequest::default()))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let a = channel(&server).await;
+    let b = channel(&server).await;
+    let _a1 = watch(a.clone()).await.unwrap();
+    let a2 = watch(a.clone()).await.unwrap();
+    let refused = watch(a.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-streams-per-connection"),
+        "{refused:?}"
+    );
+    let _b1 = watch(b.clone()).await.unwrap();
+    let refused = watch(b.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-streams-per-principal"),
+        "{refused:?}"
+    );
+    // A unary call is not a stream: it still goes through.
+    OperatorServiceClient::new(b.clone())
+        .list(req(
+            &admin,
+            pb::ListRequest {
+                kind: pb::Kind::Service as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    // Ending a stream frees its place, on its connection and for its principal.
+    drop(a2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _b2 = loop {
+        match watch(b.clone()).await {
+            Ok(stream) => break stream,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                assert!(
+                    Instant::now() < deadline,
+                    "the ended stream never freed its place"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    server.stop().await;
+}
+
 switchyard_control_plane::both_backends!(
     every_rpc_answers_each_principal_as_its_role_allows,
     an_agent_speaks_only_for_its_own_node,
+    bootstrap_creates_one_admin_once,
+    streams_are_limited_per_connection_and_per_principal,
 );
+
+/// `switchyard-cp` itself refuses to serve beyond loopback without TLS and
+/// authentication, or a plaintext metrics port, unless an --insecure-* flag
+/// says so — naming the flag, in one line.
+#[tokio::test]
+async fn the_binary_refuses_insecure_exposure_naming_the_flag() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}", dir.path().join("cp.db").display());
+    let cases: [(&[&str], &str); 3] = [
+        (&["--listen", "0.0.0.0:0"], "--insecure-plaintext"),
+        (
+            &[
+                "--listen",
+                "0.0.0.0:0",
+                "--insecure-plaintext",
+                "--auth",
+                "off",
+            ],
+            "--insecure-no-auth",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--metrics-listen", "0.0.0.0:0"],
+            "--insecure-metrics",
+        ),
+    ];
+    for (args, flag) in cases {
+        let output = tokio::process::Command::new(switchyard_control_plane::testing::cp_binary())
+            .args(args)
+            .args(["--database-url", &db])
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(20), output)
+            .await
+            .expect("refused at once")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} started");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}

@@ -3,6 +3,7 @@
 //! SQLite file, with authentication on where tokens and the audit trail
 //! are concerned, and with real agents where rollouts are.
 
+mod audit;
 mod manifests;
 mod reads;
 mod rollout;

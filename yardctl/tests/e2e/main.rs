@@ -1,8 +1,9 @@
 //! End to end: the real `yardctl` binary, run as a process against a
 //! control plane served in this process over a fresh Postgres database or
-//! SQLite file, with real agents where rollouts are concerned, and a
-//! stand-in TokenService for the token commands (see `tokens`).
+//! SQLite file, with authentication on where tokens and the audit trail
+//! are concerned, and with real agents where rollouts are.
 
+mod audit;
 mod manifests;
 mod reads;
 mod rollout;

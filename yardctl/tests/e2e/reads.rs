@@ -3,6 +3,7 @@
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use switchyard::pb::operator_service_server::OperatorServiceServer;
 use switchyard_control_plane::grpc::{Head, Operator};
@@ -14,7 +15,8 @@ use switchyard_control_plane::testing::{TempDir, TestDb, TestServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::{
-    PATIENCE, bare, command, example, examples, revision, run, write, yardctl, yardctl_at,
+    PATIENCE, bare, check_author, command, example, examples, interrupt, revision, run, write,
+    yardctl, yardctl_at,
 };
 
 both_backends!(
@@ -30,9 +32,11 @@ async fn apply_examples(server: &TestServer) {
 }
 
 /// Tables have the columns an operator looks for; YAML and JSON are
-/// manifests; kinds go by singular, plural and short names.
+/// manifests with who made the last change; kinds go by singular, plural
+/// and short names.
 async fn get_prints_tables_yaml_and_json(db: TestDb) {
     let server = TestServer::start(db.url()).await;
+    let before = SystemTime::now();
     apply_examples(&server).await;
 
     let eps = yardctl(&server, &["get", "endpoints"]).await;
@@ -44,13 +48,10 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
             "NAME", "SERVICE", "ADDRESS", "PORT", "WEIGHT", "NODE", "HEALTH", "REVISION", "BY"
         ]
     );
-    // The last cell, BY, is who made the last change: `-` from a control
-    // plane without an audit trail, its principal otherwise.
-    let cells = |line: &str| -> Vec<String> {
-        let mut words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        words.pop();
-        words
-    };
+    // With authentication off, every write is `anonymous`: the BY column,
+    // last, says so.
+    let cells =
+        |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_string).collect() };
     let web1 = cells(
         lines
             .iter()
@@ -59,7 +60,17 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
     );
     assert_eq!(
         web1,
-        ["web-1", "web", "10.0.0.1", "8080", "1", "-", "unknown", "1"]
+        [
+            "web-1",
+            "web",
+            "10.0.0.1",
+            "8080",
+            "1",
+            "-",
+            "unknown",
+            "1",
+            "anonymous"
+        ]
     );
     // Columns line up: every row's second column starts where the header's does.
     let at = lines[0].find("SERVICE").unwrap();
@@ -83,7 +94,8 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
             "header",
             "x-user-id",
             "-",
-            "1"
+            "1",
+            "anonymous"
         ]
     );
     let listeners = yardctl(&server, &["get", "listeners"]).await;
@@ -96,7 +108,8 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
                 "tcp",
                 "service/postgres",
                 "role=app",
-                "1"
+                "1",
+                "anonymous"
             ]),
         "{listeners:?}"
     );
@@ -106,33 +119,53 @@ async fn get_prints_tables_yaml_and_json(db: TestDb) {
         "{routes:?}"
     );
 
+    // The last change: anonymous, from the address `yardctl apply` had,
+    // at the time of the apply; the rest of the manifest exactly.
     let yaml = yardctl(&server, &["get", "svc/web", "-o", "yaml"]).await;
+    let doc: serde_json::Value = serde_yaml_ng::from_str(yaml.ok()).unwrap();
+    let (address, at) = check_author(&doc["lastChange"], "anonymous", before);
     assert_eq!(
-        yaml.ok(),
-        "kind: Service\nname: web\nlabels:\n  team: shop\nrevision: 1\nspec:\n  \
-         protocol: http\n  lbPolicy: round_robin\n  healthCheck:\n    interval: 5s\n    \
-         timeout: 1s\n    http:\n      path: /healthz\n  connectTimeout: 1s\n"
+        yaml.stdout,
+        format!(
+            "kind: Service\nname: web\nlabels:\n  team: shop\nrevision: 1\nlastChange:\n  \
+             principal: anonymous\n  address: {address}\n  at: {at}\nspec:\n  \
+             protocol: http\n  lbPolicy: round_robin\n  healthCheck:\n    interval: 5s\n    \
+             timeout: 1s\n    http:\n      path: /healthz\n  connectTimeout: 1s\n"
+        )
     );
     let json = yardctl(&server, &["get", "ep", "web-2", "-o", "json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(json.ok()).unwrap();
     assert_eq!(
-        json.ok(),
-        r#"{
+        check_author(&doc["lastChange"], "anonymous", before),
+        (address.clone(), at.clone()),
+        "one apply, one author"
+    );
+    assert_eq!(
+        json.stdout,
+        format!(
+            r#"{{
   "kind": "Endpoint",
   "name": "web-2",
-  "labels": {
+  "labels": {{
     "team": "shop"
-  },
+  }},
   "revision": 1,
-  "spec": {
+  "lastChange": {{
+    "principal": "anonymous",
+    "address": "{address}",
+    "at": "{at}"
+  }},
+  "spec": {{
     "service": "web",
     "address": "10.0.0.2",
     "port": 8080
-  },
-  "status": {
+  }},
+  "status": {{
     "health": "unknown"
-  }
-}
+  }}
+}}
 "#
+        )
     );
     let list = yardctl(&server, &["get", "svc", "-o", "json"]).await;
     assert!(list.ok().starts_with("[\n"), "a list is a JSON array");
@@ -269,22 +302,6 @@ async fn watch_prints_each_change_until_interrupted(db: TestDb) {
     assert_eq!(change["resource"]["name"], "api");
     assert_eq!(revision(&server).await, 3);
     interrupt(&mut live).await;
-}
-
-/// Sends SIGINT, as Ctrl-C does, and expects a clean exit 0.
-async fn interrupt(child: &mut tokio::process::Child) {
-    let pid = child.id().expect("running").to_string();
-    let sent = tokio::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(sent.success());
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .expect("watch stopped on Ctrl-C")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "Ctrl-C is a normal end");
 }
 
 /// Nothing listening: exit 3 and one line, for every command, whether the

@@ -5,7 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use switchyard::pb;
-use switchyard_control_plane::testing::TestServer;
+use switchyard_control_plane::auth;
+use switchyard_control_plane::server::Config;
+use switchyard_control_plane::testing::{TestDb, TestServer};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -77,6 +79,13 @@ pub fn bare(args: &[&str]) -> Command {
 /// Runs `yardctl ARGS` against `server` and waits for it.
 pub async fn yardctl(server: &TestServer, args: &[&str]) -> Run {
     yardctl_at(&server.url(), args).await
+}
+
+/// Runs `yardctl --token SECRET ARGS` against `server`.
+pub async fn yardctl_as(server: &TestServer, secret: &str, args: &[&str]) -> Run {
+    let mut all = vec!["--token", secret];
+    all.extend_from_slice(args);
+    yardctl(server, &all).await
 }
 
 /// Runs `yardctl ARGS` against the address `server`.
@@ -169,4 +178,87 @@ pub fn documents(path: &str) -> usize {
         .expect("read example")
         .split("\n---\n")
         .count()
+}
+
+/// The configuration of a control plane with authentication on, which
+/// writes its bootstrap admin token to `admin.token` in `dir` (or leaves it
+/// there, when the store holds tokens already).
+pub fn auth_config(dir: &Path) -> Config {
+    Config {
+        auth: auth::Config {
+            enforce: true,
+            ..auth::Config::default()
+        },
+        bootstrap_token_file: Some(dir.join("admin.token")),
+        ..TestServer::config()
+    }
+}
+
+/// A control plane with authentication on over `db`, bootstrapped into
+/// `dir`; returns it with the bootstrap admin's secret.
+pub async fn start_with_auth(db: &TestDb, dir: &Path) -> (TestServer, String) {
+    let server = TestServer::start_with(db.url(), auth_config(dir)).await;
+    let file = dir.join("admin.token");
+    // The server writes the file (whole, newline last) as it starts.
+    let secret = eventually("the bootstrap token is written", || {
+        let text = std::fs::read_to_string(&file).ok();
+        async move {
+            text.filter(|t| t.ends_with('\n'))
+                .map(|t| t.trim().to_owned())
+        }
+    })
+    .await;
+    (server, secret)
+}
+
+/// Sends SIGINT, as Ctrl-C does, and expects a clean exit 0.
+pub async fn interrupt(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("watch stopped on Ctrl-C")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C is a normal end");
+}
+
+/// Checks that `author` (a `lastChange` or watch `author` block, read back
+/// as YAML or JSON) names `principal`, a client on 127.0.0.1, and a time
+/// between `since` and now; returns its address and time as printed.
+#[track_caller]
+pub fn check_author(
+    author: &serde_json::Value,
+    principal: &str,
+    since: std::time::SystemTime,
+) -> (String, String) {
+    assert_eq!(author["principal"], principal, "{author}");
+    let address = author["address"].as_str().expect("an address").to_owned();
+    check_local(&address);
+    let at = author["at"].as_str().expect("a time").to_owned();
+    check_time(&at, since);
+    (address, at)
+}
+
+/// Checks that `address` is a client's `127.0.0.1:PORT`.
+#[track_caller]
+pub fn check_local(address: &str) {
+    let addr: std::net::SocketAddr = address.parse().unwrap_or_else(|e| panic!("{address}: {e}"));
+    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{address}");
+    assert_ne!(addr.port(), 0, "{address}");
+}
+
+/// Checks that the RFC 3339 time `at` lies between `since` (less a second,
+/// as times may be printed in whole seconds) and now.
+#[track_caller]
+pub fn check_time(at: &str, since: std::time::SystemTime) {
+    let when = humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"));
+    assert!(
+        when + Duration::from_secs(1) >= since && when <= std::time::SystemTime::now(),
+        "{at} is not the time of the write"
+    );
 }

@@ -16,12 +16,23 @@ and environment variables that the binaries really have:
   and environment files, container env and the ConfigMaps they load, compose
   environment and env_file, and checked against the binary that reads it
   (any other SWITCHYARD_* word under deploy/ must belong to one of them);
-- the flags and variables a binary has are read from its `--help`.
+- the flags and variables a binary has are read from its `--help`;
+- what a start would refuse is found before it runs: a metrics port beyond
+  loopback without --insecure-metrics, gRPC beyond loopback without TLS or
+  with --auth off, --tls-cert without --tls-key, an https:// control plane
+  without --ca-cert (systemd: the unit with its example environment file);
+- files the containers' settings name (certificates, keys, token files) lie
+  under one of their volumes; a Kubernetes Secret mounted there has a key
+  for each file read; a file the program writes is not on a read-only
+  volume;
+- Kubernetes liveness and readiness probes GET /healthz and /ready on the
+  metrics port (a gRPC probe cannot present a client certificate).
 
 Then, unless --no-self-test is given, it plants mistakes in a copy of deploy/
-(each flag and variable it found, renamed; YAML broken; ExecStart removed)
-and fails if any of them goes unnoticed, so a check that silently checks
-nothing cannot pass.
+(each flag and variable it found, renamed; YAML broken; ExecStart removed;
+--insecure-metrics removed; probe paths swapped; mounts moved; Secret keys
+renamed) and fails if any of them goes unnoticed, so a check that silently
+checks nothing cannot pass.
 
 Run by scripts/test. To run it alone (needs PyYAML, see requirements.txt):
 
@@ -74,6 +85,10 @@ class Cli:
         self.flags = {}  # "--long" or "-s" -> takes a value
         self.env = {LOG_FILTER_ENV}
         self.positional = False
+        self.flag_env = {}  # "--long" -> the variable that sets it too
+        self.defaults = {}  # "--long" -> its default value
+        self.value_names = {}  # "--long" -> "FILE", "PATH", ...
+        last = None
         for line in help_text.splitlines():
             if line.startswith("Usage:"):
                 words = line.split()[2:]
@@ -89,7 +104,10 @@ class Cli:
             )
             if m:
                 takes_value = m.group("value") is not None
-                self.flags["--" + m.group("long")] = takes_value
+                last = "--" + m.group("long")
+                self.flags[last] = takes_value
+                if takes_value:
+                    self.value_names[last] = m.group("value").strip(" =<>")
                 if m.group("short"):
                     self.flags["-" + m.group("short")] = takes_value
             else:
@@ -97,6 +115,17 @@ class Cli:
                 if m:
                     self.flags["-" + m.group("short")] = m.group("value") is not None
             self.env.update(re.findall(r"\[env: ([A-Z0-9_]+)=", line))
+            if last is not None:
+                m = re.search(r"\[env: ([A-Z0-9_]+)=", line)
+                if m:
+                    self.flag_env[last] = m.group(1)
+                m = re.search(r"\[default: ([^\]]*)\]", line)
+                if m:
+                    self.defaults[last] = m.group(1)
+
+    def file_flags(self):
+        """Flags whose value is a file the program reads or writes."""
+        return [f for f, v in self.value_names.items() if v in ("FILE", "PATH")]
 
 
 def load_cli(name, path):
@@ -127,6 +156,85 @@ def load_cli(name, path):
 
 
 # ---------------------------------------------------------------------------
+# What one invocation sets: flags, then variables, then --help's defaults
+# ---------------------------------------------------------------------------
+
+TRUTHY = {"true", "1", "yes", "on", "y"}
+
+
+class Settings:
+    """The effective settings of one start of a binary: its arguments (exec
+    form) and the variables set for it. A flag wins over its variable, which
+    wins over the default, as in clap."""
+
+    def __init__(self, cli, args, env):
+        self.cli = cli
+        self.args = [str(a) for a in args]
+        self.env = {str(k): (None if v is None else str(v)) for k, v in env.items()}
+
+    def values(self, flag):
+        """Every value given for `flag` (a repeatable flag may have several);
+        else its variable's (comma-separated for the list ones), else the
+        default; [] when none."""
+        out = []
+        for i, a in enumerate(self.args):
+            if a == flag and i + 1 < len(self.args):
+                out.append(self.args[i + 1])
+            elif a.startswith(flag + "="):
+                out.append(a.split("=", 1)[1])
+        if out:
+            return out
+        var = self.cli.flag_env.get(flag)
+        if var and self.env.get(var) is not None:
+            value = self.env[var]
+            return [v for v in value.split(",") if v] if flag in LIST_FLAGS else [value]
+        if flag in self.cli.defaults:
+            return [self.cli.defaults[flag]]
+        return []
+
+    def value(self, flag):
+        values = self.values(flag)
+        return values[-1] if values else None
+
+    def switch(self, flag):
+        """A boolean flag: given, or its variable truthy."""
+        if flag in self.args:
+            return True
+        var = self.cli.flag_env.get(flag)
+        return var is not None and (self.env.get(var) or "").strip().lower() in TRUTHY
+
+    def named(self, flag):
+        var = self.cli.flag_env.get(flag)
+        return f"{flag} ({var})" if var else flag
+
+
+# Flags whose variable holds a comma-separated list.
+LIST_FLAGS = {"--control-plane", "--label"}
+
+
+def listen_host(value):
+    """The host of a HOST:PORT listen address; None for `off`."""
+    value = (value or "").strip()
+    if value in ("", "off"):
+        return None
+    host = value.rsplit(":", 1)[0] if ":" in value else value
+    return host.strip("[]")
+
+
+def is_loopback(host):
+    """Whether a listen host is certainly loopback; a variable ($(POD_IP),
+    ${HOST}) or a name other than localhost is not."""
+    if "$" in host:
+        return False
+    return host == "localhost" or host == "::1" or re.match(r"^127\.[0-9.]+$", host) is not None
+
+
+def listen_port(value):
+    m = re.search(r":([0-9]+)$", (value or "").strip())
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------
 # Findings
 # ---------------------------------------------------------------------------
 
@@ -140,6 +248,13 @@ class Checker:
         # (relative file, "flag" or "env", name) of everything checked.
         self.uses = []
         self.files = set()
+        # (binary, path) of every Kubernetes httpGet probe.
+        self.probes = set()
+        # (relative file, mount path) of every container mount a file
+        # setting lies under, and (relative file, key) of every Secret key
+        # one reads: where the self-test plants mistakes.
+        self.mount_uses = set()
+        self.secret_key_uses = set()
 
     def rel(self, path):
         return os.path.relpath(path, self.root)
@@ -265,6 +380,82 @@ class Checker:
                 if name not in known:
                     self.error(path, f"line {n}", f"no Switchyard binary reads {name}")
 
+
+    # -- settings the binaries would refuse at start ----------------------------
+
+    def invocation(self, argv):
+        """(binary, args) of an exec-form command line running one of ours,
+        else (None, None)."""
+        if not argv:
+            return None, None
+        base = os.path.basename(str(argv[0]))
+        if base in self.clis:
+            return base, [str(a) for a in argv[1:]]
+        return None, None
+
+    def check_settings(self, binary, settings, path, where):
+        """What the binary would refuse at start, found before it runs:
+        secure-by-default refusals and flags that need each other."""
+        cli = self.clis[binary]
+        has = lambda flag: flag in cli.flags  # noqa: E731
+        given = lambda flag: settings.value(flag) is not None  # noqa: E731
+        if has("--metrics-listen") and has("--insecure-metrics"):
+            addr = settings.value("--metrics-listen")
+            host = listen_host(addr)
+            if host is not None and not is_loopback(host) and not settings.switch("--insecure-metrics"):
+                self.error(
+                    path, where,
+                    f"{binary} refuses metrics on {addr} beyond loopback without "
+                    f"{settings.named('--insecure-metrics')}",
+                )
+        if has("--listen") and has("--insecure-plaintext"):
+            addr = settings.value("--listen")
+            host = listen_host(addr)
+            tls = given("--tls-cert")
+            if host is not None and not is_loopback(host):
+                if not tls and not settings.switch("--insecure-plaintext"):
+                    self.error(
+                        path, where,
+                        f"{binary} refuses to serve {addr} beyond loopback without TLS: "
+                        f"give {settings.named('--tls-cert')} and {settings.named('--tls-key')}",
+                    )
+                auth = (settings.value("--auth") or "").strip().lower()
+                if auth == "off" and not settings.switch("--insecure-no-auth"):
+                    self.error(
+                        path, where,
+                        f"{binary} refuses to serve {addr} beyond loopback with --auth off "
+                        f"without {settings.named('--insecure-no-auth')}",
+                    )
+        for a, b in (("--tls-cert", "--tls-key"), ("--tls-key", "--tls-cert"), ("--client-ca", "--tls-cert")):
+            if has(a) and has(b) and given(a) and not given(b):
+                self.error(path, where, f"{binary} {settings.named(a)} needs {settings.named(b)}")
+        if has("--control-plane") and has("--ca-cert"):
+            for url in settings.values("--control-plane"):
+                if url.startswith("https://") and not given("--ca-cert"):
+                    self.error(path, where, f"{binary}: the https:// control plane {url} needs {settings.named('--ca-cert')}")
+
+    def file_settings(self, binary, settings):
+        """(flag, path) of every file the invocation names."""
+        out = []
+        for flag in self.clis[binary].file_flags():
+            for value in settings.values(flag):
+                if value.startswith("/"):
+                    out.append((flag, value))
+        return out
+
+    def check_files_mounted(self, binary, settings, mounts, path, where, what):
+        """Every file setting lies under one of `mounts` ({mount path:
+        description}): in a container, the image has none of these files."""
+        for flag, file in self.file_settings(binary, settings):
+            under = [m for m in mounts if file == m or file.startswith(m.rstrip("/") + "/")]
+            self.mount_uses.update((self.rel(path), m) for m in under)
+            if not under:
+                self.error(
+                    path, where,
+                    f"{binary} {settings.named(flag)} {file} is not under any {what} "
+                    f"({', '.join(sorted(mounts)) or 'none'})",
+                )
+
     # -- files -------------------------------------------------------------------
 
     def run(self):
@@ -356,6 +547,9 @@ class Checker:
         argv = entrypoint + cmd
         if argv:
             self.check_argv(argv, path, "CMD/ENTRYPOINT", must_be_ours=True)
+            binary, args = self.invocation(argv)
+            if binary:
+                self.check_settings(binary, Settings(self.clis[binary], args, {}), path, "CMD/ENTRYPOINT")
         for binary in self.clis:
             if binary not in builds:
                 self.error(path, None, f"no RUN instruction installs target/release/{binary}")
@@ -409,7 +603,8 @@ class Checker:
                     env = {}
                     for e in c.get("env") or []:
                         self.check_env(binary, e.get("name", ""), path, where)
-                        env[e.get("name")] = e.get("value")
+                        # valueFrom: known only at run time.
+                        env[e.get("name")] = e.get("value", "$(valueFrom)")
                     for src in c.get("envFrom") or []:
                         prefix = src.get("prefix", "")
                         for ref_kind, store in (("configMapRef", config_maps), ("secretRef", secrets)):
@@ -426,6 +621,87 @@ class Checker:
                                 env[prefix + key] = value
                     if binary == "switchyard-agent":
                         self.check_control_planes(env.get("SWITCHYARD_CONTROL_PLANES"), argv, services, path, where)
+                    _, args = self.invocation(argv)
+                    if args is None:
+                        continue
+                    settings = Settings(self.clis[binary], args, env)
+                    self.check_settings(binary, settings, path, where)
+                    self.check_pod_files(binary, settings, pod, c, secrets, path, where)
+                    self.check_probes(binary, settings, c, path, where)
+
+    def check_pod_files(self, binary, settings, pod, container, secrets, path, where):
+        """The files a container's settings name come from its volumes: a
+        Secret mounted there has a key for each file read, and a file the
+        program writes (a PATH, such as --bootstrap-token-file) lies on a
+        writable volume."""
+        volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+        mounts = {}
+        for m in container.get("volumeMounts") or []:
+            volume = volumes.get(m.get("name"))
+            if volume is None:
+                self.error(path, where, f"volumeMount {m.get('mountPath')} names no volume of the pod: {m.get('name')!r}")
+                continue
+            mounts[m.get("mountPath", "")] = (m, volume)
+        self.check_files_mounted(binary, settings, mounts, path, where, "volumeMount")
+        cli = self.clis[binary]
+        for flag, file in self.file_settings(binary, settings):
+            for mount_path, (m, volume) in mounts.items():
+                if not file.startswith(mount_path.rstrip("/") + "/"):
+                    continue
+                rel = file[len(mount_path.rstrip("/")) + 1:]
+                read_only = m.get("readOnly") or "secret" in volume or "configMap" in volume
+                if cli.value_names.get(flag) == "PATH" and read_only:
+                    self.error(path, where, f"{binary} {settings.named(flag)} {file}: the program writes it, but {mount_path} is read-only")
+                secret = volume.get("secret")
+                if not secret or secret.get("optional"):
+                    continue
+                name = secret.get("secretName")
+                if name not in secrets:
+                    self.error(path, where, f"volume {volume.get('name')} names Secret {name!r}, which no manifest or example in {self.rel(os.path.dirname(path))} defines")
+                    continue
+                keys = [i.get("path") for i in secret.get("items")] if secret.get("items") else list(secrets[name][1])
+                # $(VAR) is expanded by the kubelet: any text.
+                pattern = "^" + re.sub(r"\\\$\\\([A-Za-z0-9_]+\\\)", ".+", re.escape(rel)) + "$"
+                matched = [str(k) for k in keys if re.match(pattern, str(k))]
+                self.secret_key_uses.update((self.rel(secrets[name][0]), k) for k in matched)
+                if not matched:
+                    self.error(path, where, f"{binary} {settings.named(flag)} {file}: Secret {name} (mounted at {mount_path}) has no key {rel} (its keys: {', '.join(map(str, keys))})")
+
+    # Probe -> the paths it may use: /ready in a liveness probe would restart
+    # every replica while the store is away; /healthz in a readiness probe
+    # would send traffic to a replica that cannot serve it.
+    PROBE_PATHS = {
+        "startupProbe": ("/healthz", "/ready"),
+        "livenessProbe": ("/healthz",),
+        "readinessProbe": ("/ready",),
+    }
+
+    def check_probes(self, binary, settings, container, path, where):
+        """Liveness and readiness probes GET /healthz and /ready on the
+        metrics port: a gRPC probe could not present a client certificate."""
+        ports = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
+        metrics_port = listen_port(settings.value("--metrics-listen"))
+        for kind, allowed in self.PROBE_PATHS.items():
+            probe = container.get(kind)
+            if probe is None:
+                if kind != "startupProbe":
+                    self.error(path, where, f"no {kind}")
+                continue
+            http = probe.get("httpGet")
+            if not isinstance(http, dict):
+                self.error(path, where, f"{kind} must be httpGet {' or '.join(allowed)} on the metrics port (a gRPC probe cannot present a client certificate)")
+                continue
+            port = http.get("port")
+            number = ports.get(port) if isinstance(port, str) else port
+            if number is None:
+                self.error(path, where, f"{kind} port {port!r} is no port of the container")
+            elif number != metrics_port:
+                self.error(path, where, f"{kind} probes port {number}, but {binary} serves /healthz and /ready on the metrics port {metrics_port}")
+            probe_path = http.get("path")
+            if probe_path not in allowed:
+                self.error(path, where, f"{kind} GET {probe_path}: use {' or '.join(allowed)}")
+            else:
+                self.probes.add((binary, probe_path))
 
     def check_kustomization(self, path, doc):
         here = os.path.dirname(path)
@@ -451,7 +727,7 @@ class Checker:
         urls += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--control-plane"]
         urls += [a.split("=", 1)[1] for a in argv if a.startswith("--control-plane=")]
         for url in urls:
-            m = re.match(r"^http://([^:/]+)", url)
+            m = re.match(r"^https?://([^:/]+)", url)
             if m and not re.match(r"^[0-9.]+$", m.group(1)):
                 service = m.group(1).split(".")[0]
                 if service not in services:
@@ -508,6 +784,17 @@ class Checker:
                     self.check_env(binary, str(key), path, where)
                 if binary == "switchyard-agent":
                     self.check_control_planes(env.get("SWITCHYARD_CONTROL_PLANES"), [str(a) for a in argv], set(services), path, where)
+                _, args = self.invocation(argv)
+                if args is None:
+                    continue
+                settings = Settings(self.clis[binary], args, env)
+                self.check_settings(binary, settings, path, where)
+                targets = {}
+                for v in svc.get("volumes") or []:
+                    target = v.get("target") if isinstance(v, dict) else (str(v).split(":") + [""])[1]
+                    if target:
+                        targets[target] = v
+                self.check_files_mounted(binary, settings, targets, path, where, "volume of the service")
 
     # -- systemd ---------------------------------------------------------------------
 
@@ -542,6 +829,12 @@ class Checker:
                 continue
             for a in assignments:
                 self.check_env(binary, a.split("=", 1)[0], path, f"line {n}, Environment")
+        env = {}
+        for n, value in service.get("Environment", []):
+            try:
+                env.update(a.split("=", 1) for a in shlex.split(value) if "=" in a)
+            except ValueError:
+                pass  # reported above
         for n, value in service.get("EnvironmentFile", []):
             target = value.lstrip("-")
             example = os.path.join(os.path.dirname(path), os.path.basename(target) + ".example")
@@ -550,6 +843,9 @@ class Checker:
                 continue
             for key, (m, _) in read_env_file(example, with_lines=True, commented=True).items():
                 self.check_env(binary, key, example, f"line {m}, read by {os.path.basename(path)}")
+            # The settings the example makes (its commented lines are not).
+            env.update(read_env_file(example))
+        self.check_settings(binary, Settings(self.clis[binary], argv[1:], env), path, "as installed with its example environment file")
 
     # -- Markdown --------------------------------------------------------------------
 
@@ -680,7 +976,7 @@ def parse_unit(path, error):
 # ---------------------------------------------------------------------------
 
 
-def self_test(root, clis, uses):
+def self_test(root, clis, uses, mount_uses=(), secret_key_uses=()):
     """Returns the planted mistakes that went unnoticed."""
     missed = []
     mutations = []  # (relative file, description, transform, words expected in an error)
@@ -703,6 +999,51 @@ def self_test(root, clis, uses):
         os.path.relpath(os.path.join(d, f), root)
         for d, _, fs in os.walk(os.path.join(root, "deploy")) for f in fs
     })
+    # Settings the binaries would refuse, and containers whose files or
+    # probes point nowhere.
+    insecure_metrics = [
+        r"(?m)^[ \t]*- --insecure-metrics[ \t]*\n",
+        r'"--insecure-metrics",\s*',
+        r'(?m)^[ \t]*- name: SWITCHYARD_INSECURE_METRICS\n[ \t]*value: .*\n',
+        r"(?m)^[ \t]*SWITCHYARD_INSECURE_METRICS: .*\n",
+        r"(?m)^SWITCHYARD_INSECURE_METRICS=.*\n",
+    ]
+
+    def without_insecure_metrics(text):
+        for p in insecure_metrics:
+            text = re.sub(p, "", text)
+        return text
+
+    def probe_path(kind, old, new):
+        pattern = r"(" + kind + r":\s*\n\s*httpGet:\s*\n\s*path:) " + re.escape(old) + r"\b"
+        return lambda t: re.sub(pattern, r"\1 " + new, t)
+
+    for rel in files:
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if without_insecure_metrics(text) != text:
+            mutations.append((rel, "--insecure-metrics removed", without_insecure_metrics, [rel, "refuses metrics", "--insecure-metrics"]))
+        for kind, old, new in (("livenessProbe", "/healthz", "/ready"), ("readinessProbe", "/ready", "/healthz")):
+            transform = probe_path(kind, old, new)
+            if transform(text) != text:
+                mutations.append((rel, f"{kind} on {new}", transform, [rel, kind, f"GET {new}"]))
+    for rel, mount in sorted(mount_uses):
+        moved = mount.rstrip("/") + "-zz"
+        mutations.append(
+            (rel, f"mount {mount} moved to {moved}",
+             lambda t, m=mount, n=moved: re.sub(r"(?<=[\s:])" + re.escape(m) + r"(?=[\s:\"]|$)", n, t, flags=re.M),
+             [rel, "is not under any"])
+        )
+    for rel, key in sorted(secret_key_uses):
+        mutations.append(
+            (rel, f"Secret key {key} renamed {key}-zz",
+             lambda t, k=key: re.sub(r"(?m)^(\s*)" + re.escape(k) + r":", r"\g<1>" + k + "-zz:", t),
+             ["has no key"])
+        )
+
     for rel in files:
         if rel.endswith((".yaml", ".yml")):
             mutations.append((rel, "broken YAML", lambda t: t + "\nbroken: [unclosed\n", [rel, "invalid YAML"]))
@@ -760,7 +1101,7 @@ def main():
         return 1
 
     if not args.no_self_test:
-        count, missed = self_test(root, clis, checker.uses)
+        count, missed = self_test(root, clis, checker.uses, checker.mount_uses, checker.secret_key_uses)
         if missed:
             print(f"check_deploy: FAILED: self-test: {len(missed)} of {count} planted mistakes went unnoticed:", file=sys.stderr)
             for m in missed:

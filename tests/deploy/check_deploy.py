@@ -28,7 +28,18 @@ and environment variables that the binaries really have:
 - Kubernetes liveness and readiness probes GET /healthz and /ready on the
   metrics port (a gRPC probe cannot present a client certificate).
 
-Then, unless --no-self-test is given, it plants mistakes in a copy of deploy/
+Unless --no-smoke is given, it then starts both programs as deploy/systemd
+installs them (each unit with its example environment file: mutual TLS,
+authentication, the bootstrap token file, https:// control planes, the
+node's certificate), with certificates from scripts/dev-certs, host paths
+moved into a temporary directory (SQLite store included) and loopback
+ports, and checks that the control plane answers GET /healthz and /ready
+with 200 on its metrics port, and so does the agent once it has synced its
+configuration from it over mutual TLS; every path the Kubernetes probes use
+is asked too. Both must refuse a metrics port beyond loopback without
+--insecure-metrics, naming the flag. Needs openssl.
+
+Unless --no-self-test is given, it plants mistakes in a copy of deploy/
 (each flag and variable it found, renamed; YAML broken; ExecStart removed;
 --insecure-metrics removed; probe paths swapped; mounts moved; Secret keys
 renamed) and fails if any of them goes unnoticed, so a check that silently
@@ -50,9 +61,15 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 
 import yaml
 
@@ -148,6 +165,7 @@ def load_cli(name, path):
             f"check_deploy: {path} --help exited {out.returncode}:\n{out.stderr}"
         )
     cli = Cli(name, out.stdout)
+    cli.path = os.path.abspath(path)
     if "--help" not in cli.flags or len(cli.flags) < 3:
         raise SystemExit(
             f"check_deploy: could not read the flags of {name} from its --help:\n{out.stdout}"
@@ -1070,12 +1088,310 @@ def self_test(root, clis, uses, mount_uses=(), secret_key_uses=()):
     return len(mutations), missed
 
 
+# ---------------------------------------------------------------------------
+# Smoke test: both programs started as deploy/systemd sets them up
+# ---------------------------------------------------------------------------
+
+SMOKE_NODE = "smoke-node"
+# How long each program may take to answer its probes.
+SMOKE_READY_S = 30
+# How long a refused start may take to exit.
+SMOKE_REFUSAL_S = 10
+# The certificates of scripts/dev-certs that the example files' names stand
+# for (the README's install steps copy them to these names).
+CERT_SOURCES = {
+    "ca.pem": "ca.pem",
+    "server.pem": "server.pem",
+    "server.key": "server.key",
+    "node.pem": f"node-{SMOKE_NODE}.pem",
+    "node.key": f"node-{SMOKE_NODE}.key",
+}
+# Host paths of the units and examples, moved under the smoke directory.
+HOST_ROOTS = ("/etc/switchyard", "/var/lib/switchyard")
+
+
+class SmokeFailed(Exception):
+    pass
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Never through a proxy from the environment: these are loopback ports.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(port, path, timeout=2):
+    """(status, body) of GET http://127.0.0.1:PORT/PATH; status None when
+    nothing answers."""
+    try:
+        with _NO_PROXY.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as e:
+        return None, str(e)
+
+
+class Unit:
+    """A systemd unit and its example environment file, as installed, with
+    host paths moved under `base` and the binary replaced by the built one."""
+
+    def __init__(self, root, name, cli, base):
+        self.cli = cli
+        self.base = base
+        path = os.path.join(root, "deploy", "systemd", name)
+        errors = []
+        sections = parse_unit(path, lambda n, msg: errors.append(f"line {n}: {msg}"))
+        if errors:
+            raise SmokeFailed(f"{name}: {errors}")
+        service = sections.get("Service", {})
+        argv = shlex.split(service["ExecStart"][0][1].lstrip("@-:+!"))
+        self.args = [self.host(a) for a in argv[1:]]
+        self.env = {}
+        for _, value in service.get("Environment", []):
+            self.env.update(a.split("=", 1) for a in shlex.split(value) if "=" in a)
+        for _, value in service.get("EnvironmentFile", []):
+            example = os.path.join(os.path.dirname(path), os.path.basename(value.lstrip("-")) + ".example")
+            self.env.update(read_env_file(example))
+        self.env = {k: self.host(v) for k, v in self.env.items()}
+        for _, value in service.get("StateDirectory", []):
+            for d in value.split():
+                os.makedirs(self.host(f"/var/lib/{d}"), mode=0o750, exist_ok=True)
+        self.cwd = self.host(service.get("WorkingDirectory", [(0, "/var/lib/switchyard")])[0][1])
+
+    def host(self, value):
+        for prefix in HOST_ROOTS:
+            value = value.replace(prefix, self.base + prefix)
+        return value
+
+    def set(self, flag, value):
+        """Overrides a setting: the flag leaves the arguments, its variable
+        takes `value` (None: unset)."""
+        args, skip = [], False
+        for a in self.args:
+            if skip:
+                skip = False
+            elif a == flag:
+                skip = self.cli.flags.get(flag, False)
+            elif not a.startswith(flag + "="):
+                args.append(a)
+        self.args = args
+        var = self.cli.flag_env[flag]
+        if value is None:
+            self.env.pop(var, None)
+        else:
+            self.env[var] = value
+
+    def settings(self):
+        return Settings(self.cli, self.args, self.env)
+
+    def place_certificates(self, certs):
+        """Copies the dev-certs files to where the settings read them."""
+        settings = self.settings()
+        for flag in self.cli.file_flags():
+            for file in settings.values(flag):
+                os.makedirs(os.path.dirname(file), mode=0o750, exist_ok=True)
+                if self.cli.value_names[flag] == "PATH":
+                    continue  # written by the program
+                source = CERT_SOURCES.get(os.path.basename(file))
+                if source is None:
+                    raise SmokeFailed(
+                        f"{self.cli.name} {settings.named(flag)} {file}: the smoke test knows no "
+                        f"dev-certs file for {os.path.basename(file)} (it knows {', '.join(CERT_SOURCES)})"
+                    )
+                with open(os.path.join(certs, source), "rb") as f:
+                    content = f.read()
+                if os.path.exists(file):
+                    # Shared with the other program (the CA): rewriting it
+                    # would make a running control plane reload it.
+                    with open(file, "rb") as f:
+                        if f.read() == content:
+                            continue
+                with open(file, "wb") as f:
+                    f.write(content)
+                os.chmod(file, 0o600)
+
+    def start(self, log_path):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+        env.update(self.env)
+        env["NO_COLOR"] = "1"
+        log = open(log_path, "wb")
+        try:
+            return subprocess.Popen(
+                [self.cli.path, *self.args], cwd=self.cwd, env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+
+    def refused(self, what, expected):
+        """Starts it and expects a refusal naming `expected` within
+        SMOKE_REFUSAL_S; returns the problem, or None."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+        env.update(self.env)
+        env["NO_COLOR"] = "1"
+        env.pop("RUST_BACKTRACE", None)
+        try:
+            out = subprocess.run(
+                [self.cli.path, *self.args], cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=SMOKE_REFUSAL_S,
+            )
+        except subprocess.TimeoutExpired:
+            return f"{self.cli.name} with {what} did not exit within {SMOKE_REFUSAL_S}s"
+        if out.returncode == 0 or expected not in out.stderr:
+            return f"{self.cli.name} with {what}: exit {out.returncode}, expected a refusal naming {expected}; stderr: {out.stderr.strip()[-500:]}"
+        return None
+
+
+def stop(proc):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def wait_status(proc, name, port, path, want, timeout_s):
+    """Polls GET PATH until it answers `want`; fails when the process exits
+    or time runs out, with the last answer."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise SmokeFailed(f"{name} exited with status {code} before GET {path} answered {want}")
+        status, body = http_get(port, path)
+        if status == want:
+            return body
+        last = f"{status}: {body.strip()[:200]}"
+        time.sleep(0.1)
+    raise SmokeFailed(f"{name}: GET {path} did not answer {want} within {timeout_s}s (last: {last})")
+
+
+def smoke_test(root, clis, probes):
+    """Starts switchyard-cp as deploy/systemd installs it (its unit and
+    cp.env.example: mutual TLS, authentication, bootstrap token), on
+    loopback ports with an SQLite store in a temporary directory and
+    certificates from scripts/dev-certs; checks its probes; then starts
+    switchyard-agent as installed (agent.env.example: https://, the node's
+    certificate) against it and checks that it syncs and its probes. Also
+    checks that both refuse a metrics port beyond loopback without
+    --insecure-metrics. Returns the problems found."""
+    base = tempfile.mkdtemp(prefix="check-deploy-smoke.")
+    procs, logs = [], {}
+    try:
+        certs = os.path.join(base, "certs")
+        out = subprocess.run(
+            ["bash", os.path.join(root, "scripts", "dev-certs"), certs, "--node", SMOKE_NODE],
+            capture_output=True, text=True, timeout=60,
+        )
+        if out.returncode != 0:
+            raise SmokeFailed(f"scripts/dev-certs failed ({out.returncode}): {out.stderr.strip()}")
+
+        cp = Unit(root, "switchyard-cp.service", clis["switchyard-cp"], base)
+        grpc_port, cp_metrics = free_port(), free_port()
+        cp.set("--listen", f"127.0.0.1:{grpc_port}")
+        cp.set("--insecure-metrics", None)
+        settings = cp.settings()
+        for flag in ("--tls-cert", "--tls-key", "--client-ca", "--bootstrap-token-file"):
+            if settings.value(flag) is None:
+                raise SmokeFailed(f"deploy/systemd: switchyard-cp as installed sets no {settings.named(flag)}")
+        cp.place_certificates(certs)
+        token_file = settings.value("--bootstrap-token-file")
+
+        cp.set("--metrics-listen", "0.0.0.0:0")
+        problem = cp.refused("--metrics-listen 0.0.0.0:0", "--insecure-metrics")
+        if problem:
+            raise SmokeFailed(problem)
+        cp.set("--metrics-listen", f"127.0.0.1:{cp_metrics}")
+
+        logs["switchyard-cp"] = os.path.join(base, "cp.log")
+        cp_proc = cp.start(logs["switchyard-cp"])
+        procs.append(cp_proc)
+        for path in ["/healthz", "/ready"] + sorted(p for b, p in probes if b == "switchyard-cp"):
+            wait_status(cp_proc, "switchyard-cp", cp_metrics, path, 200, SMOKE_READY_S)
+        print(f"check_deploy: smoke: switchyard-cp (mutual TLS on 127.0.0.1:{grpc_port}): /healthz 200, /ready 200")
+        if not os.path.isfile(token_file):
+            raise SmokeFailed(f"switchyard-cp wrote no bootstrap token to {token_file}")
+        mode = stat.S_IMODE(os.stat(token_file).st_mode)
+        if mode != 0o600:
+            raise SmokeFailed(f"the bootstrap token file has mode {mode:o}, expected 600")
+
+        agent = Unit(root, "switchyard-agent.service", clis["switchyard-agent"], base)
+        urls = agent.settings().values("--control-plane")
+        plain = [u for u in urls if not u.startswith("https://")]
+        if plain or not urls:
+            raise SmokeFailed(f"deploy/systemd: the agent as installed dials {urls}: every control plane must be https://")
+        agent_metrics = free_port()
+        url = f"https://localhost:{grpc_port}"
+        agent.set("--control-plane", url)
+        agent.set("--node-id", SMOKE_NODE)
+        agent.set("--api-listen", "off")
+        agent.set("--proxy-threads", "1")
+        agent.set("--insecure-metrics", None)
+        settings = agent.settings()
+        for flag in ("--ca-cert", "--tls-cert", "--tls-key"):
+            if settings.value(flag) is None:
+                raise SmokeFailed(f"deploy/systemd: switchyard-agent as installed sets no {settings.named(flag)}")
+        agent.place_certificates(certs)
+
+        agent.set("--metrics-listen", "0.0.0.0:0")
+        problem = agent.refused("--metrics-listen 0.0.0.0:0", "--insecure-metrics")
+        if problem:
+            raise SmokeFailed(problem)
+        agent.set("--metrics-listen", f"127.0.0.1:{agent_metrics}")
+
+        logs["switchyard-agent"] = os.path.join(base, "agent.log")
+        agent_proc = agent.start(logs["switchyard-agent"])
+        procs.append(agent_proc)
+        # A fresh data directory: /ready answers 200 only once the agent has
+        # applied a configuration from the control plane.
+        for path in ["/healthz", "/ready"] + sorted(p for b, p in probes if b == "switchyard-agent"):
+            wait_status(agent_proc, "switchyard-agent", agent_metrics, path, 200, SMOKE_READY_S)
+        _, metrics = http_get(agent_metrics, "/metrics")
+        line = f'switchyard_agent_connected{{control_plane="{url}"}} 1'
+        if line not in (metrics or "").splitlines():
+            raise SmokeFailed(f"the agent's /metrics lacks {line!r}")
+        _, metrics = http_get(cp_metrics, "/metrics")
+        if "switchyard_cp_agents_connected 1" not in (metrics or "").splitlines():
+            raise SmokeFailed("the control plane's /metrics does not count the agent (switchyard_cp_agents_connected 1)")
+        print(f"check_deploy: smoke: switchyard-agent (node certificate of {SMOKE_NODE}, {url}): /healthz 200, /ready 200, synced")
+        return []
+    except SmokeFailed as e:
+        problems = [str(e)]
+    except (OSError, subprocess.SubprocessError, KeyError, ValueError) as e:
+        problems = [f"{type(e).__name__}: {e}"]
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    for name, log in logs.items():
+        try:
+            with open(log, encoding="utf-8", errors="replace") as f:
+                text = f.read()[-8000:]
+        except OSError:
+            continue
+        problems.append(f"---- {name} output ----\n{text}---- end of {name} output ----")
+    shutil.rmtree(base, ignore_errors=True)
+    return problems
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=REPO_ROOT, help="repository root (default: this checkout)")
     parser.add_argument("--no-self-test", action="store_true", help="skip the planted-mistake self-test")
+    parser.add_argument("--no-smoke", action="store_true", help="skip starting both programs as deploy/systemd does")
     args = parser.parse_args()
     root = os.path.abspath(args.root)
+    # `timeout` stops this with SIGTERM: unwind, so that the programs the
+    # smoke test started are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     clis = {}
     for name, var in BINARIES.items():
@@ -1108,6 +1424,13 @@ def main():
                 print(f"  {m}", file=sys.stderr)
             return 1
         print(f"check_deploy: self-test: all {count} planted mistakes reported")
+    if not args.no_smoke:
+        problems = smoke_test(root, clis, checker.probes)
+        if problems:
+            print("check_deploy: FAILED: smoke test:", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+            return 1
     print("check_deploy: ok")
     return 0
 

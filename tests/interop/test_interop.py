@@ -206,9 +206,24 @@ class Server:
         )
 
     def wait_ready(self, channel, timeout_s):
-        """Polls grpc.health.v1.Health/Check("") until SERVING."""
-        health = health_pb2_grpc.HealthStub(channel)
+        """Waits until the port accepts connections, then polls
+        grpc.health.v1.Health/Check("") on `channel` (not used before) until
+        SERVING. The port first: a gRPC channel whose first connection was
+        refused retries only after its reconnect backoff (a second and
+        more)."""
         deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise CheckFailed(f"server exited with status {code} before it was ready")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError as e:
+                if time.monotonic() >= deadline:
+                    raise CheckFailed(f"server port {self.addr} not open within {timeout_s}s ({e})")
+            time.sleep(0.02)
+        health = health_pb2_grpc.HealthStub(channel)
         last_error = None
         while time.monotonic() < deadline:
             code = self.proc.poll()

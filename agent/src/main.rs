@@ -91,6 +91,10 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN", default_value = metrics::DEFAULT_LISTEN,
           value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// Serve the metrics port (plaintext, no authentication) beyond
+    /// loopback, e.g. for Prometheus and Kubernetes probes (refused otherwise).
+    #[arg(long, env = "SWITCHYARD_INSECURE_METRICS")]
+    insecure_metrics: bool,
     /// Address of the local registration API (`/v1/registrations`), which
     /// processes on the node use to register themselves; loopback only (it
     /// has no authentication); `off` disables it.
@@ -141,6 +145,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     daemon::init_logs(args.log_format, "info");
+    if let Err(refusal) = metrics::check_exposure(args.metrics_listen.0, args.insecure_metrics) {
+        anyhow::bail!("{refusal}");
+    }
 
     let node_id = match args.node_id {
         Some(id) => id,

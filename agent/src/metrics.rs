@@ -6,6 +6,7 @@
 //! the health checks' [`Checks`], the proxy's [`proxy::Metrics`]) as relaxed
 //! atomics; a scrape reads them and writes text.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -152,6 +153,21 @@ impl Sources {
 }
 
 pub use switchyard::http::serve_metrics as serve;
+
+/// Refuses to serve the metrics port beyond loopback unless the operator
+/// passed `--insecure-metrics`: it is plaintext HTTP without authentication,
+/// and its metrics name services, endpoints and control planes. Kubernetes
+/// probes and a Prometheus on another host need it; the message names the
+/// flag.
+pub fn check_exposure(listen: Option<SocketAddr>, insecure: bool) -> Result<(), String> {
+    match listen {
+        Some(addr) if !addr.ip().is_loopback() && !insecure => Err(format!(
+            "refusing to serve metrics on {addr} beyond loopback (plaintext, no \
+             authentication): use a loopback address, or pass --insecure-metrics"
+        )),
+        _ => Ok(()),
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -7,10 +7,25 @@ the stubs are generated from proto/ at run time (nothing generated is kept),
 the server is started with an SQLite store in a temporary directory, and the
 test talks to it through OperatorService and the standard gRPC health service.
 
+It runs twice:
+
+- plaintext: the server on loopback without TLS or authentication;
+- mutual TLS with tokens: certificates issued by scripts/dev-certs (openssl,
+  the path the documentation gives operators), the server started with
+  --tls-cert/--tls-key/--client-ca and --auth on --bootstrap-token-file; the
+  client presents the operator certificate and the bootstrap admin token as
+  a bearer token. The same steps run, then TokenService and the refusals:
+  a reader token cannot Apply but can List, a revoked token and a call
+  without a token are UNAUTHENTICATED, gRPC health answers without a token,
+  and neither a plaintext client nor a TLS client without a certificate
+  gets an answer from the TLS port.
+
 Run by scripts/test. To run it alone (needs the packages in requirements.txt):
 
     cargo build --workspace --bin switchyard-cp
     python3 tests/interop/test_interop.py
+
+Needs openssl (scripts/dev-certs runs it).
 
 Environment:
     SWITCHYARD_CP_BIN   server binary (default: target/debug/switchyard-cp)
@@ -38,17 +53,30 @@ PROTO_FILES = [
     "switchyard/v1/resources.proto",
     "switchyard/v1/operator.proto",
     "switchyard/v1/agent.proto",
+    "switchyard/v1/token.proto",
 ]
+DEV_CERTS = os.path.join(REPO_ROOT, "scripts", "dev-certs")
 
-# The whole test, server start included, must finish within this many seconds.
-OVERALL_TIMEOUT_S = 75
+# The whole test, both server runs included, must finish within this many
+# seconds.
+OVERALL_TIMEOUT_S = 120
 SERVER_READY_TIMEOUT_S = 30
 RPC_TIMEOUT_S = 10
 WATCH_WAIT_S = 5
+# How long a call that must fail (no TLS, no client certificate) may take.
+REFUSED_TIMEOUT_S = 3
+# A revoked token is refused by every replica within a second; this one
+# replica refuses it at once, the margin is for a slow machine.
+REVOKE_WAIT_S = 3
 
 
 class CheckFailed(Exception):
     pass
+
+
+class OutOfTime(BaseException):
+    """The overall alarm: a BaseException, so that no step's `except
+    Exception` takes it for a step failure and carries on."""
 
 
 def check(cond, message):
@@ -92,16 +120,65 @@ def generate_stubs(out_dir):
     if proc.returncode != 0:
         raise CheckFailed(f"protoc failed ({proc.returncode}):\n{proc.stderr}")
     sys.path.insert(0, out_dir)
-    from switchyard.v1 import operator_pb2, operator_pb2_grpc, resources_pb2
+    from switchyard.v1 import operator_pb2, operator_pb2_grpc, resources_pb2, token_pb2, token_pb2_grpc
 
-    return resources_pb2, operator_pb2, operator_pb2_grpc
+    return Protos(resources_pb2, operator_pb2, operator_pb2_grpc, token_pb2, token_pb2_grpc)
+
+
+class Protos:
+    """The generated modules."""
+
+    def __init__(self, resources, operator, operator_grpc, token, token_grpc):
+        self.resources = resources
+        self.operator = operator
+        self.operator_grpc = operator_grpc
+        self.token = token
+        self.token_grpc = token_grpc
+
+
+class Certs:
+    """A development CA and its certificates, issued by scripts/dev-certs."""
+
+    NODE = "interop-node"
+
+    def __init__(self, directory):
+        self.dir = directory
+        proc = subprocess.run(
+            ["bash", DEV_CERTS, directory, "--node", self.NODE, "--server-name", "localhost"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise CheckFailed(f"scripts/dev-certs failed ({proc.returncode}):\n{proc.stderr}")
+        for name in ("ca.pem", "server.pem", "server.key", "operator.pem", "operator.key"):
+            check(os.path.isfile(self.path(name)), f"scripts/dev-certs did not write {name}")
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def read(self, name):
+        with open(self.path(name), "rb") as f:
+            return f.read()
+
+    def credentials(self, client_cert=True):
+        """Channel credentials trusting the dev CA, with the operator's
+        client certificate unless told otherwise."""
+        if not client_cert:
+            return grpc.ssl_channel_credentials(root_certificates=self.read("ca.pem"))
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.read("ca.pem"),
+            private_key=self.read("operator.key"),
+            certificate_chain=self.read("operator.pem"),
+        )
 
 
 class Server:
     """The real switchyard-cp, on a free port, with an SQLite store."""
 
-    def __init__(self, binary, work_dir):
+    def __init__(self, binary, work_dir, extra_args=()):
         self.binary = binary
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.db_url = f"sqlite://{work_dir}/switchyard.db"
@@ -119,7 +196,9 @@ class Server:
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
         self.proc = subprocess.Popen(
-            [self.binary, "--listen", self.addr, "--database-url", self.db_url],
+            [self.binary, "--listen", self.addr, "--database-url", self.db_url,
+             # Another run's metrics port must not collide with this one.
+             "--metrics-listen", "off", *self.extra_args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -127,9 +206,24 @@ class Server:
         )
 
     def wait_ready(self, channel, timeout_s):
-        """Polls grpc.health.v1.Health/Check("") until SERVING."""
-        health = health_pb2_grpc.HealthStub(channel)
+        """Waits until the port accepts connections, then polls
+        grpc.health.v1.Health/Check("") on `channel` (not used before) until
+        SERVING. The port first: a gRPC channel whose first connection was
+        refused retries only after its reconnect backoff (a second and
+        more)."""
         deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise CheckFailed(f"server exited with status {code} before it was ready")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError as e:
+                if time.monotonic() >= deadline:
+                    raise CheckFailed(f"server port {self.addr} not open within {timeout_s}s ({e})")
+            time.sleep(0.02)
+        health = health_pb2_grpc.HealthStub(channel)
         last_error = None
         while time.monotonic() < deadline:
             code = self.proc.poll()
@@ -171,7 +265,7 @@ class Server:
 
 class InteropTest:
     def __init__(self, pb, stub):
-        self.r, self.op, _ = pb
+        self.r, self.op = pb.resources, pb.operator
         self.stub = stub
         self.rev1 = None
         self.rev2 = None
@@ -403,69 +497,309 @@ class InteropTest:
         ]
 
 
+class TokenTest:
+    """TokenService and the refusals of a server with mutual TLS and
+    `--auth on`; runs after InteropTest, whose resources it lists."""
+
+    def __init__(self, pb, server, certs, admin_channel, tls_channel):
+        self.pb = pb
+        self.server = server
+        self.certs = certs
+        # The operator certificate and the admin token on every call.
+        self.admin_tokens = pb.token_grpc.TokenServiceStub(admin_channel)
+        # The operator certificate and no token: calls choose their own.
+        self.tls_channel = tls_channel
+        self.operator = pb.operator_grpc.OperatorServiceStub(tls_channel)
+        self.reader_secret = None
+
+    @staticmethod
+    def bearer(secret):
+        return [("authorization", f"Bearer {secret}")]
+
+    def expect_code(self, call, code, what):
+        try:
+            resp = call()
+        except grpc.RpcError as e:
+            check_eq(e.code(), code, f"status of {what}")
+            return e
+        raise CheckFailed(f"{what} succeeded, expected {code.name}: {resp}")
+
+    def list_services(self, metadata=None):
+        return self.operator.List(
+            self.pb.operator.ListRequest(kind=self.pb.resources.KIND_SERVICE),
+            metadata=metadata,
+            timeout=RPC_TIMEOUT_S,
+        )
+
+    def test_create_reader(self):
+        t = self.pb.token
+        resp = self.admin_tokens.CreateToken(
+            t.CreateTokenRequest(name="interop-reader", role=t.ROLE_READER), timeout=RPC_TIMEOUT_S
+        )
+        check(len(resp.secret) >= 16, f"CreateToken returned a short secret: {len(resp.secret)} characters")
+        check_eq(resp.token.name, "interop-reader", "created token name")
+        check_eq(t.Role.Name(resp.token.role), "ROLE_READER", "created token role")
+        check(not resp.token.HasField("revoked_at"), "a new token is revoked")
+        self.reader_secret = resp.secret
+        listed = self.admin_tokens.ListTokens(t.ListTokensRequest(), timeout=RPC_TIMEOUT_S)
+        names = [tok.name for tok in listed.tokens]
+        check("interop-reader" in names, f"ListTokens lacks the new token: {names}")
+        check_eq(len(names), 2, f"tokens listed (the bootstrap admin and the reader: {names})")
+
+    def test_reader_lists_but_cannot_apply(self):
+        r, op = self.pb.resources, self.pb.operator
+        check(self.reader_secret is not None, "no reader token (CreateToken failed)")
+        meta = self.bearer(self.reader_secret)
+        svc = r.Service(name="reader-made", protocol=r.PROTOCOL_HTTP)
+        e = self.expect_code(
+            lambda: self.operator.Apply(
+                op.ApplyRequest(items=[op.ApplyItem(resource=r.Resource(service=svc))]),
+                metadata=meta,
+                timeout=RPC_TIMEOUT_S,
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "Apply with a reader token",
+        )
+        check("reader" in (e.details() or ""), f"the refusal should name the role: {e.details()!r}")
+        names = [res.service.name for res in self.list_services(meta).resources]
+        check_eq(names, ["web"], "services listed with the reader token (nothing written by its Apply)")
+
+    def test_revoked_token_is_refused(self):
+        t = self.pb.token
+        check(self.reader_secret is not None, "no reader token (CreateToken failed)")
+        resp = self.admin_tokens.RevokeToken(t.RevokeTokenRequest(name="interop-reader"), timeout=RPC_TIMEOUT_S)
+        check(resp.token.HasField("revoked_at"), "RevokeToken returned a token without revoked_at")
+        deadline = time.monotonic() + REVOKE_WAIT_S
+        while True:
+            try:
+                self.list_services(self.bearer(self.reader_secret))
+            except grpc.RpcError as e:
+                check_eq(e.code(), grpc.StatusCode.UNAUTHENTICATED, "status of List with a revoked token")
+                return
+            if time.monotonic() >= deadline:
+                raise CheckFailed(f"a revoked token still lists services after {REVOKE_WAIT_S}s")
+            time.sleep(0.1)
+
+    def test_no_token_is_unauthenticated(self):
+        self.expect_code(self.list_services, grpc.StatusCode.UNAUTHENTICATED, "List without a token")
+        self.expect_code(
+            lambda: self.list_services(self.bearer("not-a-token")),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "List with an unknown token",
+        )
+
+    def test_health_needs_no_token(self):
+        health = health_pb2_grpc.HealthStub(self.tls_channel)
+        resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT_S)
+        check_eq(
+            health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status),
+            "SERVING",
+            "health status without a token",
+        )
+
+    def refused(self, channel, what):
+        with channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            try:
+                resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=REFUSED_TIMEOUT_S)
+            except grpc.RpcError as e:
+                # UNAVAILABLE: the handshake failed; DEADLINE_EXCEEDED: the
+                # server dropped it silently. Anything but an answer.
+                check(
+                    e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED),
+                    f"{what}: unexpected status {e.code().name}: {e.details()}",
+                )
+            else:
+                raise CheckFailed(f"{what} got an answer from the TLS port: {resp}")
+
+    def test_plaintext_client_is_refused(self):
+        self.refused(grpc.insecure_channel(self.server.addr), "a plaintext client")
+
+    def test_client_without_certificate_is_refused(self):
+        self.refused(
+            grpc.secure_channel(self.server.addr, self.certs.credentials(client_cert=False)),
+            "a TLS client without a client certificate",
+        )
+
+    def steps(self):
+        return [
+            ("CreateToken reader, listed by ListTokens", self.test_create_reader),
+            ("a reader token lists, and its Apply is PERMISSION_DENIED", self.test_reader_lists_but_cannot_apply),
+            ("RevokeToken: the revoked token is UNAUTHENTICATED", self.test_revoked_token_is_refused),
+            ("a call without a token is UNAUTHENTICATED", self.test_no_token_is_unauthenticated),
+            ("gRPC health answers without a token", self.test_health_needs_no_token),
+            ("a plaintext client gets no answer from the TLS port", self.test_plaintext_client_is_refused),
+            ("a TLS client without a certificate gets no answer", self.test_client_without_certificate_is_refused),
+        ]
+
+
+def run_steps(steps):
+    """Runs the steps in order; returns (passed, failed, skipped). When the
+    first step fails, the others are skipped: they read what it wrote."""
+    passed, failed, skipped = 0, 0, 0
+    for i, (name, step) in enumerate(steps):
+        start = time.monotonic()
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            if isinstance(e, grpc.RpcError):
+                msg = f"RPC failed: {e.code().name}: {e.details()}"
+            else:
+                msg = str(e) if isinstance(e, CheckFailed) else repr(e)
+            print(f"FAIL {name}: {msg}", flush=True)
+            if not isinstance(e, (CheckFailed, grpc.RpcError)):
+                traceback.print_exc()
+            if i == 0:
+                skipped = len(steps) - 1
+                break
+            continue
+        passed += 1
+        print(f"ok   {name} ({time.monotonic() - start:.2f}s)", flush=True)
+    return passed, failed, skipped
+
+
+def read_token(path):
+    """The secret --bootstrap-token-file wrote (before the server answered
+    health: it is written before the port serves)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise CheckFailed(f"--bootstrap-token-file was not written: {e}")
+    check(secret, "--bootstrap-token-file is empty")
+    mode = os.stat(path).st_mode & 0o777
+    check_eq(oct(mode), oct(0o600), "mode of the bootstrap token file")
+    return secret
+
+
+def run_plaintext(binary, work_dir, pb, servers):
+    """The steps against a plaintext server without authentication."""
+    server = Server(binary, work_dir)
+    servers.append(server)
+    channel = None
+    try:
+        server.start()
+        channel = grpc.insecure_channel(server.addr)
+        server.wait_ready(channel, SERVER_READY_TIMEOUT_S)
+        print(f"interop: plaintext server ready at {server.addr}", flush=True)
+        steps = InteropTest(pb, pb.operator_grpc.OperatorServiceStub(channel)).steps()
+        result = run_steps(steps)
+    except Exception as e:  # noqa: BLE001
+        print(f"FAIL plaintext setup: {e}", flush=True)
+        if not isinstance(e, CheckFailed):
+            traceback.print_exc()
+        result = (0, 1, 0)
+    finally:
+        if channel is not None:
+            channel.close()
+        server.stop()
+    return result
+
+
+def run_tls(binary, work_dir, pb, servers):
+    """The steps, then the token steps, against a server with mutual TLS and
+    authentication, as deploy/ runs it."""
+    server, channels = None, []
+    try:
+        certs = Certs(os.path.join(work_dir, "certs"))
+        token_file = os.path.join(work_dir, "admin.token")
+        server = Server(
+            binary,
+            work_dir,
+            [
+                "--tls-cert", certs.path("server.pem"),
+                "--tls-key", certs.path("server.key"),
+                "--client-ca", certs.path("ca.pem"),
+                "--auth", "on",
+                "--bootstrap-token-file", token_file,
+            ],
+        )
+        servers.append(server)
+        server.start()
+        # The operator certificate, no token: health needs none.
+        tls_channel = grpc.secure_channel(server.addr, certs.credentials())
+        channels.append(tls_channel)
+        server.wait_ready(tls_channel, SERVER_READY_TIMEOUT_S)
+        print(f"interop: mutual TLS server ready at {server.addr}", flush=True)
+        admin = read_token(token_file)
+        admin_channel = grpc.secure_channel(
+            server.addr,
+            grpc.composite_channel_credentials(
+                certs.credentials(), grpc.access_token_call_credentials(admin)
+            ),
+        )
+        channels.append(admin_channel)
+        steps = InteropTest(pb, pb.operator_grpc.OperatorServiceStub(admin_channel)).steps()
+        steps += TokenTest(pb, server, certs, admin_channel, tls_channel).steps()
+        result = run_steps(steps)
+    except Exception as e:  # noqa: BLE001
+        print(f"FAIL mutual TLS setup: {e}", flush=True)
+        if not isinstance(e, CheckFailed):
+            traceback.print_exc()
+        result = (0, 1, 0)
+    finally:
+        for channel in channels:
+            channel.close()
+        if server is not None:
+            server.stop()
+    return result
+
+
 def main():
     def on_alarm(signum, frame):
-        raise TimeoutError(f"interop test exceeded {OVERALL_TIMEOUT_S}s")
+        raise OutOfTime(f"interop test exceeded {OVERALL_TIMEOUT_S}s")
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(OVERALL_TIMEOUT_S)
 
     binary = os.environ.get("SWITCHYARD_CP_BIN") or default_server_bin()
     work_dir = tempfile.mkdtemp(prefix="switchyard-interop.")
-    server = Server(binary, work_dir)
-    passed, failed, skipped = 0, 0, 0
-    show_log = False
-    channel = None
+    totals = [0, 0, 0]
     try:
         try:
+            if not os.access(binary, os.X_OK):
+                raise CheckFailed(
+                    f"server binary {binary} not found; run `cargo build --workspace --bin switchyard-cp`"
+                )
             pb = generate_stubs(os.path.join(work_dir, "gen"))
-            server.start()
-            channel = grpc.insecure_channel(server.addr)
-            server.wait_ready(channel, SERVER_READY_TIMEOUT_S)
-            print(f"interop: server ready at {server.addr}", flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"FAIL setup: {e}", flush=True)
             if not isinstance(e, CheckFailed):
                 traceback.print_exc()
-            failed += 1
-            show_log = True
-            steps = []
+            totals[1] += 1
+            runs = []
         else:
-            t = InteropTest(pb, pb[2].OperatorServiceStub(channel))
-            steps = t.steps()
-
-        for i, (name, step) in enumerate(steps):
-            start = time.monotonic()
+            runs = [("plaintext", run_plaintext), ("mutual TLS and tokens", run_tls)]
+        for title, run in runs:
+            print(f"interop: -- {title} --", flush=True)
+            run_dir = os.path.join(work_dir, title.split()[0])
+            os.makedirs(run_dir)
+            servers = []
+            out_of_time = False
             try:
-                step()
-            except Exception as e:  # noqa: BLE001
-                failed += 1
-                show_log = True
-                if isinstance(e, grpc.RpcError):
-                    msg = f"RPC failed: {e.code().name}: {e.details()}"
-                else:
-                    msg = str(e) if isinstance(e, CheckFailed) else repr(e)
-                print(f"FAIL {name}: {msg}", flush=True)
-                if not isinstance(e, (CheckFailed, grpc.RpcError)):
-                    traceback.print_exc()
-                if i == 0:
-                    # Every later step reads what the first one wrote.
-                    skipped = len(steps) - 1
-                    break
-                continue
-            passed += 1
-            print(f"ok   {name} ({time.monotonic() - start:.2f}s)", flush=True)
+                result = run(binary, run_dir, pb, servers)
+            except OutOfTime as e:
+                print(f"FAIL {title}: {e}", flush=True)
+                result, out_of_time = (0, 1, 0), True
+            for i, n in enumerate(result):
+                totals[i] += n
+            if result[1] or result[2]:
+                for server in servers:
+                    if server.proc is not None:
+                        print(f"---- switchyard-cp output ({title}) ----", flush=True)
+                        print(server.log_text(), flush=True)
+                        print("---- end of switchyard-cp output ----", flush=True)
+            if out_of_time:
+                break
+    except OutOfTime as e:
+        print(f"FAIL setup: {e}", flush=True)
+        totals[1] += 1
     finally:
         signal.alarm(0)
-        if channel is not None:
-            channel.close()
-        server.stop()
-        if show_log and server.proc is not None:
-            print("---- switchyard-cp output ----", flush=True)
-            print(server.log_text(), flush=True)
-            print("---- end of switchyard-cp output ----", flush=True)
         shutil.rmtree(work_dir, ignore_errors=True)
 
+    passed, failed, skipped = totals
     summary = f"interop: {passed} passed, {failed} failed"
     if skipped:
         summary += f", {skipped} skipped"

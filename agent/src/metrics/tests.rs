@@ -156,3 +156,22 @@ async fn only_get_metrics_and_the_probes_are_served() {
         .expect("the server stops")
         .unwrap();
 }
+
+#[test]
+fn metrics_beyond_loopback_need_the_insecure_flag() {
+    let any: SocketAddr = "0.0.0.0:9701".parse().unwrap();
+    let node: SocketAddr = "10.1.2.3:9701".parse().unwrap();
+    for addr in [any, node] {
+        let e = check_exposure(Some(addr), false).unwrap_err();
+        assert!(e.contains("--insecure-metrics"), "{e}");
+        assert!(e.contains(&addr.to_string()), "{e}");
+        assert_eq!(check_exposure(Some(addr), true), Ok(()));
+    }
+    for loopback in ["127.0.0.1:9701", "[::1]:9701"] {
+        assert_eq!(
+            check_exposure(Some(loopback.parse().unwrap()), false),
+            Ok(())
+        );
+    }
+    assert_eq!(check_exposure(None, false), Ok(()), "metrics off");
+}

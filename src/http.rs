@@ -1,10 +1,11 @@
 //! The daemons' small HTTP surfaces (metrics, the agent's local API): one
-//! HTTP/1.1 server loop owned by its caller's shutdown, and the `/metrics`
-//! answer. Behind the `http` feature, so that API clients do not build
+//! HTTP/1.1 server loop owned by its caller's shutdown, the `/metrics`
+//! answer, and binding a listener with a listen backlog fit for bursts. Behind the `http` feature, so that API clients do not build
 //! hyper.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -23,6 +24,35 @@ use crate::metrics::CONTENT_TYPE;
 
 /// How long requests in progress may take to finish after shutdown.
 const DRAIN: Duration = Duration::from_secs(1);
+
+/// The largest listen backlog asked for by default.
+const MAX_DEFAULT_BACKLOG: u32 = 4096;
+
+/// The listen backlog for ports that take bursts of connections: 4096, or
+/// the kernel's cap (`net.core.somaxconn`) when that is lower. A fleet of
+/// agents reconnecting at once after a control-plane restart overflows
+/// tokio's 1024 on loopback: the kernel drops the overflowing handshakes and
+/// each of those clients waits out a SYN retransmission (a second, then
+/// two, four...) before it is even accepted.
+pub fn default_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or(MAX_DEFAULT_BACKLOG, |cap| cap.clamp(1, MAX_DEFAULT_BACKLOG))
+}
+
+/// Binds a TCP listener on `addr` with `SO_REUSEADDR` (a restarted daemon
+/// rebinds at once) and a listen queue of `backlog` connections.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// Serves HTTP/1.1 on `listener`, answering each request with `handle`,
 /// until `shutdown`; then lets requests in progress finish (briefly).

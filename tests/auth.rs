@@ -794,7 +794,46 @@ async fn streams_are_limited_per_connection_and_per_principal(db: TestDb) {
     server.stop().await;
 }
 
+/// With authentication off every caller is `anonymous`; the per-principal
+/// limit must not cap them all together (a fleet of more agents than the
+/// limit would be refused), only each connection is bounded.
+async fn anonymous_streams_are_bounded_per_connection_only(db: TestDb) {
+    let server = TestServer::start_with(
+        db.url(),
+        switchyard_control_plane::server::Config {
+            auth: auth::Config {
+                enforce: false,
+                max_streams_per_connection: 2,
+                max_streams_per_principal: 2,
+            },
+            ..TestServer::config()
+        },
+    )
+    .await;
+    let watch = |channel: Channel| async move {
+        OperatorServiceClient::new(channel)
+            .watch(pb::WatchRequest::default())
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let connection = channel(&server).await;
+        open.push(watch(connection.clone()).await.unwrap());
+        open.push(watch(connection.clone()).await.unwrap());
+        let refused = watch(connection).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("--max-streams-per-connection"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(open.len(), 6);
+    server.stop().await;
+}
+
 switchyard_control_plane::both_backends!(
+    anonymous_streams_are_bounded_per_connection_only,
     every_rpc_answers_each_principal_as_its_role_allows,
     an_agent_speaks_only_for_its_own_node,
     bootstrap_creates_one_admin_once,

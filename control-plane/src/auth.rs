@@ -43,7 +43,9 @@ pub struct Config {
     /// Most Watch and Sync streams open at once on one connection.
     pub max_streams_per_connection: usize,
     /// Most Watch and Sync streams open at once for one principal, across
-    /// every connection to this replica.
+    /// every connection to this replica. Anonymous callers (authentication
+    /// off, no client certificate) are not counted together: only the
+    /// per-connection limit bounds them.
     pub max_streams_per_principal: usize,
 }
 
@@ -304,18 +306,23 @@ struct Streams(Mutex<HashMap<String, usize>>);
 #[derive(Debug)]
 struct Permit {
     connection: Arc<AtomicUsize>,
-    principal: String,
+    /// The principal whose count this stream holds; `None` for anonymous
+    /// callers, who are not counted per principal.
+    principal: Option<String>,
     streams: Arc<Streams>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.connection.fetch_sub(1, Ordering::Relaxed);
+        let Some(principal) = &self.principal else {
+            return;
+        };
         let mut open = self.streams.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.principal) {
+        if let Some(n) = open.get_mut(principal) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.principal);
+                open.remove(principal);
             }
         }
     }
@@ -442,6 +449,16 @@ impl Layer {
                  (the control plane's --max-streams-per-connection)"
             )));
         }
+        // With authentication off every caller is `anonymous`: one count for
+        // them all would cap the whole fleet at the per-principal limit, so
+        // only the per-connection limit applies to them.
+        if *principal == Principal::Anonymous {
+            return Ok(Permit {
+                connection: peer.streams.clone(),
+                principal: None,
+                streams: self.streams.clone(),
+            });
+        }
         let key = principal.to_string();
         let per_principal = self.config.max_streams_per_principal;
         {
@@ -460,7 +477,7 @@ impl Layer {
         }
         Ok(Permit {
             connection: peer.streams.clone(),
-            principal: key,
+            principal: Some(key),
             streams: self.streams.clone(),
         })
     }

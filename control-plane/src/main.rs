@@ -97,7 +97,8 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_connection: u32,
     /// Most Watch and Sync streams open at once for one principal (a token,
-    /// or a node's certificate) on this replica.
+    /// or a node's certificate) on this replica; anonymous callers are
+    /// bounded per connection only.
     #[arg(long, env = "SWITCHYARD_MAX_STREAMS_PER_PRINCIPAL", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_principal: u32,

@@ -126,8 +126,7 @@ pub enum Error {
 /// returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let store = store::Any::connect(&config.database_url).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = switchyard::http::bind(config.listen, switchyard::http::default_backlog())
         .map_err(|source| Error::Bind {
             addr: config.listen,
             source,

@@ -221,6 +221,35 @@ async fn sigterm_exits_cleanly(db: TestDb) {
     assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }
 
+/// The gRPC port is bound with a listen queue of 4096 (or the kernel's
+/// `net.core.somaxconn` when lower), not tokio's 1024: a fleet of agents
+/// reconnecting at once after a restart must not overflow it (each dropped
+/// handshake waits out a SYN retransmission). Read as `ss` shows it (the
+/// Send-Q of a listening socket).
+#[tokio::test]
+async fn the_grpc_port_has_a_deep_listen_queue() {
+    let db = TestDb::sqlite();
+    let cp = start(db.url()).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", cp.addr.port())])
+        .output()
+        .expect("ss (iproute2) is needed to read a listening socket's backlog");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = text
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("no listener on {}: {text:?}", cp.addr))
+        .parse()
+        .unwrap();
+    assert_eq!(backlog, somaxconn.min(4096));
+}
+
 #[tokio::test]
 async fn bad_database_url_is_named() {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard-cp"))

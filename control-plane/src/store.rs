@@ -28,11 +28,13 @@ use switchyard::pb;
 use switchyard::resource::{Kind, Ref};
 use switchyard::validate::Invalid;
 
+mod breaker;
 mod postgres;
 mod sql;
 mod sqlite;
 mod timed;
 
+pub use breaker::Breaker;
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 pub use timed::{Call, Latency, Timed};
@@ -93,12 +95,47 @@ pub enum Error {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store is known to be unreachable (the server's last poll of it
+    /// failed), so the call was not tried; see [`Breaker`].
+    #[error("the store cannot be reached")]
+    Unavailable,
 }
 
 impl Error {
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Database(_) | Error::Conflict { .. })
+        matches!(
+            self,
+            Error::Database(_) | Error::Conflict { .. } | Error::Unavailable
+        )
+    }
+
+    /// Whether the store could not be reached at all (as opposed to
+    /// answering with a failure): no connection could be had or kept, or
+    /// the server is shutting down or starting up. Another replica, or the
+    /// same one a little later, may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable => true,
+            Error::Database(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                // SQLSTATE class 08: connection exception; 57P01..57P03:
+                // the server is shutting down, crashed or starting up.
+                // SQLite: SQLITE_BUSY (and its extended codes) past the
+                // busy timeout, e.g. another process holds the file locked.
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || matches!(&*c, "57P01" | "57P02" | "57P03")
+                        || c.parse::<u32>().is_ok_and(|n| n & 0xff == 5)
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 

@@ -152,10 +152,22 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
 
         // An agent behind the change-log horizon, or with nothing, starts
         // over from a snapshot; any other resumes from what it holds.
-        let horizon = self.store.horizon().await.map_err(status)?;
         // The first push waits until this replica's state has every write
         // committed before the agent arrived (it trails by a debounce).
-        let floor = self.store.revision().await.map_err(status)?;
+        let read = async {
+            Ok::<_, crate::store::Error>((
+                self.store.horizon().await?,
+                self.store.revision().await?,
+            ))
+        };
+        let (horizon, floor) = match read.await {
+            Ok(read) => read,
+            // The store is down: serve the agent from memory. Nothing newer
+            // than this replica's state can be committed meanwhile, and the
+            // agent's inventory makes the delta exact whatever the horizon.
+            Err(e) if e.is_unavailable() => (0, self.state.borrow().revision),
+            Err(e) => return Err(status(e)),
+        };
         // An agent ahead of the store holds another history (e.g. the
         // database was restored from a backup): it starts over too.
         let have = hello.last_applied_revision;

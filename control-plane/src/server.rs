@@ -69,8 +69,15 @@ pub struct Config {
     /// The gRPC port's certificate, key and (for mutual TLS) client CA;
     /// `None` serves plaintext. The files are re-read when they change.
     pub tls: Option<ServerFiles>,
-    /// How long a client may take to finish its TLS handshake.
+    /// How long a client may take to finish its TLS handshake, or on a
+    /// plaintext port to send the HTTP/2 preface.
     pub handshake_timeout: Duration,
+    /// How often an HTTP/2 PING is sent to each client connection (when it
+    /// sent nothing meanwhile); `None` sends none.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a client may take to answer a PING before its connection
+    /// is closed (and its streams, e.g. an agent's, end).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Config {
@@ -92,6 +99,8 @@ impl Default for Config {
             bootstrap_token_file: None,
             tls: None,
             handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -292,8 +301,10 @@ pub async fn serve_with<S: Store>(
     }
     info!(%addr, revision = head.current(), tls = tls.is_some(), "listening");
     let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // A dead peer (host gone, path cut) is noticed and its streams
+        // freed within interval + timeout: 40 s by default.
+        .http2_keepalive_interval(config.keepalive_interval)
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .layer(auth::Layer::new(config.auth.clone(), tokens.clone()))
         .add_service(health_service)
         .add_service(reflection)

@@ -306,6 +306,11 @@ pub struct NodeRow {
     pub session: u64,
     /// The last configuration it refused: revision, error, Unix milliseconds.
     pub nack: Option<(u64, String, i64)>,
+    /// The agent process holding the stream (see `pb::Hello::instance_id`).
+    pub instance: Arc<str>,
+    /// The configuration it serves but could not save to its disk:
+    /// revision, error, since when (Unix milliseconds).
+    pub persist: Option<(u64, String, i64)>,
 }
 
 /// One endpoint's health as its node's agent reported it (or as the control
@@ -504,6 +509,18 @@ pub trait Store: Send + Sync + 'static {
     /// only replaces one written by the same session.
     fn record_nodes(&self, rows: Vec<NodeRow>) -> impl Future<Output = Result<()>> + Send;
 
+    /// Writes the row of a new stream for `row.id`, unless another stream
+    /// holds the node: its row is connected, was written by another
+    /// replica and another agent instance (an empty instance matches none),
+    /// and was seen at or after `live_after_ms`. Returns `None` when
+    /// written, else the replica holding the node. One statement, so two
+    /// replicas admitting the same node at once cannot both win.
+    fn claim_node(
+        &self,
+        row: NodeRow,
+        live_after_ms: i64,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+
     /// Marks connected nodes not heard from since `before_ms` disconnected
     /// (their replica died or lost them). Returns how many.
     fn expire_nodes(&self, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
@@ -674,6 +691,9 @@ impl Store for Any {
     }
     async fn record_nodes(&self, rows: Vec<NodeRow>) -> Result<()> {
         delegate!(self, s => s.record_nodes(rows))
+    }
+    async fn claim_node(&self, row: NodeRow, live_after_ms: i64) -> Result<Option<String>> {
+        delegate!(self, s => s.claim_node(row, live_after_ms))
     }
     async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {
         delegate!(self, s => s.expire_nodes(before_ms))

@@ -117,6 +117,10 @@ impl<S: Store> Store for Breaker<S> {
         self.check()?;
         self.inner.record_nodes(rows).await
     }
+    async fn claim_node(&self, row: NodeRow, live_after_ms: i64) -> Result<Option<String>> {
+        self.check()?;
+        self.inner.claim_node(row, live_after_ms).await
+    }
     async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {
         self.check()?;
         self.inner.expire_nodes(before_ms).await

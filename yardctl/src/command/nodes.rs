@@ -59,6 +59,7 @@ pub async fn run(
                 "REVISION",
                 "LAST-SEEN",
                 "ENDPOINTS",
+                "SAVED",
                 "LAST-NACK",
             ]);
             for node in &nodes.nodes {
@@ -71,6 +72,15 @@ pub async fn run(
                         .as_ref()
                         .map_or("-".into(), |at| age(at, now)),
                     summary(health.get(&node.id).unwrap_or(&none)),
+                    // Whether the agent could save what it serves to its
+                    // disk: a restart without a control plane serves that.
+                    node.persist_failure.as_ref().map_or("yes".into(), |p| {
+                        let since = p
+                            .since
+                            .as_ref()
+                            .map_or(String::new(), |at| format!(" for {}", age(at, now)));
+                        format!("NO{since}: revision {}: {}", p.revision, p.error)
+                    }),
                     node.last_nack.as_ref().map_or("-".into(), |n| {
                         let when =
                             n.at.as_ref()

@@ -457,7 +457,7 @@ impl Agent {
             shutdown.clone(),
         ));
         let client = Client {
-            instance: instance_id(),
+            instance: persist::instance_id(&config.data_dir),
             config,
             store,
             publish,
@@ -578,27 +578,11 @@ struct Outcome {
     result: Result<(), Error>,
 }
 
-/// A random id for this agent process (`pb::Hello::instance_id`): std's
-/// hasher keys come from the operating system's randomness, mixed with the
-/// process id and the time.
-fn instance_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{:016x}", hasher.finish())
-}
-
 /// The sync task's state.
 struct Client {
-    /// This agent process's id, sent in every Hello: a reconnect replaces
-    /// the node's old stream, another agent with the same node id is
-    /// refused while that stream lives.
+    /// This agent's instance id (see [`persist::instance_id`]), sent in
+    /// every Hello: a reconnect replaces the node's old stream, another
+    /// agent with the same node id is refused while that stream lives.
     instance: String,
     config: Config,
     store: Store,

@@ -59,8 +59,8 @@ pub async fn run(
                 "REVISION",
                 "LAST-SEEN",
                 "ENDPOINTS",
-                "SAVED",
                 "LAST-NACK",
+                "SAVED",
             ]);
             for node in &nodes.nodes {
                 t.row(vec![
@@ -72,6 +72,12 @@ pub async fn run(
                         .as_ref()
                         .map_or("-".into(), |at| age(at, now)),
                     summary(health.get(&node.id).unwrap_or(&none)),
+                    node.last_nack.as_ref().map_or("-".into(), |n| {
+                        let when =
+                            n.at.as_ref()
+                                .map_or(String::new(), |at| format!(", {} ago", age(at, now)));
+                        format!("revision {}{when}: {}", n.revision, n.error)
+                    }),
                     // Whether the agent could save what it serves to its
                     // disk: a restart without a control plane serves that.
                     node.persist_failure.as_ref().map_or("yes".into(), |p| {
@@ -80,12 +86,6 @@ pub async fn run(
                             .as_ref()
                             .map_or(String::new(), |at| format!(" for {}", age(at, now)));
                         format!("NO{since}: revision {}: {}", p.revision, p.error)
-                    }),
-                    node.last_nack.as_ref().map_or("-".into(), |n| {
-                        let when =
-                            n.at.as_ref()
-                                .map_or(String::new(), |at| format!(", {} ago", age(at, now)));
-                        format!("revision {}{when}: {}", n.revision, n.error)
                     }),
                 ]);
             }

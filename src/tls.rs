@@ -6,7 +6,8 @@
 //! uses the configuration current at that moment, and established
 //! connections are left alone. Handshakes run beside the accept loop, each
 //! bounded in time, so that a peer that never finishes one holds nothing but
-//! its own slot. The client side reads its files at each connection, so a
+//! its own slot; plaintext connections are bounded the same way until their
+//! HTTP/2 preface arrives. The client side reads its files at each connection, so a
 //! rotated client certificate is used from the next connection on.
 //!
 //! # Node identity
@@ -54,7 +55,8 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Largest PEM file read: certificate chains and keys are a few kilobytes;
 /// anything bigger is not one, and is not read into memory whole.
 const MAX_PEM_BYTES: u64 = 1 << 20;
-/// Most TLS handshakes in progress at once. Past this, new connections wait
+/// Most handshakes (TLS, or waiting for a plaintext HTTP/2 preface) in
+/// progress at once. Past this, new connections wait
 /// in the listen backlog until a handshake ends (each is bounded in time).
 const MAX_HANDSHAKES: usize = 1024;
 /// First and longest pause after the listener fails to accept for want of
@@ -573,7 +575,10 @@ pub struct Conn {
 
 #[derive(Debug)]
 enum Io {
-    Plain(TcpStream),
+    /// A plaintext connection whose HTTP/2 preface was read (to bound the
+    /// time a peer may take to send it), and how much of the preface has
+    /// been handed on to the reader since.
+    Plain(TcpStream, usize),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -604,7 +609,14 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Plain(_, replayed) if *replayed < PREFACE.len() => {
+                // The preface read at accept time comes first.
+                let n = (PREFACE.len() - *replayed).min(buf.remaining());
+                buf.put_slice(&PREFACE[*replayed..*replayed + n]);
+                *replayed += n;
+                Poll::Ready(Ok(()))
+            }
+            Io::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -617,7 +629,7 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -628,40 +640,42 @@ impl AsyncWrite for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match &self.io {
-            Io::Plain(s) => s.is_write_vectored(),
+            Io::Plain(s, _) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Plain(s, _) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
 /// The connections `listener` accepts, for `Server::serve_with_incoming`:
-/// plain TCP when `tls` is `None`, otherwise those whose TLS handshake
-/// finished within `handshake_timeout` (a peer that never finishes, or
-/// speaks plaintext to the TLS port, is dropped).
+/// when `tls` is `None`, plain TCP connections whose peer sent the HTTP/2
+/// preface within `handshake_timeout`; otherwise those whose TLS handshake
+/// finished within it. A peer that never finishes, sends nothing, or
+/// speaks plaintext to the TLS port, is dropped then: it holds a socket
+/// for that long at most.
 ///
 /// Handshakes run concurrently, owned by the stream (dropping it cancels
-/// them); each uses the configuration current when it starts. Every socket
+/// them); each TLS one uses the configuration current when it starts. Every socket
 /// gets `TCP_NODELAY`: agents' pushes and acks are small messages that
 /// Nagle's algorithm would hold back. Accept errors never end the stream:
 /// one connection's are skipped, a shortage of resources (EMFILE…) is
@@ -703,7 +717,7 @@ impl Stream for Incoming {
                 Poll::Ready(Some(Ok(None))) => continue,
                 Poll::Ready(Some(Err(error))) => {
                     if error.is_panic() {
-                        error!(%error, "TLS handshake task panicked");
+                        error!(%error, "handshake task panicked");
                     }
                     continue;
                 }
@@ -741,9 +755,8 @@ impl Stream for Incoming {
             }
             match &this.tls {
                 None => {
-                    let peer = Peer::new(Some(addr), None);
-                    let io = Io::Plain(stream);
-                    return Poll::Ready(Some(Ok(Conn { io, peer })));
+                    let timeout = this.handshake_timeout;
+                    this.handshakes.spawn(preface(stream, addr, timeout));
                 }
                 Some(tls) => {
                     let config = tls.config();
@@ -766,6 +779,38 @@ fn is_connection_error(error: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::Interrupted
     )
+}
+
+/// What every HTTP/2 client sends first (RFC 9113, section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A plaintext connection once its peer has sent the HTTP/2 preface, within
+/// `timeout`; `None` when it did not (silence, or not HTTP/2: the port
+/// speaks only gRPC). hyper itself waits for a preface forever.
+async fn preface(mut stream: TcpStream, addr: SocketAddr, timeout: Duration) -> Option<Conn> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; PREFACE.len()];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut head)).await {
+        Ok(Ok(_)) if &head == PREFACE => {
+            let peer = Peer::new(Some(addr), None);
+            Some(Conn {
+                io: Io::Plain(stream, 0),
+                peer,
+            })
+        }
+        Ok(Ok(_)) => {
+            debug!(%addr, "not an HTTP/2 client: connection dropped");
+            None
+        }
+        Ok(Err(error)) => {
+            debug!(%addr, %error, "connection failed before its HTTP/2 preface");
+            None
+        }
+        Err(_) => {
+            debug!(%addr, ?timeout, "no HTTP/2 preface in time: connection dropped");
+            None
+        }
+    }
 }
 
 /// One server handshake, bounded by `timeout`; `None` when it failed.

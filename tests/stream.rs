@@ -87,8 +87,11 @@ impl RawAgent {
     }
 
     async fn ack(&self, revision: u64) {
-        self.send(pb::sync_request::Message::Ack(pb::Ack { revision }))
-            .await;
+        self.send(pb::sync_request::Message::Ack(pb::Ack {
+            revision,
+            ..Default::default()
+        }))
+        .await;
     }
 
     /// Reads and acks pushes until the agent holds `revision` or newer; the
@@ -379,7 +382,10 @@ async fn hello_is_validated(db: TestDb) {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("hello.node_id"), "{}", err.message());
     let ack = pb::SyncRequest {
-        message: Some(pb::sync_request::Message::Ack(pb::Ack { revision: 1 })),
+        message: Some(pb::sync_request::Message::Ack(pb::Ack {
+            revision: 1,
+            ..Default::default()
+        })),
     };
     let err = client.sync(tokio_stream::iter([ack])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

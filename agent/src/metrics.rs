@@ -109,6 +109,11 @@ impl Sources {
                 &self.stats.resyncs,
             ),
             (
+                "switchyard_agent_persist_failures_total",
+                "Attempts to save the applied configuration to disk that failed (e.g. disk full).",
+                &self.stats.persist_failures,
+            ),
+            (
                 "switchyard_agent_registration_failures_total",
                 "Registrations of this node's services the control plane refused.",
                 &self.stats.registration_failures,
@@ -117,6 +122,13 @@ impl Sources {
             enc.family(name, Type::Counter, help)
                 .sample(&[], load(counter));
         }
+
+        enc.family(
+            "switchyard_agent_config_saved",
+            Type::Gauge,
+            "1 when the configuration served is saved to disk (a restart without a control plane serves it), 0 when saving it failed.",
+        )
+        .sample(&[], u64::from(self.stats.unsaved().is_none()));
 
         let mut f = enc.family(
             "switchyard_agent_endpoint_healthy",

@@ -64,6 +64,47 @@ pub fn save(dir: &Path, snapshot: &pb::Snapshot) -> io::Result<()> {
     written
 }
 
+/// Name of the file holding the agent's instance id in the data directory.
+pub const INSTANCE_FILE: &str = "instance";
+
+/// This agent's instance id (`pb::Hello::instance_id`): read from
+/// `DATA_DIR/instance`, or made up (random) and written there when the file
+/// is missing or not an id. Kept on disk so that an agent restarted on the
+/// same node, with the same data directory, is the same instance: its new
+/// stream replaces its old one at once, even if the old one still looks
+/// live (e.g. its control plane was killed too). Another agent with the same
+/// node id but its own data directory is another instance. When the file
+/// cannot be written the id holds for this process only.
+pub fn instance_id(dir: &Path) -> String {
+    let path = dir.join(INSTANCE_FILE);
+    if let Ok(text) = fs::read_to_string(&path) {
+        let id = text.trim();
+        if (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return id.to_owned();
+        }
+    }
+    let id = random_id();
+    if let Err(error) = fs::write(&path, format!("{id}\n")) {
+        tracing::warn!(path = %path.display(), %error, "cannot keep the agent's instance id; a restart will use a new one");
+    }
+    id
+}
+
+/// 64 random bits in hex: std's hasher keys come from the operating
+/// system's randomness, mixed with the process id and the time.
+fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
 /// Reads the saved configuration in `dir`; `None` when there is none.
 pub fn load(dir: &Path) -> Result<Option<pb::Snapshot>, Error> {
     let path = path(dir);

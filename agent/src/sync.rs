@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::metadata::{Ascii, MetadataValue};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::health::{self, Results};
 use crate::persist;
@@ -101,6 +101,9 @@ pub struct Config {
     /// What the node's proxy checks before a configuration is accepted
     /// (e.g. that its listeners can bind), beyond validation.
     pub preflight: Option<Preflight>,
+    /// While the configuration served could not be saved to disk (e.g. the
+    /// disk is full), how often saving it is tried again.
+    pub persist_retry: Duration,
 }
 
 /// A check of a configuration that only the node's proxy can make; a
@@ -144,6 +147,7 @@ impl Default for Config {
             health_refresh: Duration::from_secs(60),
             registration: None,
             preflight: None,
+            persist_retry: Duration::from_secs(5),
         }
     }
 }
@@ -188,6 +192,7 @@ impl Config {
             ("heartbeat_interval", self.heartbeat_interval),
             ("connect_timeout", self.connect_timeout),
             ("health_refresh", self.health_refresh),
+            ("persist_retry", self.persist_retry),
         ] {
             if d.is_zero() {
                 v.push(field, "must be positive");
@@ -350,8 +355,13 @@ pub struct Stats {
     pub resyncs: AtomicU64,
     /// Registrations the control plane refused.
     pub registration_failures: AtomicU64,
+    /// Attempts to save the configuration to disk that failed.
+    pub persist_failures: AtomicU64,
     /// Held only to read or replace the value, never across an `.await`.
     connected_to: Mutex<Option<String>>,
+    /// Why the configuration served is not saved to disk: its revision and
+    /// the error; `None` when it is. Held only to read or replace it.
+    unsaved: Mutex<Option<(u64, String)>>,
 }
 
 impl Stats {
@@ -361,6 +371,23 @@ impl Stats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The configuration served but not saved to disk, if any: its
+    /// revision and why saving it failed.
+    pub fn unsaved(&self) -> Option<(u64, String)> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the outcome of saving; returns whether it changed.
+    fn set_unsaved(&self, unsaved: Option<(u64, String)>) -> bool {
+        let mut current = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != unsaved;
+        *current = unsaved;
+        changed
     }
 
     fn set_connected_to(&self, addr: Option<&str>) {
@@ -430,6 +457,7 @@ impl Agent {
             shutdown.clone(),
         ));
         let client = Client {
+            instance: persist::instance_id(&config.data_dir),
             config,
             store,
             publish,
@@ -552,6 +580,10 @@ struct Outcome {
 
 /// The sync task's state.
 struct Client {
+    /// This agent's instance id (see [`persist::instance_id`]), sent in
+    /// every Hello: a reconnect replaces the node's old stream, another
+    /// agent with the same node id is refused while that stream lives.
+    instance: String,
     config: Config,
     store: Store,
     /// The proxy (and anything else) watches this for the configuration to
@@ -729,6 +761,7 @@ impl Client {
             node_id: self.config.node_id.clone(),
             labels: self.config.labels.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            instance_id: self.instance.clone(),
             last_applied_revision: self.store.revision(),
             resources: self.store.inventory(),
         };
@@ -767,12 +800,26 @@ impl Client {
         let period = self.config.health_refresh;
         let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let period = self.config.persist_retry;
+        let mut persist = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set by a Resync until a Snapshot arrives, so that Deltas already
         // on the way do not each ask again.
         let mut resyncing = false;
         loop {
             let message = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
+                _ = persist.tick(), if self.stats.unsaved().is_some() => {
+                    // The configuration served is not on disk yet: try
+                    // again, and tell the control plane when that changes.
+                    let snapshot = self.store.snapshot();
+                    let revision = snapshot.revision;
+                    if self.save(snapshot).await {
+                        let error = self.stats.unsaved().map(|(_, e)| e).unwrap_or_default();
+                        out.send(Out::Persisted(pb::Persisted { revision, error })).await?;
+                    }
+                    continue;
+                }
                 _ = heartbeat.tick() => {
                     out.send(Out::Heartbeat(heartbeat_now())).await?;
                     continue;
@@ -851,7 +898,8 @@ impl Client {
         });
         match candidate {
             Ok(candidate) => {
-                self.save(&candidate).await;
+                self.save(candidate.snapshot()).await;
+                let persist_error = self.stats.unsaved().map(|(_, e)| e).unwrap_or_default();
                 let config = self.store.commit(candidate);
                 let resources = self.store.len();
                 // Counted before it is published, so that whoever sees the
@@ -859,7 +907,11 @@ impl Client {
                 Stats::bump(&self.stats.acks);
                 self.publish.send_replace(config);
                 info!(revision, resources, "applied configuration");
-                out.send(Out::Ack(pb::Ack { revision })).await?;
+                out.send(Out::Ack(pb::Ack {
+                    revision,
+                    persist_error,
+                }))
+                .await?;
             }
             Err(error) => {
                 warn!(revision, %error, "refused configuration");
@@ -899,28 +951,51 @@ impl Client {
         Ok(())
     }
 
-    /// Saves a configuration about to go live.
+    /// Saves a configuration about to go live (or live already, when
+    /// saving it failed before), and records the outcome in the stats;
+    /// returns whether the outcome differs from the last one.
     ///
     /// A failure to save does not hold the configuration back: the node
     /// should serve what the control plane sent; only a restart without any
     /// control plane would fall back to the older saved one, which is
-    /// consistent in itself. The save is not cancelled by shutdown either: it
-    /// is short, and cutting it off would only waste it.
-    async fn save(&self, candidate: &Candidate) {
+    /// consistent in itself. That is why it is not a Nack (the configuration
+    /// is applied) but an error logged, counted, carried by the Ack and
+    /// shown in the node's status, and the save is tried again every
+    /// `persist_retry` until it succeeds. The save is not cancelled by
+    /// shutdown either: it is short, and cutting it off would only waste it.
+    async fn save(&self, snapshot: pb::Snapshot) -> bool {
         let dir = self.config.data_dir.clone();
-        let snapshot = candidate.snapshot();
         let revision = snapshot.revision;
-        let saved = tokio::task::spawn_blocking(move || persist::save(&dir, &snapshot)).await;
-        match saved {
-            Ok(Ok(())) => debug!(revision, "saved configuration"),
-            Ok(Err(error)) => warn!(
-                revision,
-                %error,
-                dir = %self.config.data_dir.display(),
-                "saving the configuration failed"
-            ),
-            Err(error) => warn!(revision, %error, "saving the configuration failed"),
+        let saved = tokio::task::spawn_blocking(move || persist::save(&dir, &snapshot))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|saved| saved.map_err(|e| e.to_string()));
+        let outcome = match saved {
+            Ok(()) => {
+                debug!(revision, "saved configuration");
+                None
+            }
+            Err(error) => {
+                Stats::bump(&self.stats.persist_failures);
+                let dir = self.config.data_dir.display();
+                error!(
+                    revision, %error, %dir,
+                    "saving the configuration failed: it is served, but a restart \
+                     without a control plane would serve an older one"
+                );
+                Some((revision, error))
+            }
+        };
+        let was_unsaved = self.stats.unsaved().is_some();
+        if outcome.is_none() && was_unsaved {
+            info!(revision, "saved the configuration again");
         }
+        // A new revision failing like the last one is no news: compare the
+        // errors, not the revisions.
+        let changed =
+            self.stats.unsaved().map(|(_, e)| e) != outcome.as_ref().map(|(_, e)| e.clone());
+        self.stats.set_unsaved(outcome);
+        changed
     }
 }
 

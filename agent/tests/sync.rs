@@ -220,6 +220,7 @@ fn config(data_dir: &Path, control_planes: Vec<String>) -> Config {
         health_refresh: Duration::from_secs(3600),
         registration: None,
         preflight: None,
+        persist_retry: Duration::from_secs(5),
     }
 }
 
@@ -365,7 +366,7 @@ async fn apply_resync_refuse_fail_over_and_restart() {
     session.send(Resp::Delta(delta(8, 8, [], []))).await;
     assert!(matches!(
         session.next().await,
-        Req::Ack(pb::Ack { revision: 8 })
+        Req::Ack(pb::Ack { revision: 8, .. })
     ));
     assert_eq!(hello.last_applied_revision, 8);
     let mut inventory: Vec<(String, u64)> = hello
@@ -474,7 +475,7 @@ async fn keeps_trying_until_a_control_plane_answers() {
     session.send(Resp::Snapshot(web(3))).await;
     assert!(matches!(
         session.next().await,
-        Req::Ack(pb::Ack { revision: 3 })
+        Req::Ack(pb::Ack { revision: 3, .. })
     ));
     agent.stop().await.unwrap();
     server.stop(vec![session]).await;

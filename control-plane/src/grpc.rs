@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::Caller;
 use crate::metrics::{Method, Requests};
@@ -32,6 +32,11 @@ const WATCH_RESPONSE_BYTES: usize = 1 << 20;
 /// case a write by another replica was not signalled.
 const WATCH_POLL: Duration = Duration::from_secs(1);
 
+/// What a client hears while the store cannot be reached: retryable, here
+/// or on another replica.
+const UNAVAILABLE: &str =
+    "the configuration store cannot be reached; try again later or another replica";
+
 /// Turns a store error into the status a client sees. Storage details are
 /// logged here and never sent.
 pub fn status(err: store::Error) -> Status {
@@ -45,6 +50,12 @@ pub fn status(err: store::Error) -> Status {
         e @ E::Compacted { .. } => Status::out_of_range(format!(
             "{e}; list again and watch from the list's revision"
         )),
+        // Known to be down: said once by the server's upkeep, not per call.
+        E::Unavailable => Status::unavailable(UNAVAILABLE),
+        e if e.is_unavailable() => {
+            warn!(error = %e, "store unreachable");
+            Status::unavailable(UNAVAILABLE)
+        }
         e @ (E::Corrupt(_) | E::Database(_) | E::Migrate(_) | E::Bootstrap(_)) => {
             error!(error = %e, "store failure");
             Status::internal("internal storage error; the details are in the control plane's log")
@@ -496,6 +507,14 @@ impl<S: Store> Watcher<S> {
                 return Some((Ok(resp), self));
             }
             match self.store.changes(self.after, 64).await {
+                // Nothing can be committed while the store is down: the
+                // stream stays open and reads again after a pause.
+                Err(e) if e.is_unavailable() => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(WATCH_POLL) => {}
+                    }
+                }
                 Err(e) => {
                     self.failed = true;
                     return Some((Err(status(e)), self));

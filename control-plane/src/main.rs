@@ -129,11 +129,22 @@ struct Args {
         requires = "tls_cert"
     )]
     client_ca: Option<PathBuf>,
-    /// How long a client may take to finish its TLS handshake before the
-    /// connection is dropped.
+    /// How long a new connection may take to finish its TLS handshake (or,
+    /// on a plaintext port, to send the HTTP/2 preface) before it is dropped.
     #[arg(long, env = "SWITCHYARD_HANDSHAKE_TIMEOUT", default_value = "10s",
           value_parser = parse_positive_duration)]
     handshake_timeout: Duration,
+    /// How often an HTTP/2 PING is sent on each client connection that has
+    /// been quiet that long; `0s` sends none. With `--keepalive-timeout`, a
+    /// dead peer's connection and streams are freed within the sum.
+    #[arg(long, env = "SWITCHYARD_KEEPALIVE_INTERVAL", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    keepalive_interval: Duration,
+    /// How long a client may take to answer a PING before its connection
+    /// is closed.
+    #[arg(long, env = "SWITCHYARD_KEEPALIVE_TIMEOUT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    keepalive_timeout: Duration,
 }
 
 /// A switch.
@@ -216,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
                 client_ca: args.client_ca,
             }),
         handshake_timeout: args.handshake_timeout,
+        keepalive_interval: (!args.keepalive_interval.is_zero()).then_some(args.keepalive_interval),
+        keepalive_timeout: args.keepalive_timeout,
         damping: health::Damping {
             half_life: args.flap_half_life,
             suppress: args.flap_suppress,

@@ -171,6 +171,12 @@ impl Sources {
         )
         .sample(&[], load(&sessions.resyncs));
         enc.family(
+            "switchyard_cp_sessions_refused_total",
+            Type::Counter,
+            "Agent streams refused (ALREADY_EXISTS) because their node had a live stream from another agent.",
+        )
+        .sample(&[], load(&sessions.refused));
+        enc.family(
             "switchyard_cp_propagation_seconds",
             Type::Histogram,
             "Time from this replica learning of a commit (its own write, a notification \

@@ -59,6 +59,9 @@ pub struct Registry {
     flush_interval: Duration,
     // A std mutex: held only to insert or swap the map, never across .await.
     pending: Mutex<HashMap<Arc<str>, NodeRow>>,
+    /// The node's live stream on this replica, per node: one at most.
+    /// Locked before `pending` when both are; never across .await.
+    live: Mutex<HashMap<Arc<str>, Live>>,
     /// Snapshots and deltas sent by this replica.
     pub pushes: AtomicU64,
     /// Encoded bytes of those pushes.
@@ -66,6 +69,23 @@ pub struct Registry {
     /// What this replica's agent streams did, for metrics.
     pub stats: SessionStats,
     next_session: AtomicU64,
+}
+
+/// The live stream of a node on this replica.
+#[derive(Debug)]
+struct Live {
+    session: u64,
+    /// The agent process (`pb::Hello::instance_id`), empty if unknown.
+    instance: Arc<str>,
+    /// Ends the stream when the same agent's new stream replaces it.
+    replaced: CancellationToken,
+}
+
+/// Why a new stream was not admitted: the node has a live one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The replica holding the node's live stream.
+    pub replica: String,
 }
 
 /// Counters of one replica's agent streams. The sessions update them with
@@ -84,6 +104,8 @@ pub struct SessionStats {
     pub nacks: AtomicU64,
     /// Snapshots agents asked for because a delta did not apply.
     pub resyncs: AtomicU64,
+    /// Streams refused because their node had a live stream already.
+    pub refused: AtomicU64,
     /// Time from this replica learning of a commit (its own write, another
     /// replica's notification, or a poll of the store) to an agent's Ack of
     /// the revision that carried it. Only pushes made while the agent was
@@ -100,6 +122,7 @@ impl Registry {
             lease,
             flush_interval,
             pending: Mutex::default(),
+            live: Mutex::default(),
             pushes: AtomicU64::new(0),
             push_bytes: AtomicU64::new(0),
             stats: SessionStats::default(),
@@ -119,8 +142,55 @@ impl Registry {
         (x ^ (x >> 29)) & (i64::MAX as u64)
     }
 
+    /// Admits the new stream of `row`: refused while the node has a live
+    /// stream on this replica from another agent instance; a live stream of
+    /// the same instance (the agent reconnected before its old stream was
+    /// seen dead) is ended and replaced. Returns what ends the new stream
+    /// when it is replaced in turn.
+    pub fn admit(&self, row: &NodeRow) -> Result<CancellationToken, Held> {
+        let mut live = self.live.lock().expect("live streams");
+        if let Some(old) = live.get(&row.id) {
+            if row.instance.is_empty() || old.instance != row.instance {
+                return Err(Held {
+                    replica: self.replica.to_string(),
+                });
+            }
+            info!(node = %row.id, "the agent reconnected: its previous stream is replaced");
+            old.replaced.cancel();
+        }
+        let replaced = CancellationToken::new();
+        live.insert(
+            row.id.clone(),
+            Live {
+                session: row.session,
+                instance: row.instance.clone(),
+                replaced: replaced.clone(),
+            },
+        );
+        Ok(replaced)
+    }
+
+    /// Forgets stream `session` of `node`; whether it was the node's live
+    /// one (a replaced stream no longer speaks for its node).
+    pub fn leave(&self, node: &str, session: u64) -> bool {
+        let mut live = self.live.lock().expect("live streams");
+        match live.get(node) {
+            Some(current) if current.session == session => {
+                live.remove(node);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// Queues `row` to be written; a newer row for the same node replaces it.
+    /// Ignored when another stream of this replica is the node's live one.
     pub fn record(&self, row: NodeRow) {
+        let live = self.live.lock().expect("live streams");
+        if live.get(&row.id).is_some_and(|l| l.session != row.session) {
+            return;
+        }
         self.pending
             .lock()
             .expect("node rows")

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use switchyard::pb;
@@ -20,8 +20,11 @@ use crate::grpc::{Head, Operator};
 use crate::health::{self, Reporter};
 use crate::metrics;
 use crate::nodes::Registry;
-use crate::store::{self, Store, Timed};
+use crate::store::{self, Breaker, Store, Timed};
 use crate::sync::Agents;
+
+/// The store as the server's services see it: timed, behind the circuit.
+type Served<S> = Breaker<Timed<S>>;
 
 /// Largest request a client may send (an Apply of many resources).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -66,8 +69,15 @@ pub struct Config {
     /// The gRPC port's certificate, key and (for mutual TLS) client CA;
     /// `None` serves plaintext. The files are re-read when they change.
     pub tls: Option<ServerFiles>,
-    /// How long a client may take to finish its TLS handshake.
+    /// How long a client may take to finish its TLS handshake, or on a
+    /// plaintext port to send the HTTP/2 preface.
     pub handshake_timeout: Duration,
+    /// How often an HTTP/2 PING is sent to each client connection (when it
+    /// sent nothing meanwhile); `None` sends none.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a client may take to answer a PING before its connection
+    /// is closed (and its streams, e.g. an agent's, end).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +99,8 @@ impl Default for Config {
             bootstrap_token_file: None,
             tls: None,
             handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -181,9 +193,10 @@ pub async fn serve_with<S: Store>(
     } = listeners;
     // Before anything else: bad TLS files are a configuration error.
     let tls = config.tls.clone().map(ServerTls::load).transpose()?;
-    // Every store call of this server is timed, for the metrics.
+    // Every store call of this server is timed, for the metrics, and fails
+    // fast while the upkeep finds the store unreachable.
     let latency = Arc::new(store::Latency::default());
-    let store = Arc::new(Timed::new(store, latency.clone()));
+    let store: Arc<Served<S>> = Arc::new(Breaker::new(Timed::new(store, latency.clone())));
     let head = Head::new(store.revision().await?);
     let tokens = Arc::new(Tokens::default());
     if config.auth.enforce
@@ -211,13 +224,13 @@ pub async fn serve_with<S: Store>(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<pb::operator_service_server::OperatorServiceServer<Operator<Timed<S>>>>()
+        .set_serving::<pb::operator_service_server::OperatorServiceServer<Operator<Served<S>>>>()
         .await;
     health
-        .set_serving::<pb::agent_service_server::AgentServiceServer<Agents<Timed<S>>>>()
+        .set_serving::<pb::agent_service_server::AgentServiceServer<Agents<Served<S>>>>()
         .await;
     health
-        .set_serving::<pb::token_service_server::TokenServiceServer<auth::service::TokenService<Timed<S>>>>()
+        .set_serving::<pb::token_service_server::TokenServiceServer<auth::service::TokenService<Served<S>>>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -269,7 +282,7 @@ pub async fn serve_with<S: Store>(
         store: latency,
     };
     let metrics_addr = metrics_listener.as_ref().map(TcpListener::local_addr);
-    let store_up = Arc::new(AtomicBool::new(true));
+    let store_up = store.flag();
     let ready = {
         let store_up = store_up.clone();
         move || match store_up.load(Ordering::Relaxed) {
@@ -287,8 +300,10 @@ pub async fn serve_with<S: Store>(
     }
     info!(%addr, revision = head.current(), tls = tls.is_some(), "listening");
     let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // A dead peer (host gone, path cut) is noticed and its streams
+        // freed within interval + timeout: 40 s by default.
+        .http2_keepalive_interval(config.keepalive_interval)
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .layer(auth::Layer::new(config.auth.clone(), tokens.clone()))
         .add_service(health_service)
         .add_service(reflection)
@@ -310,16 +325,15 @@ pub async fn serve_with<S: Store>(
 
     let services = [
         "",
-        <pb::operator_service_server::OperatorServiceServer<Operator<Timed<S>>> as tonic::server::NamedService>::NAME,
-        <pb::agent_service_server::AgentServiceServer<Agents<Timed<S>>> as tonic::server::NamedService>::NAME,
-        <pb::token_service_server::TokenServiceServer<auth::service::TokenService<Timed<S>>> as tonic::server::NamedService>::NAME,
+        <pb::operator_service_server::OperatorServiceServer<Operator<Served<S>>> as tonic::server::NamedService>::NAME,
+        <pb::agent_service_server::AgentServiceServer<Agents<Served<S>>> as tonic::server::NamedService>::NAME,
+        <pb::token_service_server::TokenServiceServer<auth::service::TokenService<Served<S>>> as tonic::server::NamedService>::NAME,
     ];
     let watched = Watched {
         head: &head,
         tokens: &tokens,
         health: &health,
         services: &services,
-        store_up: &store_up,
     };
     let upkeep = upkeep(store.as_ref(), watched, config, &shutdown);
     let follow = fanout::follow(store.as_ref(), &state, &head, config.fanout, &shutdown);
@@ -339,7 +353,6 @@ struct Watched<'a> {
     tokens: &'a Tokens,
     health: &'a tonic_health::server::HealthReporter,
     services: &'a [&'static str],
-    store_up: &'a AtomicBool,
 }
 
 /// How long one poll of the store may take before the store counts as
@@ -350,7 +363,7 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(1);
 /// reports the store's reachability as this server's gRPC health and
 /// readiness, and compacts the change log, until shutdown.
 async fn upkeep<S: Store>(
-    store: &S,
+    store: &Breaker<S>,
     watched: Watched<'_>,
     config: &Config,
     shutdown: &CancellationToken,
@@ -363,36 +376,38 @@ async fn upkeep<S: Store>(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = poll.tick() => {
-                let read = tokio::time::timeout(POLL_TIMEOUT, store.revision()).await;
-                let up = match read {
+                // Around the circuit: this poll is what closes it again.
+                let read = tokio::time::timeout(POLL_TIMEOUT, store.inner().revision()).await;
+                let failure = match read {
                     Ok(Ok(rev)) => {
                         watched.head.advance(rev);
-                        // Tokens created or revoked through another replica.
-                        if let Err(error) = watched.tokens.refresh(store).await {
-                            warn!(%error, "reading the store's tokens");
-                        }
-                        true
+                        None
                     }
-                    Ok(Err(error)) => {
-                        warn!(%error, "reading the store's revision");
-                        false
-                    }
-                    Err(_) => {
-                        warn!(timeout = ?POLL_TIMEOUT, "reading the store's revision timed out");
-                        false
-                    }
+                    Ok(Err(error)) => Some(error.to_string()),
+                    Err(_) => Some(format!("no answer within {POLL_TIMEOUT:?}")),
                 };
-                if watched.store_up.swap(up, Ordering::Relaxed) != up {
-                    let status = if up {
-                        info!("the store answers again: serving");
-                        tonic_health::ServingStatus::Serving
-                    } else {
-                        warn!("the store cannot be reached: not serving");
-                        tonic_health::ServingStatus::NotServing
+                let up = failure.is_none();
+                if store.set_up(up) != up {
+                    let status = match &failure {
+                        None => {
+                            info!("the store answers again: serving");
+                            tonic_health::ServingStatus::Serving
+                        }
+                        Some(error) => {
+                            warn!(%error, "the store cannot be reached: not serving, calls fail fast");
+                            tonic_health::ServingStatus::NotServing
+                        }
                     };
                     for service in watched.services {
                         watched.health.set_service_status(*service, status).await;
                     }
+                } else if let Some(error) = &failure {
+                    // Said at WARN once per outage, above.
+                    tracing::debug!(%error, "the store still cannot be reached");
+                }
+                // Tokens created or revoked through another replica.
+                if up && let Err(error) = watched.tokens.refresh(store).await {
+                    warn!(%error, "reading the store's tokens");
                 }
             }
             _ = compaction.tick() => match store.compact(config.change_log_retention).await {

@@ -28,11 +28,13 @@ use switchyard::pb;
 use switchyard::resource::{Kind, Ref};
 use switchyard::validate::Invalid;
 
+mod breaker;
 mod postgres;
 mod sql;
 mod sqlite;
 mod timed;
 
+pub use breaker::Breaker;
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 pub use timed::{Call, Latency, Timed};
@@ -93,12 +95,47 @@ pub enum Error {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store is known to be unreachable (the server's last poll of it
+    /// failed), so the call was not tried; see [`Breaker`].
+    #[error("the store cannot be reached")]
+    Unavailable,
 }
 
 impl Error {
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Database(_) | Error::Conflict { .. })
+        matches!(
+            self,
+            Error::Database(_) | Error::Conflict { .. } | Error::Unavailable
+        )
+    }
+
+    /// Whether the store could not be reached at all (as opposed to
+    /// answering with a failure): no connection could be had or kept, or
+    /// the server is shutting down or starting up. Another replica, or the
+    /// same one a little later, may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable => true,
+            Error::Database(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                // SQLSTATE class 08: connection exception; 57P01..57P03:
+                // the server is shutting down, crashed or starting up.
+                // SQLite: SQLITE_BUSY (and its extended codes) past the
+                // busy timeout, e.g. another process holds the file locked.
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || matches!(&*c, "57P01" | "57P02" | "57P03")
+                        || c.parse::<u32>().is_ok_and(|n| n & 0xff == 5)
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 
@@ -269,6 +306,11 @@ pub struct NodeRow {
     pub session: u64,
     /// The last configuration it refused: revision, error, Unix milliseconds.
     pub nack: Option<(u64, String, i64)>,
+    /// The agent process holding the stream (see `pb::Hello::instance_id`).
+    pub instance: Arc<str>,
+    /// The configuration it serves but could not save to its disk:
+    /// revision, error, since when (Unix milliseconds).
+    pub persist: Option<(u64, String, i64)>,
 }
 
 /// One endpoint's health as its node's agent reported it (or as the control
@@ -467,6 +509,18 @@ pub trait Store: Send + Sync + 'static {
     /// only replaces one written by the same session.
     fn record_nodes(&self, rows: Vec<NodeRow>) -> impl Future<Output = Result<()>> + Send;
 
+    /// Writes the row of a new stream for `row.id`, unless another stream
+    /// holds the node: its row is connected, was written by another
+    /// replica and another agent instance (an empty instance matches none),
+    /// and was seen at or after `live_after_ms`. Returns `None` when
+    /// written, else the replica holding the node. One statement, so two
+    /// replicas admitting the same node at once cannot both win.
+    fn claim_node(
+        &self,
+        row: NodeRow,
+        live_after_ms: i64,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+
     /// Marks connected nodes not heard from since `before_ms` disconnected
     /// (their replica died or lost them). Returns how many.
     fn expire_nodes(&self, before_ms: i64) -> impl Future<Output = Result<u64>> + Send;
@@ -637,6 +691,9 @@ impl Store for Any {
     }
     async fn record_nodes(&self, rows: Vec<NodeRow>) -> Result<()> {
         delegate!(self, s => s.record_nodes(rows))
+    }
+    async fn claim_node(&self, row: NodeRow, live_after_ms: i64) -> Result<Option<String>> {
+        delegate!(self, s => s.claim_node(row, live_after_ms))
     }
     async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {
         delegate!(self, s => s.expire_nodes(before_ms))

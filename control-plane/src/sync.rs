@@ -33,7 +33,7 @@ use crate::auth::Caller;
 use crate::fanout::{State, View};
 use crate::grpc::{Head, invalid_argument, node_status, status};
 use crate::health::Reporter;
-use crate::nodes::{Registry, now_ms};
+use crate::nodes::{Held, Registry, now_ms};
 use crate::store::{NodeRow, Store};
 
 /// How long a new stream may take to send its Hello.
@@ -152,10 +152,22 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
 
         // An agent behind the change-log horizon, or with nothing, starts
         // over from a snapshot; any other resumes from what it holds.
-        let horizon = self.store.horizon().await.map_err(status)?;
         // The first push waits until this replica's state has every write
         // committed before the agent arrived (it trails by a debounce).
-        let floor = self.store.revision().await.map_err(status)?;
+        let read = async {
+            Ok::<_, crate::store::Error>((
+                self.store.horizon().await?,
+                self.store.revision().await?,
+            ))
+        };
+        let (horizon, floor) = match read.await {
+            Ok(read) => read,
+            // The store is down: serve the agent from memory. Nothing newer
+            // than this replica's state can be committed meanwhile, and the
+            // agent's inventory makes the delta exact whatever the horizon.
+            Err(e) if e.is_unavailable() => (0, self.state.borrow().revision),
+            Err(e) => return Err(status(e)),
+        };
         // An agent ahead of the store holds another history (e.g. the
         // database was restored from a backup): it starts over too.
         let have = hello.last_applied_revision;
@@ -164,6 +176,25 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             warn!(node = %hello.node_id, have, store = floor, "agent is ahead of the store; sending a snapshot");
         }
         let id = self.registry.session_id();
+        let row = NodeRow {
+            id: hello.node_id.into(),
+            labels: Arc::new(hello.labels),
+            agent_version: hello.agent_version.into(),
+            applied_revision: if fresh { 0 } else { have },
+            connected: true,
+            replica: self.registry.replica.clone(),
+            last_seen_ms: now_ms(),
+            session: id,
+            nack: None,
+            instance: hello
+                .instance_id
+                .chars()
+                .take(64)
+                .collect::<String>()
+                .into(),
+            persist: None,
+        };
+        let replaced = self.admit(&row).await?;
         let session = Session {
             inbound,
             state: self.state.clone(),
@@ -182,17 +213,8 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             greeted: false,
             heard: Instant::now(),
             lease: Box::pin(tokio::time::sleep(self.registry.lease)),
-            row: NodeRow {
-                id: hello.node_id.into(),
-                labels: Arc::new(hello.labels),
-                agent_version: hello.agent_version.into(),
-                applied_revision: if fresh { 0 } else { have },
-                connected: true,
-                replica: self.registry.replica.clone(),
-                last_seen_ms: now_ms(),
-                session: id,
-                nack: None,
-            },
+            replaced: Box::pin(replaced.cancelled_owned()),
+            row,
             recorded_at: Instant::now(),
         };
         session.registry.record(session.row.clone());
@@ -208,6 +230,41 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
             Box::new(session),
             Session::next,
         ))))
+    }
+}
+
+impl<S: Store> Agents<S> {
+    /// Admits a new stream for `row.id`, on this replica and then in the
+    /// store, or refuses it with `ALREADY_EXISTS` while the node has a live
+    /// stream from another agent instance on any replica.
+    async fn admit(&self, row: &NodeRow) -> Result<CancellationToken, Status> {
+        let lease = self.registry.lease;
+        let refuse = |held: Held| {
+            self.registry.stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(node = %row.id, holder = %held.replica, "refused a second stream for a node with a live one");
+            Status::already_exists(format!(
+                "node {:?} already has a live Sync stream, on replica {}: another agent with \
+                 the same node id is refused until that stream ends or has been silent for \
+                 {lease:?}",
+                &*row.id, held.replica
+            ))
+        };
+        let replaced = self.registry.admit(row).map_err(refuse)?;
+        let live_after = now_ms() - lease.as_millis() as i64;
+        match self.store.claim_node(row.clone(), live_after).await {
+            Ok(None) => Ok(replaced),
+            Ok(Some(replica)) => {
+                self.registry.leave(&row.id, row.session);
+                Err(refuse(Held { replica }))
+            }
+            // The store is down: this replica's own streams are all it can
+            // check; the row is written with the session's first status.
+            Err(e) if e.is_unavailable() => Ok(replaced),
+            Err(e) => {
+                self.registry.leave(&row.id, row.session);
+                Err(status(e))
+            }
+        }
     }
 }
 
@@ -263,6 +320,8 @@ struct Session {
     /// Fires at the end of the lease as of some earlier `heard`; re-armed
     /// only when it fires, so a busy stream costs no timer work per message.
     lease: Pin<Box<tokio::time::Sleep>>,
+    /// Fires when the same agent's new stream replaces this one.
+    replaced: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     row: NodeRow,
     recorded_at: Instant,
 }
@@ -277,6 +336,7 @@ impl Session {
             }
             tokio::select! {
                 _ = self.shutdown.as_mut() => return None,
+                _ = self.replaced.as_mut() => return None,
                 _ = self.lease.as_mut() => {
                     let end = self.heard + self.registry.lease;
                     if end > Instant::now() {
@@ -385,6 +445,7 @@ impl Session {
                     self.revision = ack.revision;
                     self.nacked = None;
                     self.row.nack = None;
+                    self.persisted(ack.revision, &ack.persist_error);
                     self.current_at(ack.revision);
                 }
                 other => {
@@ -432,6 +493,10 @@ impl Session {
                     return Err(node_status(error));
                 }
             }
+            Some(M::Persisted(persisted)) => {
+                self.persisted(persisted.revision, &persisted.error);
+                self.record();
+            }
             Some(M::Hello(_)) => {
                 return Err(invalid_argument(switchyard::validate::Invalid::one(
                     join("message", "hello"),
@@ -441,6 +506,26 @@ impl Session {
             None => {}
         }
         Ok(())
+    }
+
+    /// Notes whether the agent saved the configuration at `revision` to
+    /// its disk (`error` empty) or not; the row is written by the caller.
+    fn persisted(&mut self, revision: u64, error: &str) {
+        if error.is_empty() {
+            if self.row.persist.take().is_some() {
+                info!(node = %self.row.id, revision, "agent saved its configuration again");
+            }
+            return;
+        }
+        let error: String = error.chars().take(1024).collect();
+        let since = match &self.row.persist {
+            Some((_, _, since)) => *since,
+            None => {
+                warn!(node = %self.row.id, revision, %error, "agent serves a configuration it could not save to its disk");
+                now_ms()
+            }
+        };
+        self.row.persist = Some((revision, error, since));
     }
 
     /// Records that the node's configuration is current at `revision`.
@@ -462,6 +547,10 @@ impl Drop for Session {
             .stats
             .connected
             .fetch_sub(1, Ordering::Relaxed);
+        // A stream replaced by its agent's new one leaves the row alone.
+        if !self.registry.leave(&self.row.id, self.row.session) {
+            return;
+        }
         self.row.connected = false;
         self.row.last_seen_ms = now_ms();
         self.registry.record(self.row.clone());

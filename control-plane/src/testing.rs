@@ -151,6 +151,225 @@ impl Drop for TempDir {
     }
 }
 
+/// A Postgres server of a test's own, on a free loopback port, that the
+/// test may stop and start again: outage tests use it, never the shared
+/// server at `DATABASE_URL`. Built with the Debian `postgresql` binaries
+/// (`initdb`, `pg_ctl` under `/usr/lib/postgresql/*/bin`, or on `PATH`);
+/// run as the `postgres` user when the test runs as root (initdb refuses
+/// root). Removed, data and all, when dropped.
+#[derive(Debug)]
+pub struct PgServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    /// The user the server runs as, when the test runs as root.
+    user: Option<&'static str>,
+}
+
+impl PgServer {
+    /// Initialises and starts a server; panics, saying what is missing,
+    /// when the Postgres binaries are not installed.
+    pub async fn start() -> PgServer {
+        tokio::task::spawn_blocking(Self::start_blocking)
+            .await
+            .expect("starting Postgres")
+    }
+
+    fn start_blocking() -> PgServer {
+        let bin = pg_bindir().expect(
+            "outage tests need the Postgres server binaries (initdb, pg_ctl): \
+             install the Debian package `postgresql`",
+        );
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let user = root.then_some("postgres");
+        // Under /tmp: reachable by the postgres user, short enough for the
+        // server's socket path.
+        let dir = PathBuf::from("/tmp").join(unique("sy_pg"));
+        std::fs::create_dir_all(&dir).expect("create Postgres directory");
+        let server = PgServer {
+            bin,
+            dir,
+            port: std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port(),
+            user,
+        };
+        if let Some(user) = user {
+            server.run("chown", &[user, &server.dir.display().to_string()]);
+        }
+        let data = server.data();
+        let initdb = server.bin.join("initdb").display().to_string();
+        server.run_as(&[
+            &initdb,
+            "-D",
+            &data,
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+        ]);
+        server.start_again_blocking();
+        server
+    }
+
+    /// Its URL (the `postgres` database, superuser `postgres`).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended, as when a
+    /// database is stopped for maintenance) and waits until it is down.
+    pub async fn stop(&self) {
+        let ctl = self.ctl();
+        let data = self.data();
+        let user = self.user;
+        tokio::task::spawn_blocking(move || {
+            run_as(user, &[&ctl, "-D", &data, "-m", "fast", "-w", "stop"])
+        })
+        .await
+        .expect("stopping Postgres");
+    }
+
+    /// Starts the stopped server again on the same port, with the same
+    /// data, and waits until it accepts connections.
+    pub async fn start_again(&self) {
+        let (ctl, data, log) = (self.ctl(), self.data(), self.log());
+        let (options, user) = (self.options(), self.user);
+        tokio::task::spawn_blocking(move || start_server(user, &ctl, &data, &log, &options))
+            .await
+            .expect("starting Postgres");
+    }
+
+    fn start_again_blocking(&self) {
+        start_server(
+            self.user,
+            &self.ctl(),
+            &self.data(),
+            &self.log(),
+            &self.options(),
+        );
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.display()
+        )
+    }
+
+    fn log(&self) -> String {
+        self.dir.join("postgres.log").display().to_string()
+    }
+
+    fn ctl(&self) -> String {
+        self.bin.join("pg_ctl").display().to_string()
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn run_as(&self, argv: &[&str]) {
+        run_as(self.user, argv)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        run_as(None, &[&[program], args].concat())
+    }
+}
+
+/// `pg_ctl start`, waiting until the server accepts connections.
+fn start_server(user: Option<&str>, ctl: &str, data: &str, log: &str, options: &str) {
+    run_as(
+        user,
+        &[
+            ctl, "-D", data, "-l", log, "-w", "-t", "60", "-o", options, "start",
+        ],
+    );
+}
+
+/// Runs `argv` (as `user`, if set), panicking with its output on failure.
+fn run_as(user: Option<&str>, argv: &[&str]) {
+    let mut command = match user {
+        Some(user) => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", user, "--"]).args(argv);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    // The server's working directory must be readable by its user.
+    let output = command
+        .current_dir("/tmp")
+        .output()
+        .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{argv:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The directory of `initdb` and `pg_ctl`: on `PATH`, else the newest
+/// `/usr/lib/postgresql/*/bin` (as `scripts/lib/postgres.sh` finds them).
+fn pg_bindir() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(dir) = std::env::split_paths(&path)
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+    {
+        return Some(dir);
+    }
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()).then_some((version, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, bin)| bin)
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let ctl = self.ctl();
+        let data = self.data();
+        // Whether it runs or not: an immediate stop, then the files go.
+        let _ = std::process::Command::new(if self.user.is_some() { "runuser" } else { &ctl })
+            .args(match self.user {
+                Some(user) => vec![
+                    "-u",
+                    user,
+                    "--",
+                    &ctl,
+                    "-D",
+                    &data,
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                None => vec!["-D", &data, "-m", "immediate", "-w", "stop"],
+            })
+            .current_dir("/tmp")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A control-plane server running in this process on a loopback port.
 #[derive(Debug)]
 pub struct TestServer {

@@ -550,6 +550,8 @@ async fn stale_nodes_are_those_not_seen_since(db: TestDb) {
         last_seen_ms,
         session: 1,
         nack: None,
+        instance: "".into(),
+        persist: None,
     };
     store
         .record_nodes(vec![

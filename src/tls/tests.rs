@@ -1,7 +1,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::HealthCheckRequest;
@@ -257,6 +257,42 @@ async fn a_peer_that_never_finishes_the_handshake_is_dropped_after_the_timeout()
     // Others are served meanwhile and after.
     let client = pki.client("node-1", Some(&pki.ca.client(Some("node-1"))));
     check(&server.https(), &client).await.unwrap();
+    assert_eq!(server.conns.load(Ordering::SeqCst), 1, "only the good one");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plaintext_peer_that_sends_no_preface_is_dropped_after_the_timeout() {
+    let timeout = Duration::from_millis(300);
+    let server = Served::start(None, timeout).await;
+    let started = tokio::time::Instant::now();
+    // One says nothing; another starts the preface and stops.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut halfway = TcpStream::connect(server.addr).await.unwrap();
+    halfway.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for conn in [&mut silent, &mut halfway] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(PATIENCE, conn.read(&mut buf))
+            .await
+            .expect("the server closed the stalled connection");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "closed without a word: {read:?}"
+        );
+    }
+    assert!(started.elapsed() >= timeout, "not before the timeout");
+    assert!(started.elapsed() < timeout * 3, "{:?}", started.elapsed());
+
+    // Others are served meanwhile and after.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap();
     assert_eq!(server.conns.load(Ordering::SeqCst), 1, "only the good one");
     server.stop().await;
 }

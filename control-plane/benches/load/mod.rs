@@ -59,6 +59,9 @@ impl Sim {
                 node_id: format!("node-{id}"),
                 labels: self.labels.clone(),
                 agent_version: "load".into(),
+                // One simulated agent per node: a reconnect replaces its
+                // previous stream at once.
+                instance_id: format!("load-{id}"),
                 last_applied_revision: revision,
                 resources: inventory
                     .iter()
@@ -154,7 +157,10 @@ impl Sim {
                 reached.push((to, now));
                 shared.revision[id].store(to, Ordering::Relaxed);
                 let ack = pb::SyncRequest {
-                    message: Some(pb::sync_request::Message::Ack(pb::Ack { revision: to })),
+                    message: Some(pb::sync_request::Message::Ack(pb::Ack {
+                        revision: to,
+                        ..Default::default()
+                    })),
                 };
                 if tx.send(ack).await.is_err() {
                     break;

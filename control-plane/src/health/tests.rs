@@ -238,6 +238,8 @@ async fn writes_are_attributed_to_the_node_or_to_the_control_plane() {
             last_seen_ms: 1_000,
             session: 1,
             nack: None,
+            instance: "".into(),
+            persist: None,
         }])
         .await
         .unwrap();

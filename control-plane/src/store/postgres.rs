@@ -4,6 +4,14 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+/// How long a call waits for a pooled connection (or for a new one to be
+/// opened, retried while Postgres refuses) before it fails as unavailable.
+/// Short, so that a call made as Postgres goes away fails within it rather
+/// than hanging; once the server's poll notices the outage, calls fail at
+/// once (see `Breaker`). Queries are short, so waiting this long for one of
+/// the pool's connections means the database is overloaded anyway.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A store in Postgres.
 #[derive(Debug, Clone)]
 pub struct Postgres {
@@ -15,7 +23,7 @@ impl Postgres {
     pub async fn connect(url: &str) -> super::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;

@@ -233,6 +233,44 @@ macro_rules! impl_store {
 
         type Tx = sqlx::Transaction<'static, $db>;
 
+        /// `INSERT` of node rows, replacing the row of the same node on
+        /// conflict; the caller adds the `WHERE` that decides when.
+        fn node_upsert(rows: &[NodeRow]) -> sqlx::QueryBuilder<'_, $db> {
+            let mut insert = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO nodes (id, labels, agent_version, applied_revision, connected, replica, \
+                 last_seen_ms, nack_revision, nack_error, nack_at_ms, session, instance, \
+                 persist_revision, persist_error, persist_at_ms) ",
+            );
+            insert.push_values(rows, |mut b, row| {
+                b.push_bind(&*row.id)
+                    .push_bind(sql::labels_to_text(&row.labels))
+                    .push_bind(&*row.agent_version)
+                    .push_bind(row.applied_revision as i64)
+                    .push_bind(row.connected)
+                    .push_bind(&*row.replica)
+                    .push_bind(row.last_seen_ms)
+                    .push_bind(row.nack.as_ref().map(|n| n.0 as i64))
+                    .push_bind(row.nack.as_ref().map(|n| n.1.clone()))
+                    .push_bind(row.nack.as_ref().map(|n| n.2))
+                    .push_bind(row.session as i64)
+                    .push_bind(&*row.instance)
+                    .push_bind(row.persist.as_ref().map(|p| p.0 as i64))
+                    .push_bind(row.persist.as_ref().map(|p| p.1.clone()))
+                    .push_bind(row.persist.as_ref().map(|p| p.2));
+            });
+            insert.push(
+                " ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
+                 agent_version = excluded.agent_version, applied_revision = excluded.applied_revision, \
+                 connected = excluded.connected, replica = excluded.replica, \
+                 last_seen_ms = excluded.last_seen_ms, nack_revision = excluded.nack_revision, \
+                 nack_error = excluded.nack_error, nack_at_ms = excluded.nack_at_ms, \
+                 session = excluded.session, instance = excluded.instance, \
+                 persist_revision = excluded.persist_revision, persist_error = excluded.persist_error, \
+                 persist_at_ms = excluded.persist_at_ms",
+            );
+            insert
+        }
+
         /// Takes the next revision. Must be the first statement of every
         /// write transaction: the row lock orders writers by commit.
         async fn bump(tx: &mut Tx) -> Result<u64> {
@@ -598,7 +636,8 @@ macro_rules! impl_store {
             async fn nodes(&self) -> Result<Vec<pb::Node>> {
                 let rows = sqlx::query(
                     "SELECT id, labels, agent_version, applied_revision, connected, replica, \
-                     last_seen_ms, nack_revision, nack_error, nack_at_ms FROM nodes ORDER BY id",
+                     last_seen_ms, nack_revision, nack_error, nack_at_ms, persist_revision, \
+                     persist_error, persist_at_ms FROM nodes ORDER BY id",
                 )
                 .fetch_all(&self.pool)
                 .await?;
@@ -607,6 +646,7 @@ macro_rules! impl_store {
                     .into_iter()
                     .map(|row| {
                         let nack_revision: Option<i64> = row.get(7);
+                        let persist_revision: Option<i64> = row.get(10);
                         pb::Node {
                             id: row.get(0),
                             labels: sql::labels_from_text(row.get::<&str, _>(1)),
@@ -619,6 +659,11 @@ macro_rules! impl_store {
                                 revision: rev as u64,
                                 error: row.get::<Option<String>, _>(8).unwrap_or_default(),
                                 at: row.get::<Option<i64>, _>(9).map(ts),
+                            }),
+                            persist_failure: persist_revision.map(|rev| pb::NodePersistFailure {
+                                revision: rev as u64,
+                                error: row.get::<Option<String>, _>(11).unwrap_or_default(),
+                                since: row.get::<Option<i64>, _>(12).map(ts),
                             }),
                         }
                     })
@@ -657,36 +702,48 @@ macro_rules! impl_store {
                 // Multi-row statements: a fleet acking one change is one
                 // round trip per thousand nodes, not one per node.
                 for chunk in rows.chunks(sql::NODE_ROWS_PER_STATEMENT) {
-                    let mut insert = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO nodes (id, labels, agent_version, applied_revision, connected, replica, \
-                         last_seen_ms, nack_revision, nack_error, nack_at_ms, session) ",
-                    );
-                    insert.push_values(chunk, |mut b, row| {
-                        b.push_bind(&*row.id)
-                            .push_bind(sql::labels_to_text(&row.labels))
-                            .push_bind(&*row.agent_version)
-                            .push_bind(row.applied_revision as i64)
-                            .push_bind(row.connected)
-                            .push_bind(&*row.replica)
-                            .push_bind(row.last_seen_ms)
-                            .push_bind(row.nack.as_ref().map(|n| n.0 as i64))
-                            .push_bind(row.nack.as_ref().map(|n| n.1.clone()))
-                            .push_bind(row.nack.as_ref().map(|n| n.2))
-                            .push_bind(row.session as i64);
-                    });
+                    let mut insert = node_upsert(chunk);
+                    // A session updates its own row; a new one takes the
+                    // row of a disconnected node, or of a stream of its own
+                    // replica (which admits one stream per node). Never the
+                    // row of a live stream on another replica: an old
+                    // stream there, not yet seen dead, must not overwrite
+                    // the node's new one.
                     insert.push(
-                        " ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, \
-                         agent_version = excluded.agent_version, applied_revision = excluded.applied_revision, \
-                         connected = excluded.connected, replica = excluded.replica, \
-                         last_seen_ms = excluded.last_seen_ms, nack_revision = excluded.nack_revision, \
-                         nack_error = excluded.nack_error, nack_at_ms = excluded.nack_at_ms, \
-                         session = excluded.session \
-                         WHERE excluded.connected OR nodes.session = excluded.session",
+                        " WHERE nodes.session = excluded.session OR (excluded.connected \
+                         AND (NOT nodes.connected OR nodes.replica = excluded.replica))",
                     );
                     insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn claim_node(&self, row: NodeRow, live_after_ms: i64) -> Result<Option<String>> {
+                let id = row.id.clone();
+                let rows = [row];
+                let mut claim = node_upsert(&rows);
+                claim
+                    .push(
+                        " WHERE nodes.session = excluded.session OR NOT nodes.connected \
+                         OR nodes.replica = excluded.replica \
+                         OR (excluded.instance <> '' AND nodes.instance = excluded.instance) \
+                         OR nodes.last_seen_ms < ",
+                    )
+                    .push_bind(live_after_ms);
+                let mut tx: Tx = self.pool.begin().await?;
+                let written = claim.build().execute(&mut *tx).await?.rows_affected();
+                let holder = match written {
+                    0 => Some(
+                        sqlx::query_scalar("SELECT replica FROM nodes WHERE id = $1")
+                            .bind(&*id)
+                            .fetch_one(&mut *tx)
+                            .await?,
+                    ),
+                    _ => None,
+                };
+                tx.commit().await?;
+                Ok(holder)
             }
 
             async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {

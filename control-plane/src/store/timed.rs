@@ -56,11 +56,13 @@ pub enum Call {
     TokenEpoch,
     /// [`Store::bootstrap_token`].
     BootstrapToken,
+    /// [`Store::claim_node`].
+    ClaimNode,
 }
 
 impl Call {
     /// Every call, in the order metrics list them.
-    pub const ALL: [Call; 19] = [
+    pub const ALL: [Call; 20] = [
         Call::Apply,
         Call::Delete,
         Call::Get,
@@ -80,6 +82,7 @@ impl Call {
         Call::RevokeToken,
         Call::TokenEpoch,
         Call::BootstrapToken,
+        Call::ClaimNode,
     ];
 
     /// The call's name: the `op` label of the store metrics.
@@ -104,6 +107,7 @@ impl Call {
             Call::RevokeToken => "revoke_token",
             Call::TokenEpoch => "token_epoch",
             Call::BootstrapToken => "bootstrap_token",
+            Call::ClaimNode => "claim_node",
         }
     }
 }
@@ -198,6 +202,10 @@ impl<S: Store> Store for Timed<S> {
     }
     async fn expire_nodes(&self, before_ms: i64) -> Result<u64> {
         self.time(Call::ExpireNodes, self.inner.expire_nodes(before_ms))
+            .await
+    }
+    async fn claim_node(&self, row: NodeRow, live_after_ms: i64) -> Result<Option<String>> {
+        self.time(Call::ClaimNode, self.inner.claim_node(row, live_after_ms))
             .await
     }
     async fn write_health(&self, writes: Vec<HealthWrite>) -> Result<HealthWritten> {

@@ -60,6 +60,7 @@ pub async fn run(
                 "LAST-SEEN",
                 "ENDPOINTS",
                 "LAST-NACK",
+                "SAVED",
             ]);
             for node in &nodes.nodes {
                 t.row(vec![
@@ -76,6 +77,15 @@ pub async fn run(
                             n.at.as_ref()
                                 .map_or(String::new(), |at| format!(", {} ago", age(at, now)));
                         format!("revision {}{when}: {}", n.revision, n.error)
+                    }),
+                    // Whether the agent could save what it serves to its
+                    // disk: a restart without a control plane serves that.
+                    node.persist_failure.as_ref().map_or("yes".into(), |p| {
+                        let since = p
+                            .since
+                            .as_ref()
+                            .map_or(String::new(), |at| format!(" for {}", age(at, now)));
+                        format!("NO{since}: revision {}: {}", p.revision, p.error)
                     }),
                 ]);
             }

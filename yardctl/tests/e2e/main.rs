@@ -5,6 +5,7 @@
 
 mod audit;
 mod manifests;
+mod persist;
 mod reads;
 mod rollout;
 mod support;

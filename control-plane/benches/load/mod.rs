@@ -270,6 +270,7 @@ pub fn machine_cpu() -> Duration {
 /// A counter of the kernel's TCP statistics (`TcpExt` in
 /// `/proc/net/netstat`, as `nstat` shows them), e.g. `ListenOverflows`:
 /// connections dropped because a listen queue was full. Machine-wide.
+#[allow(dead_code)] // sync_load's; health_load shares this module.
 pub fn tcp_ext(name: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
     let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));

@@ -232,6 +232,7 @@ async fn main() {
                 stop: stop_rx.clone(),
                 reports: Some(rx),
                 on_push: Some(on_push.clone()),
+                heartbeat: None,
             }
             .run(),
         );

@@ -23,6 +23,11 @@ pub struct Shared {
     pub snapshots: AtomicU64,
     /// Agents that received the first push of their current stream.
     pub synced: AtomicU64,
+    /// Stream attempts that failed (connection refused, TLS handshake
+    /// failed or timed out, stream refused) and were retried.
+    pub failures: AtomicU64,
+    /// Heartbeats sent.
+    pub heartbeats: AtomicU64,
 }
 
 /// Called with (agent id, upserted resources, arrival time) for every push.
@@ -38,6 +43,9 @@ pub struct Sim {
     /// Health reports to send on whichever stream is open.
     pub reports: Option<mpsc::Receiver<pb::HealthReport>>,
     pub on_push: Option<OnPush>,
+    /// Sends a heartbeat this often on each stream, the first one this
+    /// long after the stream opens, as real agents do (`None`: never).
+    pub heartbeat: Option<Duration>,
 }
 
 impl Sim {
@@ -83,12 +91,25 @@ impl Sim {
             let mut stream = match client.sync(ReceiverStream::new(rx)).await {
                 Ok(s) => s.into_inner(),
                 Err(_) => {
+                    self.shared.failures.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(50 + (id % 100) as u64)).await;
                     continue;
                 }
             };
             let mut first = true;
+            let mut heartbeat = self.heartbeat.map(|period| {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            });
             loop {
+                let beat = async {
+                    match &mut heartbeat {
+                        Some(tick) => tick.tick().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let reports = async {
                     match &mut self.reports {
                         Some(rx) => rx.recv().await,
@@ -104,6 +125,18 @@ impl Sim {
                         if tx.send(health).await.is_err() {
                             break;
                         }
+                        continue;
+                    }
+                    _ = beat => {
+                        let beat = pb::SyncRequest {
+                            message: Some(pb::sync_request::Message::Heartbeat(pb::Heartbeat {
+                                sent_at: Some(std::time::SystemTime::now().into()),
+                            })),
+                        };
+                        if tx.send(beat).await.is_err() {
+                            break;
+                        }
+                        self.shared.heartbeats.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     m = stream.message() => m,
@@ -238,6 +271,24 @@ pub fn machine_cpu() -> Duration {
         .map(|(_, t)| t)
         .sum();
     Duration::from_millis(busy * 10)
+}
+
+/// A counter of the kernel's TCP statistics (`TcpExt` in
+/// `/proc/net/netstat`, as `nstat` shows them), e.g. `ListenOverflows`:
+/// connections dropped because a listen queue was full. Machine-wide.
+#[allow(dead_code)] // sync_load's; health_load shares this module.
+pub fn tcp_ext(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `p` quantile of sorted durations.

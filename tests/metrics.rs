@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use switchyard::metrics::{Scrape, parse};
 use switchyard::pb;
 use switchyard_agent::metrics::{self, Sources};
-use switchyard_agent::proxy::{Builtin, Driver};
 use switchyard_control_plane::testing::fixtures::{self, item};
 use switchyard_control_plane::testing::{TempDir, TestDb, TestServer, scrape};
+use switchyard_proxy::{Builtin, Driver};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

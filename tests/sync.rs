@@ -331,7 +331,7 @@ switchyard_control_plane::both_backends!(
 /// where the node's proxy sends traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_write_moves_proxied_traffic() {
-    use switchyard_agent::proxy::{Builtin, Driver};
+    use switchyard_proxy::{Builtin, Driver};
 
     let (blue, _b) = one_line_backend("blue").await;
     let (green, _g) = one_line_backend("green").await;
@@ -375,7 +375,7 @@ async fn operator_write_moves_proxied_traffic() {
 /// the next change goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_that_cannot_bind_is_refused_and_the_previous_configuration_stays() {
-    use switchyard_agent::proxy::{Builtin, Driver};
+    use switchyard_proxy::{Builtin, Driver};
 
     let (backend, _b) = one_line_backend("hello").await;
     let listen = free_port();
@@ -390,7 +390,7 @@ async fn listener_that_cannot_bind_is_refused_and_the_previous_configuration_sta
             control_planes: vec![server.url()],
             data_dir: dir.path().to_path_buf(),
             backoff_base: Duration::from_millis(20),
-            preflight: Some(builtin.preflight()),
+            preflight: Some(switchyard_agent::sync::Preflight::new(builtin.preflight())),
             ..Default::default()
         },
         dir,

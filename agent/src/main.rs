@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
 use switchyard::tls::ClientFiles;
-use switchyard_agent::proxy::{Builtin, Driver};
+use switchyard_agent::sync::Preflight;
 use switchyard_agent::{Agent, Config, local, metrics, persist, registration};
+use switchyard_proxy::{Builtin, Driver};
 use tokio_util::sync::CancellationToken;
 
 /// How long the agent may take to stop after a shutdown signal: the proxy
@@ -168,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         builtin = builtin.with_backlog(backlog);
     }
     let config = Config {
-        preflight: Some(builtin.preflight()),
+        preflight: Some(Preflight::new(builtin.preflight())),
         registration,
         node_id,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),

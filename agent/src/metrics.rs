@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use switchyard::metrics::{Encoder, Type};
 use switchyard::pb;
+use switchyard_proxy as proxy;
 use tokio::sync::watch;
 
 use crate::health::{Checks, Results};
-use crate::proxy;
 use crate::state::NodeConfig;
 use crate::sync::{Agent, Stats};
 

@@ -24,7 +24,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use switchyard::node::NodeConfig;
 use switchyard::resource::{Endpoint, Health, Labels, ListenerTarget, Protocol, Service};
+use switchyard::validate::Invalid;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,14 +35,15 @@ use tracing::{debug, info, warn};
 
 use crate::balance::{Balancer, Policy, Target};
 use crate::router::Router;
-use crate::state::NodeConfig;
 
+pub mod balance;
 mod h1;
 mod http;
 mod limit;
 mod metrics;
 mod outlier;
 mod pool;
+pub mod router;
 mod tcp;
 mod workers;
 
@@ -189,9 +192,9 @@ impl Builtin {
     /// stays live, instead of being accepted with a listener that cannot
     /// open. A port taken between the check and the proxy's bind is still
     /// only logged.
-    pub fn preflight(&self) -> crate::sync::Preflight {
+    pub fn preflight(&self) -> impl Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync + 'static {
         let bound = self.bound.clone();
-        crate::sync::Preflight::new(move |config: &NodeConfig| {
+        move |config: &NodeConfig| {
             // Held for the whole check (see `run`): a few trial binds.
             let held = bound.lock().expect("bound listeners");
             let mut v = switchyard::validate::Violations::new();
@@ -208,7 +211,7 @@ impl Builtin {
                 }
             }
             v.finish(())
-        })
+        }
     }
 
     /// A handle on the proxy's traffic counters, which stays valid while
@@ -688,7 +691,7 @@ impl Context {
 
 /// A small, fast, non-cryptographic random source (request ids, weighted
 /// picks), one per thread.
-pub(crate) fn random() -> u64 {
+pub fn random() -> u64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({

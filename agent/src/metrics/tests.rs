@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::health::Observed;
-use crate::proxy::Builtin;
+use switchyard_proxy::Builtin;
 
 fn observed(health: pb::Health) -> Observed {
     Observed {

@@ -94,7 +94,7 @@ thread_local! {
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
-pub(in crate::proxy) struct Limits {
+pub(crate) struct Limits {
     /// The largest request head (request line and headers); a larger one
     /// is answered `431`.
     pub max_head: usize,
@@ -111,10 +111,10 @@ pub(in crate::proxy) struct Limits {
 /// In the extensions of a request that asks to switch protocols: the
 /// handler may pass the ask on and answer `101` with a [`Tunnel`].
 #[derive(Debug, Clone, Copy)]
-pub(in crate::proxy) struct UpgradeRequested;
+pub(crate) struct UpgradeRequested;
 
 /// How a connection ended.
-pub(in crate::proxy) enum Served {
+pub(crate) enum Served {
     /// Served over HTTP/1.x to its end.
     Done,
     /// It opened with the HTTP/2 preface: the connection and the bytes
@@ -128,7 +128,7 @@ pub(in crate::proxy) enum Served {
 /// of each request refused before it reached the handler, and of each
 /// whose body broke off (malformed framing, cut short, too slow) while the
 /// handler read it, whatever the handler answered.
-pub(in crate::proxy) async fn serve<H, F, B>(
+pub(crate) async fn serve<H, F, B>(
     io: TcpStream,
     limits: Limits,
     stop: &CancellationToken,
@@ -726,7 +726,7 @@ fn bad(why: &'static str) -> Refusal {
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
-pub(in crate::proxy) enum Error {
+pub(crate) enum Error {
     /// The connection failed.
     #[error("client connection: {0}")]
     Io(#[from] io::Error),
@@ -743,7 +743,7 @@ pub(in crate::proxy) enum Error {
 }
 
 /// A request body, read from the client's connection as it is polled.
-pub(in crate::proxy) struct Body {
+pub(crate) struct Body {
     shared: Arc<Mutex<Reader>>,
     /// The request it belongs to.
     request: u64,
@@ -757,7 +757,7 @@ impl Body {
 
     /// A handle that tells whether this body broke off, for the handler to
     /// keep while the body itself goes elsewhere.
-    pub(in crate::proxy) fn watch(&self) -> Watch {
+    pub(crate) fn watch(&self) -> Watch {
         Watch(Body {
             shared: self.shared.clone(),
             request: self.request,
@@ -767,11 +767,11 @@ impl Body {
 
 /// Tells whether a request body broke off: its framing was malformed, the
 /// client went away or stopped sending ([`Body::watch`]).
-pub(in crate::proxy) struct Watch(Body);
+pub(crate) struct Watch(Body);
 
 impl Watch {
     /// Whether the body broke off.
-    pub(in crate::proxy) fn broke(&self) -> bool {
+    pub(crate) fn broke(&self) -> bool {
         self.0.reader().is_some_and(|r| r.broken)
     }
 }
@@ -1070,7 +1070,7 @@ async fn switch<B>(
     write: OwnedWriteHalf,
     mut out: BytesMut,
     response: Response<B>,
-    (mut server, early, _slot): (TcpStream, Bytes, crate::proxy::pool::Slot),
+    (mut server, early, _slot): (TcpStream, Bytes, crate::pool::Slot),
     idle: Duration,
 ) {
     let (parts, _) = response.into_parts();

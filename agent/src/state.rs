@@ -61,7 +61,8 @@ pub struct Store {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     resources: BTreeMap<Ref, pb::Resource>,
-    config: NodeConfig,
+    /// Shared: the driver takes it before it is committed.
+    config: Arc<NodeConfig>,
 }
 
 impl Candidate {
@@ -72,6 +73,11 @@ impl Candidate {
 
     /// The configuration it would publish.
     pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The configuration it would publish, shared (no copy).
+    pub fn shared(&self) -> &Arc<NodeConfig> {
         &self.config
     }
 
@@ -161,8 +167,11 @@ impl Store {
             resources.insert(r, raw);
         }
         check_node(&mut v, &config);
-        v.finish(Candidate { resources, config })
-            .map_err(Error::from)
+        v.finish(Candidate {
+            resources,
+            config: Arc::new(config),
+        })
+        .map_err(Error::from)
     }
 
     /// Builds the configuration a Delta leads to from the current one.
@@ -220,15 +229,18 @@ impl Store {
             config.remove(&r);
         }
         check_node(&mut v, &config);
-        v.finish(Candidate { resources, config })
-            .map_err(Error::from)
+        v.finish(Candidate {
+            resources,
+            config: Arc::new(config),
+        })
+        .map_err(Error::from)
     }
 
     /// Makes `candidate` the current configuration and returns it.
     pub fn commit(&mut self, candidate: Candidate) -> Arc<NodeConfig> {
         self.revision = candidate.config.revision;
         self.resources = candidate.resources;
-        self.config = Arc::new(candidate.config);
+        self.config = candidate.config;
         self.config.clone()
     }
 

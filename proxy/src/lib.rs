@@ -19,7 +19,6 @@
 //! metrics endpoint reads (see [`Metrics`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,19 +70,6 @@ pub fn default_backlog() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .map_or(MAX_DEFAULT_BACKLOG, |cap| cap.clamp(1, MAX_DEFAULT_BACKLOG))
-}
-
-/// A data plane the agent drives from the node's configuration.
-///
-/// The built-in proxy is one; a driver for an external proxy (rendering its
-/// configuration and driving its runtime API) is another.
-pub trait Driver: Send + 'static {
-    /// Serves every configuration published on `config` until `shutdown`.
-    fn run(
-        self,
-        config: watch::Receiver<Arc<NodeConfig>>,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = ()> + Send;
 }
 
 /// The built-in proxy.
@@ -215,7 +201,7 @@ impl Builtin {
     }
 
     /// A handle on the proxy's traffic counters, which stays valid while
-    /// the proxy runs (take it before [`Driver::run`] consumes the proxy).
+    /// the proxy runs (take it before [`Builtin::run`] consumes the proxy).
     pub fn metrics(&self) -> Metrics {
         Metrics {
             listeners: self.listeners.clone(),
@@ -477,8 +463,15 @@ struct Open {
     stop: CancellationToken,
 }
 
-impl Driver for Builtin {
-    async fn run(self, mut config: watch::Receiver<Arc<NodeConfig>>, shutdown: CancellationToken) {
+impl Builtin {
+    /// Serves every configuration published on `config` until `shutdown`,
+    /// then drains: listeners stop accepting, requests in flight finish
+    /// (up to 30 s), idle upstream connections close.
+    pub async fn run(
+        self,
+        mut config: watch::Receiver<Arc<NodeConfig>>,
+        shutdown: CancellationToken,
+    ) {
         let workers = match workers::Workers::start(self.threads) {
             Ok(w) => w,
             Err(error) => {

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard::node::NodeConfig;
 use switchyard::pb;
 use switchyard::resource::Resource;
-use switchyard_proxy::{Builtin, Driver};
+use switchyard_proxy::Builtin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -34,11 +34,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::body::{Inbound, Outbound};
+use super::error::BodyError;
 use super::h1::server;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
-use super::pool::{BodyError, Failure, Upstream, Versioned};
+use super::pool::{Failure, Upstream};
 use super::workers::Lane;
 use super::{Backend, Context, DRAIN, random};
 use crate::balance::hash_key;
@@ -46,10 +48,6 @@ use crate::router::RequestView;
 
 /// The response body type: the upstream's, streamed, or a short error.
 pub(super) type Body = BoxBody<Bytes, BodyError>;
-
-/// A request body sent upstream: the client's, streamed, or a buffered copy
-/// (for requests that may be retried).
-pub(super) type Outbound = Either<Inbound, Full<Bytes>>;
 
 /// The largest request head (request line and headers) accepted; a larger
 /// one is answered `431 Request Header Fields Too Large` (HTTP/1.x) or
@@ -207,9 +205,6 @@ impl tokio::io::AsyncWrite for Rewind {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
-
-/// A request body: an HTTP/1.x client's or an HTTP/2 stream's.
-pub(super) type Inbound = Versioned<server::Body>;
 
 /// A new `X-Request-Id`: 128 random bits in hex.
 fn new_request_id() -> HeaderValue {

@@ -36,6 +36,8 @@ use crate::balance::{Balancer, Policy, Target};
 use crate::router::Router;
 
 pub mod balance;
+mod body;
+mod error;
 mod h1;
 mod http;
 mod limit;

@@ -22,24 +22,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use switchyard::resource::Service;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::body::{Inbound, Outbound, Versioned};
 use super::h1;
-use super::http::Outbound;
+use super::limit::{Pending, Slot, Slots};
 use super::workers;
 
 /// How one try failed before a response began.
@@ -61,55 +59,6 @@ pub(super) enum Failure {
     Request,
 }
 
-/// A service's open connections and waiting requests, kept across
-/// configurations.
-#[derive(Debug, Default)]
-pub(crate) struct Limits {
-    /// Connections open to its endpoints (HTTP and TCP relays).
-    open: AtomicUsize,
-    /// Requests waiting for a connection.
-    pending: AtomicUsize,
-    /// Signalled when a connection closes or goes back idle while requests
-    /// wait.
-    freed: Notify,
-}
-
-impl Limits {
-    /// Connections open now.
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Counts a new connection, or `None` when `max` are open already.
-    pub(super) fn try_connect(self: &Arc<Self>, max: Option<u32>) -> Option<Slot> {
-        let max = max.map_or(usize::MAX, |m| m as usize);
-        self.open
-            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Slot(self.clone()))
-    }
-
-    fn wake_pending(&self) {
-        if self.pending.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_waiters();
-        }
-    }
-}
-
-/// One counted connection; dropping it uncounts it and wakes a pending
-/// request.
-#[derive(Debug)]
-pub(crate) struct Slot(Arc<Limits>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-        self.0.wake_pending();
-    }
-}
-
 /// What identifies an endpoint's connections: address, port, HTTP/2, and the
 /// number of proxy threads.
 type ConnsKey = (String, u16, bool, usize);
@@ -118,7 +67,7 @@ type ConnsKey = (String, u16, bool, usize);
 /// of its endpoints by address.
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
-    pub(crate) limits: Arc<Limits>,
+    pub(crate) limits: Arc<Slots>,
     by_address: Mutex<HashMap<ConnsKey, Arc<Conns>>>,
     /// The service's idle timeout in milliseconds, as its newest
     /// configuration says (set before it has any connection).
@@ -207,7 +156,7 @@ impl Connections {
 
 /// An idle HTTP/1.1 connection.
 struct Idle {
-    conn: h1::Conn,
+    conn: h1::client::Conn,
     since: Instant,
 }
 
@@ -242,15 +191,14 @@ impl std::fmt::Debug for Conns {
 /// response body has been read to the end.
 pub(super) struct Lease {
     conns: Arc<Conns>,
-    limits: Arc<Limits>,
+    limits: Arc<Slots>,
     /// The proxy thread whose runtime the connection's socket is
     /// registered with.
     thread: usize,
 }
 
-impl Lease {
-    /// Returns `conn` for reuse.
-    pub(super) fn release(self, conn: h1::Conn) {
+impl h1::client::Release for Lease {
+    fn release(self, conn: h1::client::Conn) {
         self.conns.idle[self.thread]
             .lock()
             .expect("idle")
@@ -262,54 +210,8 @@ impl Lease {
     }
 }
 
-/// A message body over HTTP/1.x (read by the proxy's own code) or HTTP/2
-/// (hyper's): an endpoint's response ([`Upstream`]) or a client's request
-/// ([`super::http::Inbound`]).
-pub(super) enum Versioned<B> {
-    /// Read from its connection as it is polled.
-    Http1(B),
-    /// Received by the HTTP/2 connection's task.
-    Http2(Incoming),
-}
-
 /// A response body from an endpoint.
-pub(super) type Upstream = Versioned<h1::Body>;
-
-/// Why a body broke off.
-pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<B> hyper::body::Body for Versioned<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
-{
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            Versioned::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Versioned::Http2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Versioned::Http1(b) => b.is_end_stream(),
-            Versioned::Http2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Versioned::Http1(b) => b.size_hint(),
-            Versioned::Http2(b) => b.size_hint(),
-        }
-    }
-}
+pub(crate) type Upstream = Versioned<h1::client::Body<Inbound, Lease>>;
 
 /// An executor for HTTP/2 connection tasks whose tasks the proxy can wait
 /// for at shutdown.
@@ -323,15 +225,6 @@ where
 {
     fn execute(&self, fut: F) {
         self.0.spawn(fut);
-    }
-}
-
-/// Marks a request waiting for a connection until dropped.
-struct Pending<'a>(&'a Limits);
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -471,7 +364,7 @@ impl Conns {
                     continue;
                 }
                 return self
-                    .exchange(h1::Conn::new(stream, slot), thread, limits, req)
+                    .exchange(h1::client::Conn::new(stream, slot), thread, limits, req)
                     .await;
             }
             // A request waiting for a free connection does not keep others
@@ -544,9 +437,9 @@ impl Conns {
     /// been read.
     async fn exchange(
         self: &Arc<Self>,
-        conn: h1::Conn,
+        conn: h1::client::Conn,
         thread: usize,
-        limits: &Arc<Limits>,
+        limits: &Arc<Slots>,
         req: Request<Outbound>,
     ) -> Result<Response<Upstream>, Failure> {
         let lease = Lease {
@@ -556,7 +449,7 @@ impl Conns {
         };
         match conn.send(req, lease).await {
             Ok(resp) => Ok(resp.map(Upstream::Http1)),
-            Err(h1::Error::Request(error)) => {
+            Err(h1::client::Error::Request(error)) => {
                 debug!(host = %self.host, port = self.port, %error, "request body broke off");
                 Err(Failure::Request)
             }
@@ -592,7 +485,7 @@ async fn handshake(
 /// idle for less than `timeout`. The least recently used one is dropped if
 /// it is not (one per checkout, so that old connections do not pile up
 /// under a stack that is never emptied).
-fn checkout(idle: &Mutex<VecDeque<Idle>>, timeout: Duration) -> Option<h1::Conn> {
+fn checkout(idle: &Mutex<VecDeque<Idle>>, timeout: Duration) -> Option<h1::client::Conn> {
     let mut idle = idle.lock().expect("idle");
     let usable = |c: &Idle| c.since.elapsed() < timeout && c.conn.is_open();
     if idle.front().is_some_and(|c| !usable(c)) {

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 
-use crate::error::BodyError;
-use crate::h1::server;
+use crate::error::{Error, Origin, Retry};
+use crate::h1::{client, server};
 
 /// A message body over HTTP/1.x (read by the proxy's own code) or HTTP/2
 /// (hyper's): an endpoint's response ([`crate::pool::Upstream`]) or a
@@ -25,21 +25,37 @@ pub(crate) type Inbound = Versioned<server::Body>;
 /// (for requests that may be retried).
 pub(crate) type Outbound = Either<Inbound, Full<Bytes>>;
 
+/// Which side a body comes from, for the errors of its HTTP/2 form.
+pub(crate) trait Side {
+    /// The side.
+    const ORIGIN: Origin;
+}
+
+impl Side for server::Body {
+    const ORIGIN: Origin = Origin::Downstream;
+}
+
+impl<B, L> Side for client::Body<B, L> {
+    const ORIGIN: Origin = Origin::Upstream;
+}
+
 impl<B> hyper::body::Body for Versioned<B>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
+    B: hyper::body::Body<Data = Bytes, Error = Error> + Side + Unpin,
 {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = Error;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Error>>> {
         match self.get_mut() {
-            Versioned::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Versioned::Http2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Versioned::Http1(b) => std::pin::Pin::new(b).poll_frame(cx),
+            // A body that broke off is never retried: the answer has begun.
+            Versioned::Http2(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Error::http2(e, B::ORIGIN, Retry::Never)),
         }
     }
 

@@ -35,19 +35,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::body::{Inbound, Outbound};
-use super::error::BodyError;
+use super::error::{Error, Kind, Origin, Retry};
 use super::h1::server;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
-use super::pool::{Failure, Upstream};
+use super::pool::Upstream;
 use super::workers::Lane;
 use super::{Backend, Context, DRAIN, random};
 use crate::balance::hash_key;
 use crate::router::RequestView;
 
 /// The response body type: the upstream's, streamed, or a short error.
-pub(super) type Body = BoxBody<Bytes, BodyError>;
+pub(super) type Body = BoxBody<Bytes, Error>;
 
 /// The largest request head (request line and headers) accepted; a larger
 /// one is answered `431 Request Header Fields Too Large` (HTTP/1.x) or
@@ -529,23 +529,38 @@ async fn forward(
         let mut result = match limit {
             Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
                 Ok(r) => r,
-                Err(_) => Err(Failure::TimedOut),
+                // A slow endpoint may have acted on the request.
+                Err(_) => Err(Error::upstream(Kind::Timeout, Retry::Idempotent)),
             },
             None => sent.await,
         };
-        if matches!(result, Err(Failure::Reset)) && watch.as_ref().is_some_and(|w| w.broke()) {
-            result = Err(Failure::Request);
+        if let Err(e) = &result
+            && e.is_reset()
+            && watch.as_ref().is_some_and(|w| w.broke())
+        {
+            result = result.map_err(Error::into_downstream);
         }
-        // Refused before anything was sent: no retry, no outlier record.
-        if let Err(Failure::Overflow) = result {
-            upstream.count_circuit_open();
-            return fail(Refusal::PendingOverflow);
-        }
-        // The client's body broke off: not the endpoint's failure, and
-        // nothing to try again.
-        if let Err(Failure::Request) = result {
-            debug!(endpoint = %endpoint.name, "request body broke off");
-            return invalid();
+        if let Err(e) = &result {
+            debug!(
+                endpoint = %endpoint.name,
+                kind = ?e.kind(),
+                origin = ?e.origin(),
+                retry = ?e.retry(),
+                error = %e,
+                "try failed"
+            );
+            match e.origin() {
+                // The client's body broke off: not the endpoint's failure,
+                // and nothing to try again.
+                Origin::Downstream => return invalid(),
+                // Refused before anything was sent: no retry, no outlier
+                // record.
+                Origin::Internal => {
+                    upstream.count_circuit_open();
+                    return fail(Refusal::of(e));
+                }
+                Origin::Upstream => {}
+            }
         }
         let counters = &pool.stats[id];
         match &result {
@@ -553,27 +568,27 @@ async fn forward(
                 counters.response(resp.status());
                 upstream.record(pool, id, Outcome::Status(resp.status().as_u16()));
             }
-            Err(e @ (Failure::Connect | Failure::Reset)) => {
-                counters.failed(match e {
-                    Failure::Connect => TryFailure::Connect,
-                    _ => TryFailure::Reset,
-                });
-                upstream.record(pool, id, Outcome::ConnectFailure);
+            Err(e) => {
+                let failure = TryFailure::of(e);
+                if let Some(how) = failure {
+                    counters.failed(how);
+                }
+                // A slow endpoint is not a broken one: timeouts are the
+                // route's business, not outlier detection's.
+                if matches!(failure, Some(TryFailure::Connect | TryFailure::Reset)) {
+                    upstream.record(pool, id, Outcome::ConnectFailure);
+                }
             }
-            // A slow endpoint is not a broken one: timeouts are the route's
-            // business, not outlier detection's.
-            Err(Failure::TimedOut) => counters.failed(TryFailure::Timeout),
-            Err(Failure::Overflow | Failure::Request) => {} // returned above
-        }
-        if let Err(e) = &result {
-            debug!(endpoint = %endpoint.name, error = ?e, "try failed");
         }
 
         // Another try: if the policy asks for it, it is safe, the budget
         // allows it, and there is time for a backoff.
         let again = retry.filter(|policy| {
             !last
-                && (idempotent || matches!(result, Err(Failure::Connect)))
+                && result
+                    .as_ref()
+                    .err()
+                    .map_or(idempotent, |e| e.may_retry(idempotent))
                 && wants_retry(policy, &result)
                 && deadline.is_none_or(|d| Instant::now() < d)
         });
@@ -614,11 +629,7 @@ async fn forward(
                 };
                 Response::from_parts(parts, body.boxed())
             }
-            Err(Failure::Connect) => fail(Refusal::Connect),
-            Err(Failure::Reset) => fail(Refusal::Reset),
-            Err(Failure::TimedOut) => fail(Refusal::Timeout),
-            Err(Failure::Overflow) => fail(Refusal::PendingOverflow),
-            Err(Failure::Request) => invalid(),
+            Err(e) => fail(Refusal::of(&e)),
         };
     }
 }
@@ -636,7 +647,7 @@ const DRAIN_FLOOR: Duration = Duration::from_millis(10);
 /// [`DRAIN_FLOOR`] is over), so that its keep-alive connection goes back to
 /// the pool (at the body's end) instead of being closed with the body
 /// unread.
-async fn pause_reading(pause: Duration, refused: Result<Response<Upstream>, Failure>) {
+async fn pause_reading(pause: Duration, refused: Result<Response<Upstream>, Error>) {
     let drain = async {
         if let Ok(resp) = refused {
             let _ = Limited::new(resp.into_body(), MAX_DRAIN).collect().await;
@@ -709,7 +720,7 @@ async fn replayable(body: Inbound, deadline: Option<Instant>) -> Result<Bytes, U
 /// Following Envoy: `gateway-error` and `5xx` also cover failures that the
 /// proxy would answer with a 502 or 504 itself (connect failure, reset,
 /// per-try timeout).
-fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Upstream>, Failure>) -> bool {
+fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Upstream>, Error>) -> bool {
     let result = result.as_ref();
     policy.retry_on.iter().any(|on| match (on, result) {
         (RetryOn::ServerError, Ok(r)) => r.status().is_server_error(),
@@ -718,8 +729,8 @@ fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Upstream>, Failure
             policy.retriable_status_codes.contains(&r.status().as_u16())
         }
         (RetryOn::ServerError | RetryOn::GatewayError, Err(_)) => true,
-        (RetryOn::ConnectFailure, Err(Failure::Connect)) => true,
-        (RetryOn::Reset, Err(Failure::Reset)) => true,
+        (RetryOn::ConnectFailure, Err(e)) => e.kind() == Kind::Connect,
+        (RetryOn::Reset, Err(e)) => e.is_reset(),
         _ => false,
     })
 }
@@ -744,12 +755,12 @@ struct Counted {
 
 impl hyper::body::Body for Counted {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Error>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 

@@ -36,28 +36,10 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::body::{Inbound, Outbound, Versioned};
+use super::error::{Error, Kind, Origin, Retry};
 use super::h1;
 use super::limit::{Pending, Slot, Slots};
 use super::workers;
-
-/// How one try failed before a response began.
-#[derive(Debug)]
-pub(super) enum Failure {
-    /// No connection could be opened; nothing was sent.
-    Connect,
-    /// The connection broke (or the protocol failed) before a response.
-    Reset,
-    /// The per-try or route timeout passed first.
-    TimedOut,
-    /// The service has `max_connections` open, and `max_pending_requests`
-    /// wait already or none freed up within the connect timeout; nothing
-    /// was sent.
-    Overflow,
-    /// The client's request body broke off (malformed framing, cut short)
-    /// after the request had gone out: the client's failure, not the
-    /// endpoint's, and not to be tried again.
-    Request,
-}
 
 /// What identifies an endpoint's connections: address, port, HTTP/2, and the
 /// number of proxy threads.
@@ -276,7 +258,7 @@ impl Conns {
         config: &Service,
         tasks: &TaskTracker,
         mut req: Request<Outbound>,
-    ) -> Result<Response<Upstream>, Failure> {
+    ) -> Result<Response<Upstream>, Error> {
         let limits = &service.limits;
         let thread = workers::index().min(self.idle.len() - 1);
         let (idle, shared) = (&self.idle[thread], &self.shared[thread]);
@@ -313,7 +295,11 @@ impl Conns {
                                 req = r;
                                 continue;
                             }
-                            None => Err(Failure::Reset),
+                            None => Err(Error::http2(
+                                e.into_error(),
+                                Origin::Upstream,
+                                Retry::Idempotent,
+                            )),
                         },
                     };
                 }
@@ -324,7 +310,7 @@ impl Conns {
                     Err(_) => {
                         let opened = self.opening[thread].lock();
                         if tokio::time::timeout_at(wait_until, opened).await.is_err() {
-                            return Err(Failure::Connect);
+                            return Err(Error::upstream(Kind::Connect, Retry::Safe));
                         }
                         continue;
                     }
@@ -383,7 +369,7 @@ impl Conns {
                             (n < max).then_some(n + 1)
                         });
                 if waiting.is_err() {
-                    return Err(Failure::Overflow);
+                    return Err(Error::new(Kind::Overflow, Origin::Internal, Retry::Never));
                 }
                 pending = Some(Pending(limits));
             }
@@ -409,14 +395,14 @@ impl Conns {
             service.evict_idle(self);
             if tokio::time::timeout_at(wait_until, freed).await.is_err() {
                 // Not the endpoint's failure: the service is at its limit.
-                return Err(Failure::Overflow);
+                return Err(Error::new(Kind::Overflow, Origin::Internal, Retry::Never));
             }
         }
     }
 
     /// Opens a connection to the endpoint, by `wait_until` (at least a
     /// millisecond from now).
-    async fn connect(&self, wait_until: tokio::time::Instant) -> Result<TcpStream, Failure> {
+    async fn connect(&self, wait_until: tokio::time::Instant) -> Result<TcpStream, Error> {
         let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
         let connecting = TcpStream::connect((self.host.as_str(), self.port));
         match tokio::time::timeout(left.max(Duration::from_millis(1)), connecting).await {
@@ -426,9 +412,9 @@ impl Conns {
             }
             Ok(Err(error)) => {
                 debug!(host = %self.host, port = self.port, %error, "connect failed");
-                Err(Failure::Connect)
+                Err(Error::upstream(Kind::Connect, Retry::Safe))
             }
-            Err(_) => Err(Failure::Connect),
+            Err(_) => Err(Error::upstream(Kind::Connect, Retry::Safe)),
         }
     }
 
@@ -441,7 +427,7 @@ impl Conns {
         thread: usize,
         limits: &Arc<Slots>,
         req: Request<Outbound>,
-    ) -> Result<Response<Upstream>, Failure> {
+    ) -> Result<Response<Upstream>, Error> {
         let lease = Lease {
             conns: self.clone(),
             limits: limits.clone(),
@@ -449,13 +435,9 @@ impl Conns {
         };
         match conn.send(req, lease).await {
             Ok(resp) => Ok(resp.map(Upstream::Http1)),
-            Err(h1::client::Error::Request(error)) => {
-                debug!(host = %self.host, port = self.port, %error, "request body broke off");
-                Err(Failure::Request)
-            }
             Err(error) => {
                 debug!(host = %self.host, port = self.port, %error, "exchange failed");
-                Err(Failure::Reset)
+                Err(error)
             }
         }
     }
@@ -467,11 +449,11 @@ async fn handshake(
     stream: TcpStream,
     slot: Slot,
     tasks: &TaskTracker,
-) -> Result<http2::SendRequest<Outbound>, Failure> {
+) -> Result<http2::SendRequest<Outbound>, Error> {
     let exec = Tracked(tasks.clone());
     let (tx, conn) = http2::handshake(exec, TokioIo::new(stream))
         .await
-        .map_err(|_| Failure::Connect)?;
+        .map_err(|_| Error::upstream(Kind::Connect, Retry::Safe))?;
     tasks.spawn(async move {
         let _slot = slot;
         if let Err(error) = conn.await {

@@ -16,7 +16,8 @@
 //! whole is not reused. A client's body that breaks off on the way
 //! (malformed framing, cut short) ends the exchange at once, the
 //! connection closed: before the answer's head, as a failure of the
-//! client's ([`Error::Request`]), after it, as the answer breaking off.
+//! client's (an error of [`Origin::Downstream`]), after it, as the answer
+//! breaking off.
 //! One that expects `100 Continue` goes with the
 //! expectation and waits for the endpoint's `100` (up to [`EXPECT_WAIT`]);
 //! a final answer before it means the body is not sent at all.
@@ -55,7 +56,7 @@ use super::framing::{self, CHUNK_END, Decoded, Framing, LAST_CHUNK, decode};
 use super::head::{self, Hop, ResponseHead, Start, connection_has, encode_head, expects_continue};
 use super::tunnel::Tunnel;
 use super::{HEAD_READ, poll_read_body};
-use crate::error::BodyError;
+use crate::error::{Error, Kind, Origin, Retry};
 use crate::limit::Slot;
 
 /// A buffered request body up to this size goes out in the same write as
@@ -67,28 +68,6 @@ const COALESCE: usize = 16 * 1024;
 /// client stop waiting; curl waits a second too): an endpoint that ignores
 /// the expectation waits for the body.
 const EXPECT_WAIT: Duration = Duration::from_secs(1);
-
-/// Why an exchange failed: before the answer's head arrived (the try
-/// fails) or within its body (the answer breaks off).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
-    /// The connection failed.
-    #[error("upstream connection: {0}")]
-    Io(#[from] io::Error),
-    /// The endpoint closed the connection before the head's or the body's
-    /// end.
-    #[error("upstream closed the connection before the end of the answer")]
-    Closed,
-    /// The endpoint answered something that is not valid HTTP/1.x: a
-    /// malformed or ambiguous head, or malformed body framing.
-    #[error("invalid upstream answer: {0}")]
-    Invalid(&'static str),
-    /// The client's request body broke off while it was being sent (its
-    /// framing was malformed, or it was cut short): the exchange is given
-    /// up at once, and the connection closed. Not the endpoint's failure.
-    #[error("request body: {0}")]
-    Request(BodyError),
-}
 
 /// Where a connection goes back for reuse once an exchange on it is over
 /// (its endpoint's idle connections, in the pool).
@@ -103,6 +82,10 @@ pub(crate) struct Conn {
     io: TcpStream,
     /// Bytes read and not yet used; empty between exchanges.
     buf: BytesMut,
+    /// It served an exchange before: a failure before any byte of the next
+    /// answer is most likely the endpoint closing it while idle
+    /// ([`Retry::ReusedOnly`]).
+    reused: bool,
     _slot: Slot,
 }
 
@@ -112,6 +95,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            reused: false,
             _slot: slot,
         }
     }
@@ -132,8 +116,7 @@ impl Conn {
         lease: L,
     ) -> Result<Response<Body<B, L>>, Error>
     where
-        B: hyper::body::Body<Data = Bytes> + Unpin,
-        B::Error: Into<BodyError>,
+        B: hyper::body::Body<Data = Bytes, Error = Error> + Unpin,
         L: Release,
     {
         let (parts, body) = req.into_parts();
@@ -189,11 +172,19 @@ impl Conn {
             out.extend_from_slice(&buffered);
         }
         drop(parts);
-        self.io.write_all(&self.buf).await?;
+        // Until a byte of the answer arrives, a failure on a reused
+        // connection is most likely the endpoint having closed it idle.
+        let early = if self.reused {
+            Retry::ReusedOnly
+        } else {
+            Retry::Idempotent
+        };
+        let failed = |e| Error::io(e, Origin::Upstream, early);
+        self.io.write_all(&self.buf).await.map_err(failed)?;
         // The answer takes a buffer when it arrives.
         self.buf = BytesMut::new();
         if buffered.len() > COALESCE {
-            self.io.write_all(&buffered).await?;
+            self.io.write_all(&buffered).await.map_err(failed)?;
         }
 
         // A streamed body is sent as the endpoint reads it, while its
@@ -222,14 +213,13 @@ impl Conn {
                 if held.is_none()
                     && let Some(error) = advance(&mut upload, &mut reusable, &mut self.io, cx)
                 {
-                    return Poll::Ready(Err(Error::Request(error)));
+                    return Poll::Ready(Err(error.into_downstream()));
                 }
                 let mut continued = false;
                 let head = poll_head(
                     &mut self.io,
                     &mut self.buf,
-                    head_request,
-                    upgrade,
+                    (head_request, upgrade, early),
                     &mut continued,
                     cx,
                 );
@@ -310,15 +300,14 @@ struct Upload<B> {
 /// Why a streamed request body was not sent whole.
 enum Unsent {
     /// The client's body broke off.
-    Client(BodyError),
+    Client(Error),
     /// The connection to the endpoint failed.
     Upstream(io::Error),
 }
 
 impl<B> Upload<B>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
+    B: hyper::body::Body<Data = Bytes, Error = Error> + Unpin,
 {
     /// Writes what can be written now: ready when all of it is sent, or
     /// when sending failed (the client's body or the connection broke).
@@ -361,21 +350,23 @@ where
                             }
                             Some(left) => {
                                 *left = left.checked_sub(data.len() as u64).ok_or_else(|| {
-                                    Unsent::Client("request body longer than its length".into())
+                                    Unsent::Client(Error::downstream(Kind::Invalid(
+                                        "request body longer than its length",
+                                    )))
                                 })?;
                                 self.out.push_back(data);
                             }
                         }
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Unsent::Client(e.into()))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Unsent::Client(e))),
                 Poll::Ready(None) => {
                     match self.left {
                         None => self.out.push_back(Bytes::from_static(LAST_CHUNK)),
                         Some(_) => {
-                            return Poll::Ready(Err(Unsent::Client(
-                                "request body shorter than its length".into(),
-                            )));
+                            return Poll::Ready(Err(Unsent::Client(Error::downstream(
+                                Kind::Invalid("request body shorter than its length"),
+                            ))));
                         }
                     }
                     self.finished = true;
@@ -394,10 +385,9 @@ fn advance<B>(
     reusable: &mut bool,
     io: &mut TcpStream,
     cx: &mut Context<'_>,
-) -> Option<BodyError>
+) -> Option<Error>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
+    B: hyper::body::Body<Data = Bytes, Error = Error> + Unpin,
 {
     let u = upload.as_mut()?;
     let sent = match u.poll_send(io, cx) {
@@ -424,18 +414,28 @@ where
 /// Reads the response head into `buf` (skipping interim `1xx` answers,
 /// and setting `continued` on a `100 Continue`) and leaves the bytes after
 /// it there.
+///
+/// `asked` is whether the request was `HEAD`, whether it asked to switch
+/// protocols, and how safe a retry is while no byte has come back.
 fn poll_head(
     io: &mut TcpStream,
     buf: &mut BytesMut,
-    head_request: bool,
-    upgrade: bool,
+    asked: (bool, bool, Retry),
     continued: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<ResponseHead, Error>> {
+    let (head_request, upgrade, early) = asked;
+    let invalid = |why| Error::upstream(Kind::Invalid(why), Retry::Idempotent);
     loop {
+        // Once a byte has come back, the endpoint has answered: the
+        // connection was not closed idle.
+        let retry = if buf.is_empty() {
+            early
+        } else {
+            Retry::Idempotent
+        };
         if !buf.is_empty()
-            && let Some(head) =
-                head::parse_response(buf, head_request, upgrade).map_err(Error::Invalid)?
+            && let Some(head) = head::parse_response(buf, head_request, upgrade).map_err(invalid)?
         {
             match head {
                 head::Response::Interim(status) => {
@@ -446,20 +446,23 @@ fn poll_head(
             }
         }
         if buf.len() >= head::MAX_RESPONSE_HEAD {
-            return Poll::Ready(Err(Error::Invalid("response head too large")));
+            return Poll::Ready(Err(invalid("response head too large")));
         }
         if buf.capacity() == buf.len() {
             // Memory is taken for bytes that have arrived, not for an
             // answer that is awaited.
             if buf.is_empty() {
-                ready!(io.poll_read_ready(cx))?;
+                ready!(io.poll_read_ready(cx))
+                    .map_err(|e| Error::io(e, Origin::Upstream, retry))?;
             }
             buf.reserve(HEAD_READ);
         }
         match poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::Closed)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io(e, Origin::Upstream, retry))),
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(Error::upstream(Kind::Closed, retry)));
+            }
             Poll::Ready(Ok(_)) => {}
         }
     }
@@ -493,6 +496,7 @@ impl<B, L: Release> Body<B, L> {
             // An idle connection holds no buffer (the body's last bytes
             // may still share it until they are written out).
             conn.buf = BytesMut::new();
+            conn.reused = true;
             lease.release(conn);
         }
     }
@@ -507,8 +511,7 @@ impl<B, L: Release> Body<B, L> {
 
 impl<B, L> hyper::body::Body for Body<B, L>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
+    B: hyper::body::Body<Data = Bytes, Error = Error> + Unpin,
     L: Release + Unpin,
 {
     type Data = Bytes;
@@ -527,7 +530,7 @@ where
                 // The answer has begun: it breaks off too, so that the
                 // client does not take it for a whole one.
                 this.conn = None;
-                return Poll::Ready(Some(Err(Error::Request(error))));
+                return Poll::Ready(Some(Err(error.into_downstream())));
             }
             match decode(&mut this.framing, &mut conn.buf) {
                 Ok(Decoded::Data(data)) => {
@@ -543,20 +546,21 @@ where
                 Ok(Decoded::More) => {}
                 Err(why) => {
                     this.conn = None;
-                    return Poll::Ready(Some(Err(Error::Invalid(why))));
+                    let error = Error::upstream(Kind::Invalid(why), Retry::Never);
+                    return Poll::Ready(Some(Err(error)));
                 }
             }
             match poll_read_body(&mut conn.io, &mut conn.buf, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
-                    return Poll::Ready(Some(Err(Error::Io(e))));
+                    return Poll::Ready(Some(Err(Error::io(e, Origin::Upstream, Retry::Never))));
                 }
                 Poll::Ready(Ok(0)) => {
                     this.conn = None;
                     return Poll::Ready(match this.framing {
                         Framing::Close => None,
-                        _ => Some(Err(Error::Closed)),
+                        _ => Some(Err(Error::upstream(Kind::Closed, Retry::Never))),
                     });
                 }
                 Poll::Ready(Ok(_)) => {}

@@ -67,6 +67,7 @@ pub(crate) use super::head::UpgradeRequested;
 use super::head::{self, Hop, Refusal, RequestHead, Start, TOO_LARGE, encode_head};
 use super::tunnel::{self, Tunnel};
 use super::{HEAD_READ, poll_read_body};
+use crate::error::{Error, Kind, Origin, Retry};
 
 /// What the HTTP/2 connection preface starts with.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -427,7 +428,7 @@ impl Reader {
     /// Reads the next piece of the current request's body.
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
         if self.broken {
-            return Poll::Ready(Some(Err(Error::Closed)));
+            return Poll::Ready(Some(Err(Error::downstream(Kind::Closed))));
         }
         while let Some(rest) = self.expect {
             // Nothing has been written on the connection yet, so this
@@ -451,14 +452,14 @@ impl Reader {
                 Ok(Decoded::More) => {}
                 Err(why) => {
                     self.broken = true;
-                    return Poll::Ready(Some(Err(Error::Invalid(why))));
+                    return Poll::Ready(Some(Err(Error::downstream(Kind::Invalid(why)))));
                 }
             }
             match poll_read_body(&mut self.io, &mut self.buf, cx) {
                 Poll::Pending => return self.wait(cx),
                 Poll::Ready(Ok(0)) => {
                     self.broken = true;
-                    return Poll::Ready(Some(Err(Error::Closed)));
+                    return Poll::Ready(Some(Err(Error::downstream(Kind::Closed))));
                 }
                 Poll::Ready(Ok(_)) => self.idle = None,
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
@@ -479,7 +480,7 @@ impl Reader {
         if idle.as_mut().poll(cx).is_ready() {
             self.idle = None;
             self.broken = true;
-            return Poll::Ready(Some(Err(Error::Idle)));
+            return Poll::Ready(Some(Err(Error::downstream(Kind::Timeout))));
         }
         Poll::Pending
     }
@@ -487,30 +488,12 @@ impl Reader {
     /// Marks the connection broken by `error`.
     fn fail(&mut self, error: io::Error) -> Error {
         self.broken = true;
-        Error::Io(error)
+        Error::io(error, Origin::Downstream, Retry::Never)
     }
 }
 
 /// The client closed the connection within a head.
 const CLOSED: Refusal = Refusal(StatusCode::BAD_REQUEST, "connection closed within the head");
-
-/// Why a request body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
-    /// The connection failed.
-    #[error("client connection: {0}")]
-    Io(#[from] io::Error),
-    /// The client closed the connection before the body's end, or the
-    /// request the body belonged to is over.
-    #[error("client closed the connection before the end of the request body")]
-    Closed,
-    /// The body's chunked framing is malformed.
-    #[error("invalid request body: {0}")]
-    Invalid(&'static str),
-    /// No byte of the body came within the idle timeout.
-    #[error("client sent nothing of the request body within the idle timeout")]
-    Idle,
-}
 
 /// A request body, read from the client's connection as it is polled.
 pub(crate) struct Body {
@@ -558,7 +541,7 @@ impl hyper::body::Body for Body {
             Some(mut reader) => reader
                 .poll_body(cx)
                 .map(|piece| piece.map(|r| r.map(Frame::data))),
-            None => Poll::Ready(Some(Err(Error::Closed))),
+            None => Poll::Ready(Some(Err(Error::downstream(Kind::Closed)))),
         }
     }
 

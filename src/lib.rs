@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod http;
 pub mod label;
 pub mod metrics;
+pub mod node;
 pub mod resource;
 #[cfg(feature = "tls")]
 pub mod tls;

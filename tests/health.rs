@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use switchyard::pb;
 use switchyard::resource::Health;
 use switchyard_agent::NodeConfig;
-use switchyard_agent::proxy::{Builtin, Driver};
 use switchyard_control_plane::testing::fixtures::{self, item};
 use switchyard_control_plane::testing::{TempDir, TestDb, TestServer};
+use switchyard_proxy::Builtin;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 

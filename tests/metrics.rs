@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use switchyard::metrics::{Scrape, parse};
 use switchyard::pb;
+use switchyard_agent::driver::{self, Driver};
 use switchyard_agent::metrics::{self, Sources};
-use switchyard_agent::proxy::{Builtin, Driver};
 use switchyard_control_plane::testing::fixtures::{self, item};
 use switchyard_control_plane::testing::{TempDir, TestDb, TestServer, scrape};
+use switchyard_proxy::Builtin;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -58,15 +59,29 @@ struct Node {
 impl Node {
     async fn start(id: &str, control_plane: &str) -> Node {
         let dir = Arc::new(TempDir::new());
-        let agent = TestAgent::start(id, "edge", vec![control_plane.to_string()], dir).await;
-        let builtin = Builtin::new();
-        let sources = Sources::new(&agent.agent, Some(builtin.metrics()));
-        let ready = agent.agent.readiness();
         let stop = CancellationToken::new();
+        let (builtin, proxy) = driver::Builtin::new(Builtin::new(), stop.clone());
+        let driver: Arc<dyn Driver> = Arc::new(builtin);
+        let agent = TestAgent::start_with(
+            switchyard_agent::Config {
+                node_id: id.into(),
+                labels: [("role".to_string(), "edge".to_string())].into(),
+                control_planes: vec![control_plane.to_string()],
+                data_dir: dir.path().to_path_buf(),
+                backoff_base: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(200),
+                driver: Some(driver.clone()),
+                ..Default::default()
+            },
+            dir,
+        )
+        .await;
+        let sources = Sources::new(&agent.agent, Some(driver));
+        let ready = agent.agent.readiness();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = listener.local_addr().unwrap();
         let tasks = vec![
-            tokio::spawn(builtin.run(agent.agent.config(), stop.clone())),
+            tokio::spawn(proxy),
             tokio::spawn(metrics::serve(
                 listener,
                 move || sources.render(),

@@ -331,7 +331,7 @@ switchyard_control_plane::both_backends!(
 /// where the node's proxy sends traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_write_moves_proxied_traffic() {
-    use switchyard_agent::proxy::{Builtin, Driver};
+    use switchyard_proxy::Builtin;
 
     let (blue, _b) = one_line_backend("blue").await;
     let (green, _g) = one_line_backend("green").await;
@@ -375,14 +375,16 @@ async fn operator_write_moves_proxied_traffic() {
 /// the next change goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_that_cannot_bind_is_refused_and_the_previous_configuration_stays() {
-    use switchyard_agent::proxy::{Builtin, Driver};
+    use switchyard_agent::driver;
+    use switchyard_proxy::Builtin;
 
     let (backend, _b) = one_line_backend("hello").await;
     let listen = free_port();
     let db = TestDb::sqlite();
     let server = TestServer::start(db.url()).await;
     let first = apply(&server.url(), proxied_web(backend, listen)).await;
-    let builtin = Builtin::new();
+    let stop = CancellationToken::new();
+    let (builtin, proxy) = driver::Builtin::new(Builtin::new(), stop.clone());
     let dir = Arc::new(TempDir::new());
     let agent = TestAgent::start_with(
         switchyard_agent::Config {
@@ -390,15 +392,14 @@ async fn listener_that_cannot_bind_is_refused_and_the_previous_configuration_sta
             control_planes: vec![server.url()],
             data_dir: dir.path().to_path_buf(),
             backoff_base: Duration::from_millis(20),
-            preflight: Some(builtin.preflight()),
+            driver: Some(Arc::new(builtin)),
             ..Default::default()
         },
         dir,
     )
     .await;
     agent.until("initial sync", |c| c.revision >= first).await;
-    let stop = CancellationToken::new();
-    let proxy = tokio::spawn(builtin.run(agent.agent.config(), stop.clone()));
+    let proxy = tokio::spawn(proxy);
     until_body(listen, "hello").await;
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

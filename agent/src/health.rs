@@ -253,7 +253,7 @@ async fn check(
 
 /// A number in `[0, 1)`.
 fn unit() -> f64 {
-    (crate::proxy::random() >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 #[cfg(test)]

@@ -3,14 +3,12 @@
 //! configuration before it goes live, and keeps the last applied one on disk
 //! so the node serves it even while every control plane is unreachable.
 
-pub mod balance;
+pub mod driver;
 pub mod health;
 pub mod local;
 pub mod metrics;
 pub mod persist;
-pub mod proxy;
 pub mod registration;
-pub mod router;
 pub mod state;
 pub mod sync;
 

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
 use switchyard::tls::ClientFiles;
-use switchyard_agent::proxy::{Builtin, Driver};
+use switchyard_agent::driver::{self, Driver};
 use switchyard_agent::{Agent, Config, local, metrics, persist, registration};
 use tokio_util::sync::CancellationToken;
 
@@ -157,18 +158,21 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Some(registration::load(path, &node_id).context("--services")?),
         None => None,
     };
-    // The built-in proxy serves whatever configuration the agent publishes,
-    // starting with the one saved on disk; the agent refuses what it could
-    // not serve (a listener that cannot bind).
+    // The built-in proxy is the agent's driver: it serves each configuration
+    // the agent applies, starting with the one saved on disk, and refuses
+    // what it could not serve (a listener that cannot bind).
     let threads = args.proxy_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let mut builtin = Builtin::new().with_threads(threads);
+    let mut proxy = switchyard_proxy::Builtin::new().with_threads(threads);
     if let Some(backlog) = args.listen_backlog {
-        builtin = builtin.with_backlog(backlog);
+        proxy = proxy.with_backlog(backlog);
     }
+    let shutdown = CancellationToken::new();
+    let (builtin, proxy) = driver::Builtin::new(proxy, shutdown.clone());
+    let driver: Arc<dyn Driver> = Arc::new(builtin);
     let config = Config {
-        preflight: Some(builtin.preflight()),
+        driver: Some(driver.clone()),
         registration,
         node_id,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -211,13 +215,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let node_id = config.node_id.clone();
 
-    let shutdown = CancellationToken::new();
     let agent = Agent::start(config, shutdown.clone())
         .await
         .context("starting the agent")?;
-    let sources = metrics::Sources::new(&agent, Some(builtin.metrics()));
+    let sources = metrics::Sources::new(&agent, Some(driver));
     let ready = agent.readiness();
-    let proxy = tokio::spawn(builtin.run(agent.config(), shutdown.clone()));
+    let proxy = tokio::spawn(proxy);
     let metrics = metrics_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving metrics at /metrics");

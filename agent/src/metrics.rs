@@ -1,9 +1,9 @@
-//! The agent's Prometheus metrics: how its sync, health-check and proxy
+//! The agent's Prometheus metrics: how its sync, health-check and data-plane
 //! counters are written out, and the small HTTP server answering
 //! `GET /metrics`.
 //!
 //! The numbers stay where the work happens (the sync client's [`Stats`],
-//! the health checks' [`Checks`], the proxy's [`proxy::Metrics`]) as relaxed
+//! the health checks' [`Checks`], the data plane's, through its [`Driver`]) as relaxed
 //! atomics; a scrape reads them and writes text.
 
 use std::net::SocketAddr;
@@ -14,8 +14,8 @@ use switchyard::metrics::{Encoder, Type};
 use switchyard::pb;
 use tokio::sync::watch;
 
+use crate::driver::Driver;
 use crate::health::{Checks, Results};
-use crate::proxy;
 use crate::state::NodeConfig;
 use crate::sync::{Agent, Stats};
 
@@ -35,20 +35,20 @@ pub struct Sources {
     pub health: watch::Receiver<Results>,
     /// How many checks ran and failed.
     pub checks: Arc<Checks>,
-    /// The built-in proxy's counters, when it runs.
-    pub proxy: Option<proxy::Metrics>,
+    /// The data plane's driver, when one runs.
+    pub driver: Option<Arc<dyn Driver>>,
 }
 
 impl Sources {
-    /// The sources of `agent`, with the counters of the proxy it feeds.
-    pub fn new(agent: &Agent, proxy: Option<proxy::Metrics>) -> Sources {
+    /// The sources of `agent`, with those of the data plane it drives.
+    pub fn new(agent: &Agent, driver: Option<Arc<dyn Driver>>) -> Sources {
         Sources {
             control_planes: agent.control_planes(),
             stats: agent.stats(),
             config: agent.config(),
             health: agent.health(),
             checks: agent.checks(),
-            proxy,
+            driver,
         }
     }
 
@@ -157,8 +157,8 @@ impl Sources {
             f.sample(&[("endpoint", endpoint)], load(&counts.failures));
         }
 
-        if let Some(proxy) = &self.proxy {
-            proxy.encode(&mut enc);
+        if let Some(driver) = &self.driver {
+            driver.metrics(&mut enc);
         }
         enc.finish()
     }

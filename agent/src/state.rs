@@ -22,59 +22,7 @@ use switchyard::resource::{
 };
 use switchyard::validate::{Invalid, Violations};
 
-/// The configuration a node serves, validated and immutable once built.
-///
-/// The proxy reads it through an `Arc<NodeConfig>` swapped per revision, so
-/// work in flight finishes on the configuration it started with.
-#[derive(Debug, Clone, Default)]
-pub struct NodeConfig {
-    /// The revision this configuration is current as of; 0 when empty.
-    pub revision: u64,
-    /// Services, by name.
-    pub services: BTreeMap<String, Service>,
-    /// Endpoints, by name.
-    pub endpoints: BTreeMap<String, Endpoint>,
-    /// HTTP routes, by name.
-    pub routes: BTreeMap<String, Route>,
-    /// Listeners this node opens, by name.
-    pub listeners: BTreeMap<String, Listener>,
-}
-
-impl NodeConfig {
-    /// Whether it holds no resource at all.
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
-            && self.endpoints.is_empty()
-            && self.routes.is_empty()
-            && self.listeners.is_empty()
-    }
-
-    fn insert(&mut self, resource: Resource) {
-        match resource {
-            Resource::Service(s) => {
-                self.services.insert(s.name.clone(), s);
-            }
-            Resource::Endpoint(e) => {
-                self.endpoints.insert(e.name.clone(), e);
-            }
-            Resource::Route(r) => {
-                self.routes.insert(r.name.clone(), r);
-            }
-            Resource::Listener(l) => {
-                self.listeners.insert(l.name.clone(), l);
-            }
-        }
-    }
-
-    fn remove(&mut self, r: &Ref) {
-        match r.kind {
-            Kind::Service => self.services.remove(&r.name).map(drop),
-            Kind::Endpoint => self.endpoints.remove(&r.name).map(drop),
-            Kind::Route => self.routes.remove(&r.name).map(drop),
-            Kind::Listener => self.listeners.remove(&r.name).map(drop),
-        };
-    }
-}
+pub use switchyard::node::NodeConfig;
 
 /// Why a Snapshot or Delta was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,7 +61,8 @@ pub struct Store {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     resources: BTreeMap<Ref, pb::Resource>,
-    config: NodeConfig,
+    /// Shared: the driver takes it before it is committed.
+    config: Arc<NodeConfig>,
 }
 
 impl Candidate {
@@ -124,6 +73,11 @@ impl Candidate {
 
     /// The configuration it would publish.
     pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The configuration it would publish, shared (no copy).
+    pub fn shared(&self) -> &Arc<NodeConfig> {
         &self.config
     }
 
@@ -213,8 +167,11 @@ impl Store {
             resources.insert(r, raw);
         }
         check_node(&mut v, &config);
-        v.finish(Candidate { resources, config })
-            .map_err(Error::from)
+        v.finish(Candidate {
+            resources,
+            config: Arc::new(config),
+        })
+        .map_err(Error::from)
     }
 
     /// Builds the configuration a Delta leads to from the current one.
@@ -272,15 +229,18 @@ impl Store {
             config.remove(&r);
         }
         check_node(&mut v, &config);
-        v.finish(Candidate { resources, config })
-            .map_err(Error::from)
+        v.finish(Candidate {
+            resources,
+            config: Arc::new(config),
+        })
+        .map_err(Error::from)
     }
 
     /// Makes `candidate` the current configuration and returns it.
     pub fn commit(&mut self, candidate: Candidate) -> Arc<NodeConfig> {
         self.revision = candidate.config.revision;
         self.resources = candidate.resources;
-        self.config = Arc::new(candidate.config);
+        self.config = candidate.config;
         self.config.clone()
     }
 

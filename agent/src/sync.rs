@@ -30,6 +30,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::metadata::{Ascii, MetadataValue};
 use tracing::{debug, error, info, warn};
 
+use crate::driver::Driver;
 use crate::health::{self, Results};
 use crate::persist;
 use crate::registration::{OnShutdown, Registration};
@@ -98,37 +99,13 @@ pub struct Config {
     /// Service instances of this node to register each time it connects
     /// (the local API may add and remove instances later).
     pub registration: Option<Registration>,
-    /// What the node's proxy checks before a configuration is accepted
-    /// (e.g. that its listeners can bind), beyond validation.
-    pub preflight: Option<Preflight>,
     /// While the configuration served could not be saved to disk (e.g. the
     /// disk is full), how often saving it is tried again.
     pub persist_retry: Duration,
-}
-
-/// A check of a configuration that only the node's proxy can make; a
-/// failure refuses the configuration (`Nack`) with its reasons.
-#[derive(Clone)]
-pub struct Preflight(Arc<PreflightFn>);
-
-type PreflightFn = dyn Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync;
-
-impl Preflight {
-    /// Wraps `check`.
-    pub fn new(check: impl Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync + 'static) -> Self {
-        Self(Arc::new(check))
-    }
-
-    /// Runs the check.
-    pub fn check(&self, config: &NodeConfig) -> Result<(), Invalid> {
-        (self.0)(config)
-    }
-}
-
-impl std::fmt::Debug for Preflight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Preflight")
-    }
+    /// The data plane the node's configurations are applied to; one it
+    /// refuses is `Nack`ed. `None`: configurations are only published (on
+    /// [`Agent::config`]).
+    pub driver: Option<Arc<dyn Driver>>,
 }
 
 impl Default for Config {
@@ -146,8 +123,8 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(2),
             health_refresh: Duration::from_secs(60),
             registration: None,
-            preflight: None,
             persist_retry: Duration::from_secs(5),
+            driver: None,
         }
     }
 }
@@ -440,6 +417,9 @@ impl Agent {
             resources = store.len(),
             "loaded saved configuration"
         );
+        if let Some(driver) = &config.driver {
+            driver.restore(&store.config());
+        }
         let (publish, subscribe) = watch::channel(store.config());
         let (results, health) = watch::channel(Results::new());
         let registrations = Arc::new(watch::Sender::new(config.registration.clone()));
@@ -892,10 +872,13 @@ impl Client {
         revision: u64,
         candidate: Result<Candidate, state::Error>,
     ) -> Result<(), Error> {
-        let candidate = candidate.and_then(|c| match &self.config.preflight {
-            Some(preflight) => preflight.check(c.config()).map(|()| c).map_err(Into::into),
-            None => Ok(c),
-        });
+        let candidate = match (candidate, &self.config.driver) {
+            (Ok(c), Some(driver)) => match driver.apply(c.shared()).await {
+                Ok(()) => Ok(c),
+                Err(refused) => Err(refused.into()),
+            },
+            (candidate, _) => candidate,
+        };
         match candidate {
             Ok(candidate) => {
                 self.save(candidate.snapshot()).await;

@@ -219,8 +219,8 @@ fn config(data_dir: &Path, control_planes: Vec<String>) -> Config {
         connect_timeout: Duration::from_secs(1),
         health_refresh: Duration::from_secs(3600),
         registration: None,
-        preflight: None,
         persist_retry: Duration::from_secs(5),
+        driver: None,
     }
 }
 

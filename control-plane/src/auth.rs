@@ -571,7 +571,7 @@ pub async fn bootstrap<S: Store>(
         role: Role::Admin,
         node: String::new(),
         hash: hash(&secret),
-        created_at_ms: crate::nodes::now_ms(),
+        created_at_ms: store::now_ms(),
         created_by: "bootstrap".into(),
         revoked_at_ms: None,
     };

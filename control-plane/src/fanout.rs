@@ -23,7 +23,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::grpc::Head;
 use crate::store::{self, Op, Store};
 
 /// The whole configuration at one revision, with the indexes scoping needs.
@@ -473,6 +472,39 @@ pub async fn catch_up<S: Store>(
         state.send_replace(Arc::new(next));
     }
     Ok(())
+}
+
+/// The newest revision this replica knows to be committed, published so that
+/// watchers wake at once on local writes instead of at their next poll.
+#[derive(Debug, Clone)]
+pub struct Head(Arc<watch::Sender<u64>>);
+
+impl Head {
+    /// Starts at `revision`.
+    pub fn new(revision: u64) -> Self {
+        Self(Arc::new(watch::Sender::new(revision)))
+    }
+
+    /// Records that `revision` is committed (ignores older ones).
+    pub fn advance(&self, revision: u64) {
+        self.0.send_if_modified(|head| {
+            let newer = revision > *head;
+            if newer {
+                *head = revision;
+            }
+            newer
+        });
+    }
+
+    /// The newest revision known to be committed.
+    pub fn current(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    /// A receiver that wakes on every advance.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 #[cfg(test)]

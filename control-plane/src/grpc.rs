@@ -1,5 +1,5 @@
-//! The operator gRPC API (`switchyard.v1.OperatorService`) and the one
-//! mapping from store errors to `tonic::Status`.
+//! The operator gRPC API (`switchyard.v1.OperatorService`); errors become
+//! statuses through [`crate::status`].
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -15,11 +15,12 @@ use switchyard::validate::{Invalid, MAX_BATCH, Violations, join};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
-use tracing::{error, info, warn};
+use tracing::info;
 
 use crate::auth::Caller;
+use crate::fanout::Head;
 use crate::metrics::{Method, Requests};
+use crate::status::{invalid_argument, status};
 use crate::store::{self, Action, Op, Store};
 
 /// Default and largest `List` page.
@@ -31,98 +32,6 @@ const WATCH_RESPONSE_BYTES: usize = 1 << 20;
 /// How often a Watch with nothing to send re-reads the change log anyway, in
 /// case a write by another replica was not signalled.
 const WATCH_POLL: Duration = Duration::from_secs(1);
-
-/// What a client hears while the store cannot be reached: retryable, here
-/// or on another replica.
-const UNAVAILABLE: &str =
-    "the configuration store cannot be reached; try again later or another replica";
-
-/// Turns a store error into the status a client sees. Storage details are
-/// logged here and never sent.
-pub fn status(err: store::Error) -> Status {
-    use store::Error as E;
-    match err {
-        E::Invalid(invalid) => invalid_argument(invalid),
-        e @ E::Conflict { .. } => Status::aborted(e.to_string()),
-        e @ E::Referenced { .. } => Status::failed_precondition(e.to_string()),
-        e @ (E::NotFound(_) | E::TokenNotFound(_)) => Status::not_found(e.to_string()),
-        e @ E::Exists(_) => Status::already_exists(e.to_string()),
-        e @ E::Compacted { .. } => Status::out_of_range(format!(
-            "{e}; list again and watch from the list's revision"
-        )),
-        // Known to be down: said once by the server's upkeep, not per call.
-        E::Unavailable => Status::unavailable(UNAVAILABLE),
-        e if e.is_unavailable() => {
-            warn!(error = %e, "store unreachable");
-            Status::unavailable(UNAVAILABLE)
-        }
-        e @ (E::Corrupt(_) | E::Database(_) | E::Migrate(_) | E::Bootstrap(_)) => {
-            error!(error = %e, "store failure");
-            Status::internal("internal storage error; the details are in the control plane's log")
-        }
-    }
-}
-
-/// The status for a refused request of an agent (health report,
-/// registration).
-pub fn node_status(err: crate::nodes::Error) -> Status {
-    use crate::nodes::Error as E;
-    match err {
-        E::Invalid(invalid) => invalid_argument(invalid),
-        e @ E::NotOwned { .. } => Status::permission_denied(e.to_string()),
-        E::Store(e) => status(e),
-    }
-}
-
-/// `INVALID_ARGUMENT` listing every violation in the message and as a
-/// `google.rpc.BadRequest` detail.
-pub fn invalid_argument(invalid: Invalid) -> Status {
-    let details = ErrorDetails::with_bad_request(
-        invalid
-            .violations
-            .iter()
-            .map(|v| FieldViolation::new(&v.field, &v.reason))
-            .collect::<Vec<_>>(),
-    );
-    Status::with_error_details(
-        tonic::Code::InvalidArgument,
-        format!("invalid request: {invalid}"),
-        details,
-    )
-}
-
-/// The newest revision this replica knows to be committed, published so that
-/// watchers wake at once on local writes instead of at their next poll.
-#[derive(Debug, Clone)]
-pub struct Head(Arc<watch::Sender<u64>>);
-
-impl Head {
-    /// Starts at `revision`.
-    pub fn new(revision: u64) -> Self {
-        Self(Arc::new(watch::Sender::new(revision)))
-    }
-
-    /// Records that `revision` is committed (ignores older ones).
-    pub fn advance(&self, revision: u64) {
-        self.0.send_if_modified(|head| {
-            let newer = revision > *head;
-            if newer {
-                *head = revision;
-            }
-            newer
-        });
-    }
-
-    /// The newest revision known to be committed.
-    pub fn current(&self) -> u64 {
-        *self.0.borrow()
-    }
-
-    /// A receiver that wakes on every advance.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
-    }
-}
 
 /// The `OperatorService` implementation over any [`Store`].
 #[derive(Debug, Clone)]

@@ -32,10 +32,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::fanout::State;
-use crate::grpc::Head;
-use crate::nodes::{Error, now_ms};
-use crate::store::{HealthWrite, Store};
+use crate::fanout::{Head, State};
+use crate::nodes::Error;
+use crate::store::{HealthWrite, Store, now_ms};
 
 /// Longest `reason` kept from a report; longer ones are cut.
 const MAX_REASON: usize = 256;

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod registration;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod sync;
 

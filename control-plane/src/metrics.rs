@@ -14,8 +14,7 @@ use switchyard::metrics::{Encoder, Type};
 use tokio::sync::watch;
 use tonic::{Code, Status};
 
-use crate::fanout::State;
-use crate::grpc::Head;
+use crate::fanout::{Head, State};
 use crate::health::Reporter;
 use crate::nodes::Registry;
 use crate::store::{Call, Latency};

@@ -9,14 +9,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use switchyard::validate::Invalid;
 
-use crate::store::{self, NodeRow, Store};
+use crate::store::{self, NodeRow, Store, now_ms};
 
 /// Why a request an agent made for its node was refused.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +37,6 @@ pub enum Error {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] store::Error),
-}
-
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Pending node rows and push counters of one replica.

@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::fanout::Head;
 use crate::fanout::State;
-use crate::grpc::{Head, results, write};
-use crate::nodes::{Error, now_ms};
+use crate::grpc::{results, write};
+use crate::nodes::Error;
+use crate::store::now_ms;
 use crate::store::{Author, HealthWrite, Removal, Store};
 
 /// How long a registration waits for the replica's state to catch up with

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::auth::{self, Tokens};
 use crate::fanout;
-use crate::grpc::{Head, Operator};
+use crate::fanout::Head;
+use crate::grpc::Operator;
 use crate::health::{self, Reporter};
 use crate::metrics;
 use crate::nodes::Registry;

@@ -39,6 +39,13 @@ pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 pub use timed::{Call, Latency, Timed};
 
+/// The current time in Unix milliseconds, as the store stamps rows with it.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -30,10 +30,12 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::auth::Caller;
+use crate::fanout::Head;
 use crate::fanout::{State, View};
-use crate::grpc::{Head, invalid_argument, node_status, status};
 use crate::health::Reporter;
-use crate::nodes::{Held, Registry, now_ms};
+use crate::nodes::{Held, Registry};
+use crate::status::{invalid_argument, node_status, status};
+use crate::store::now_ms;
 use crate::store::{NodeRow, Store};
 
 /// How long a new stream may take to send its Hello.

@@ -600,7 +600,7 @@ async fn writes_record_their_author_across_a_restart(db: TestDb) {
     let alice = Author::new("token/alice", "10.1.1.1:1111");
     let bob = Author::new("token/bob", "[2001:db8::2]:2222");
     let store = db.store().await;
-    let before = switchyard_control_plane::nodes::now_ms();
+    let before = switchyard_control_plane::store::now_ms();
     store
         .apply(
             vec![write(service("web")), write(endpoint("web-1", "web", 80))],
@@ -621,7 +621,7 @@ async fn writes_record_their_author_across_a_restart(db: TestDb) {
         .delete(vec![removal(Kind::Service, "api")], false, &bob)
         .await
         .unwrap();
-    let after = switchyard_control_plane::nodes::now_ms();
+    let after = switchyard_control_plane::store::now_ms();
 
     let check = |store: switchyard_control_plane::store::Any| async move {
         let web = store.get(&Ref::new(Kind::Service, "web")).await.unwrap();

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use switchyard::pb;
 use switchyard::pb::operator_service_client::OperatorServiceClient;
-use switchyard_agent::proxy::{Builtin, Driver};
 use switchyard_agent::{Agent, sync};
 use switchyard_control_plane::{server, store};
+use switchyard_proxy::Builtin;
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 use tokio::time::Instant;

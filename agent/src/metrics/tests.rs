@@ -10,8 +10,8 @@ use switchyard::metrics::parse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::driver;
 use crate::health::Observed;
-use crate::proxy::Builtin;
 
 fn observed(health: pb::Health) -> Observed {
     Observed {
@@ -41,7 +41,9 @@ fn every_family_is_written_and_parses() {
         config,
         health,
         checks: Arc::default(),
-        proxy: Some(Builtin::new().metrics()),
+        driver: Some(Arc::new(
+            driver::Builtin::new(switchyard_proxy::Builtin::new(), Default::default()).0,
+        )),
     };
     let text = sources.render();
     let s = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));

@@ -9,9 +9,8 @@ use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
 use super::{Caller, Tokens, hash, new_secret};
-use crate::grpc::{invalid_argument, status};
-use crate::nodes::now_ms;
-use crate::store::{Role, Store, TokenRow};
+use crate::status::{invalid_argument, status};
+use crate::store::{Role, Store, TokenRow, now_ms};
 
 /// The `TokenService` implementation over any [`Store`].
 #[derive(Debug)]

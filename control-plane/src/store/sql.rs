@@ -418,7 +418,7 @@ macro_rules! impl_store {
                 let revision = bump(&mut tx).await?;
                 // Taken once the counter is locked, so that times follow
                 // revision order as closely as the clock allows.
-                let stamp = Stamp { author, at_ms: $crate::nodes::now_ms() };
+                let stamp = Stamp { author, at_ms: $crate::store::now_ms() };
                 let mut results = Vec::with_capacity(writes.len());
                 let mut written = 0usize;
                 for w in &writes {
@@ -491,7 +491,7 @@ macro_rules! impl_store {
                 sql::no_repeats(removals.iter().map(|r| (&r.target, r.field.as_str())))?;
                 let mut tx: Tx = self.pool.begin().await?;
                 let revision = bump(&mut tx).await?;
-                let stamp = Stamp { author, at_ms: $crate::nodes::now_ms() };
+                let stamp = Stamp { author, at_ms: $crate::store::now_ms() };
                 for (seq, r) in removals.iter().enumerate() {
                     let actual: Option<i64> = sqlx::query_scalar(
                         "DELETE FROM resources WHERE kind = $1 AND name = $2 RETURNING revision",
@@ -761,7 +761,7 @@ macro_rules! impl_store {
                 let endpoint = Kind::Endpoint.as_str();
                 let mut tx: Tx = self.pool.begin().await?;
                 let revision = bump(&mut tx).await?;
-                let at_ms = $crate::nodes::now_ms();
+                let at_ms = $crate::store::now_ms();
                 // Read every named endpoint, decide, then write the changed
                 // ones: three multi-row statements per thousand reports.
                 let mut next: Vec<(String, Vec<u8>, Author)> = Vec::new();

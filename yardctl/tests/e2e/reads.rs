@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use switchyard::pb::operator_service_server::OperatorServiceServer;
-use switchyard_control_plane::grpc::{Head, Operator};
+use switchyard_control_plane::fanout::Head;
+use switchyard_control_plane::grpc::Operator;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use switchyard::pb::operator_service_server::OperatorServiceServer;
 use switchyard_control_plane::both_backends;
-use switchyard_control_plane::grpc::{Head, Operator};
+use switchyard_control_plane::fanout::Head;
+use switchyard_control_plane::grpc::Operator;
 use switchyard_control_plane::testing::{TempDir, TestDb};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;

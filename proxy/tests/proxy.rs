@@ -14,10 +14,10 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use switchyard::node::NodeConfig;
 use switchyard::pb;
-use switchyard_agent::NodeConfig;
-use switchyard_agent::proxy::{Builtin, Driver};
-use switchyard_agent::state::Store;
+use switchyard::resource::Resource;
+use switchyard_proxy::Builtin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -247,15 +247,26 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Validates a snapshot the way the agent does and returns the configuration.
+/// The configuration a valid snapshot describes, each resource validated
+/// as the agent validates it.
 fn config(revision: u64, snapshot: pb::Snapshot) -> Arc<NodeConfig> {
-    let mut store = Store::new();
-    store
-        .apply_snapshot(pb::Snapshot {
-            revision,
-            ..snapshot
-        })
-        .expect("valid test configuration")
+    use pb::resource::Kind as K;
+    let mut config = NodeConfig {
+        revision,
+        ..NodeConfig::default()
+    };
+    let kinds = (snapshot.services.into_iter().map(K::Service))
+        .chain(snapshot.endpoints.into_iter().map(K::Endpoint))
+        .chain(snapshot.routes.into_iter().map(K::Route))
+        .chain(snapshot.listeners.into_iter().map(K::Listener));
+    for kind in kinds {
+        let raw = pb::Resource {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        config.insert(Resource::from_pb(&raw, "snapshot").expect("valid test resource"));
+    }
+    Arc::new(config)
 }
 
 /// A running proxy driven by a watch channel, as the agent drives it.
@@ -263,7 +274,7 @@ struct Proxy {
     config: watch::Sender<Arc<NodeConfig>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
-    metrics: switchyard_agent::proxy::Metrics,
+    metrics: switchyard_proxy::Metrics,
 }
 
 impl Proxy {

@@ -19,12 +19,13 @@
 //! metrics endpoint reads (see [`Metrics`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use switchyard::node::NodeConfig;
 use switchyard::resource::{Endpoint, Health, Labels, ListenerTarget, Protocol, Service};
+use switchyard::validate::Invalid;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,14 +34,17 @@ use tracing::{debug, info, warn};
 
 use crate::balance::{Balancer, Policy, Target};
 use crate::router::Router;
-use crate::state::NodeConfig;
 
+pub mod balance;
+mod body;
+mod error;
 mod h1;
 mod http;
 mod limit;
 mod metrics;
 mod outlier;
 mod pool;
+pub mod router;
 mod tcp;
 mod workers;
 
@@ -68,19 +72,6 @@ pub fn default_backlog() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .map_or(MAX_DEFAULT_BACKLOG, |cap| cap.clamp(1, MAX_DEFAULT_BACKLOG))
-}
-
-/// A data plane the agent drives from the node's configuration.
-///
-/// The built-in proxy is one; a driver for an external proxy (rendering its
-/// configuration and driving its runtime API) is another.
-pub trait Driver: Send + 'static {
-    /// Serves every configuration published on `config` until `shutdown`.
-    fn run(
-        self,
-        config: watch::Receiver<Arc<NodeConfig>>,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = ()> + Send;
 }
 
 /// The built-in proxy.
@@ -189,9 +180,9 @@ impl Builtin {
     /// stays live, instead of being accepted with a listener that cannot
     /// open. A port taken between the check and the proxy's bind is still
     /// only logged.
-    pub fn preflight(&self) -> crate::sync::Preflight {
+    pub fn preflight(&self) -> impl Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync + 'static {
         let bound = self.bound.clone();
-        crate::sync::Preflight::new(move |config: &NodeConfig| {
+        move |config: &NodeConfig| {
             // Held for the whole check (see `run`): a few trial binds.
             let held = bound.lock().expect("bound listeners");
             let mut v = switchyard::validate::Violations::new();
@@ -208,11 +199,11 @@ impl Builtin {
                 }
             }
             v.finish(())
-        })
+        }
     }
 
     /// A handle on the proxy's traffic counters, which stays valid while
-    /// the proxy runs (take it before [`Driver::run`] consumes the proxy).
+    /// the proxy runs (take it before [`Builtin::run`] consumes the proxy).
     pub fn metrics(&self) -> Metrics {
         Metrics {
             listeners: self.listeners.clone(),
@@ -474,8 +465,15 @@ struct Open {
     stop: CancellationToken,
 }
 
-impl Driver for Builtin {
-    async fn run(self, mut config: watch::Receiver<Arc<NodeConfig>>, shutdown: CancellationToken) {
+impl Builtin {
+    /// Serves every configuration published on `config` until `shutdown`,
+    /// then drains: listeners stop accepting, requests in flight finish
+    /// (up to 30 s), idle upstream connections close.
+    pub async fn run(
+        self,
+        mut config: watch::Receiver<Arc<NodeConfig>>,
+        shutdown: CancellationToken,
+    ) {
         let workers = match workers::Workers::start(self.threads) {
             Ok(w) => w,
             Err(error) => {
@@ -688,7 +686,7 @@ impl Context {
 
 /// A small, fast, non-cryptographic random source (request ids, weighted
 /// picks), one per thread.
-pub(crate) fn random() -> u64 {
+pub fn random() -> u64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({

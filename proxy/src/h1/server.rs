@@ -15,9 +15,9 @@
 //! `Content-Length`, conflicting `Content-Length`s, a transfer coding other
 //! than `chunked` alone (`501`), `Transfer-Encoding` in HTTP/1.0, an
 //! HTTP/1.1 request without exactly one `Host`; chunk lines are read
-//! strictly (see [`super::decode`]). The request goes upstream re-framed
-//! by the client side ([`super`]), so no framing of the client's ever
-//! reaches an endpoint.
+//! strictly (see [`super::framing`]). The request goes upstream re-framed
+//! by the client side ([`super::client`]), so no framing of the client's
+//! ever reaches an endpoint.
 //!
 //! Slow clients are bounded: a head must arrive within the head timeout, a
 //! request body may not pause, nor a client stop taking a response, for
@@ -40,9 +40,8 @@
 //! An HTTP/1.1 request without a body that asks to switch protocols
 //! (`Connection: upgrade` and `Upgrade`, as WebSocket does) is marked
 //! ([`UpgradeRequested`]); when the handler answers `101` with the
-//! endpoint's connection ([`Tunnel`]), the connection stops being HTTP:
-//! bytes are relayed both ways, half-closes passed on, until both sides
-//! have closed.
+//! endpoint's connection ([`Tunnel`]), the connection stops being HTTP
+//! ([`super::tunnel`]).
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -53,8 +52,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -63,10 +62,12 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{
-    Chunked, Decoded, Framing, HEAD_READ, MAX_HEADERS, Tunnel, connection_allows_reuse,
-    connection_has, content_length, decode, poll_read_body,
-};
+use super::framing::{self, CHUNK_END, Decoded, Delimit, Framing, LAST_CHUNK, decode};
+pub(crate) use super::head::UpgradeRequested;
+use super::head::{self, Hop, Refusal, RequestHead, Start, TOO_LARGE, encode_head};
+use super::tunnel::{self, Tunnel};
+use super::{HEAD_READ, poll_read_body};
+use crate::error::{Error, Kind, Origin, Retry};
 
 /// What the HTTP/2 connection preface starts with.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -94,7 +95,7 @@ thread_local! {
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, Copy)]
-pub(in crate::proxy) struct Limits {
+pub(crate) struct Limits {
     /// The largest request head (request line and headers); a larger one
     /// is answered `431`.
     pub max_head: usize,
@@ -108,13 +109,8 @@ pub(in crate::proxy) struct Limits {
     pub idle_timeout: Duration,
 }
 
-/// In the extensions of a request that asks to switch protocols: the
-/// handler may pass the ask on and answer `101` with a [`Tunnel`].
-#[derive(Debug, Clone, Copy)]
-pub(in crate::proxy) struct UpgradeRequested;
-
 /// How a connection ended.
-pub(in crate::proxy) enum Served {
+pub(crate) enum Served {
     /// Served over HTTP/1.x to its end.
     Done,
     /// It opened with the HTTP/2 preface: the connection and the bytes
@@ -128,7 +124,7 @@ pub(in crate::proxy) enum Served {
 /// of each request refused before it reached the handler, and of each
 /// whose body broke off (malformed framing, cut short, too slow) while the
 /// handler read it, whatever the handler answered.
-pub(in crate::proxy) async fn serve<H, F, B>(
+pub(crate) async fn serve<H, F, B>(
     io: TcpStream,
     limits: Limits,
     stop: &CancellationToken,
@@ -198,11 +194,12 @@ where
             }
         };
 
-        let Head {
+        let RequestHead {
             request,
             keep_alive,
             bodiless,
             upgrade,
+            ..
         } = head;
         let version = request.version();
         let id = lock(&shared).request;
@@ -315,29 +312,14 @@ struct Reader {
     idle_timeout: Duration,
 }
 
-/// A request head and how to treat its connection.
-struct Head {
-    request: Request<()>,
-    /// Whether the client lets the connection be reused.
-    keep_alive: bool,
-    /// Whether the response has no body (`HEAD`).
-    bodiless: bool,
-    /// Whether the request asks to switch protocols.
-    upgrade: bool,
-}
-
 /// What [`Reader::poll_head`] found.
 // Returned once per request and never stored: boxing the head would cost
 // an allocation for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    Request(Head),
+    Request(RequestHead),
     Http2,
 }
-
-/// A refused request: the status and a short reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Refusal(StatusCode, &'static str);
 
 impl Reader {
     /// Reads the next request head: `None` when the client closed the
@@ -426,170 +408,16 @@ impl Reader {
     }
 
     /// Parses a complete request head at the start of the buffer, or
-    /// `None` when more bytes are needed.
+    /// `None` when more bytes are needed; the body that follows is read
+    /// as its head says.
     fn parse(&mut self, limits: Limits) -> Result<Option<Parsed>, Refusal> {
-        // httparse knows HTTP/1.0 and 1.1 only: a request line it refuses
-        // for its version (rarely) is read here, before a verdict.
-        match self.parse_known(limits) {
-            Err(UNSUPPORTED_VERSION) => match request_line(&self.buf) {
-                Line::Partial => Ok(None),
-                Line::Malformed => Err(bad("malformed request line")),
-                Line::Unsupported => Err(UNSUPPORTED_VERSION),
-                // A later HTTP/1 minor version is served as the highest
-                // this server speaks, HTTP/1.1 (RFC 9112 §2.3).
-                Line::LaterMinor(at) => {
-                    self.buf[at] = b'1';
-                    self.parse_known(limits)
-                }
-            },
-            parsed => parsed,
-        }
-    }
-
-    /// [`Reader::parse`] for HTTP/1.0 and 1.1; any other version, or what
-    /// httparse takes for one, is [`UNSUPPORTED_VERSION`].
-    fn parse_known(&mut self, limits: Limits) -> Result<Option<Parsed>, Refusal> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut fields);
-        let len = match parsed.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) if len > limits.max_head => {
-                return Err(TOO_LARGE);
-            }
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Refusal(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too many header fields",
-                ));
-            }
-            Err(httparse::Error::Version) => return Err(UNSUPPORTED_VERSION),
-            Err(_) => return Err(bad("malformed request head")),
+        let Some(head) = head::parse_request(&mut self.buf, limits.max_head)? else {
+            return Ok(None);
         };
-        let method = parsed.method.unwrap_or_default();
-        let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("method"))?;
-        let version = match parsed.version {
-            Some(1) => Version::HTTP_11,
-            _ => Version::HTTP_10,
-        };
-        // Where the target, names and values lie in the head, noted on
-        // the stack: they become slices of it, without copies.
-        let base = self.buf.as_ptr() as usize;
-        let offset = |s: &[u8]| s.as_ptr() as usize - base;
-        let path = parsed.path.unwrap_or_default().as_bytes();
-        let target = (offset(path), offset(path) + path.len());
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = parsed.headers.len();
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
-            *span = (name, name + h.name.len(), value, value + h.value.len());
-        }
-        let head = self.buf.split_to(len).freeze();
-        if self.buf.is_empty() {
-            // Nothing else buffered: the next read takes a new buffer when
-            // bytes arrive (this one lives on in the head's slices).
-            self.buf = BytesMut::new();
-        }
-        // Room for the headers the proxy adds (`x-forwarded-for`,
-        // `x-request-id`) without growing the map.
-        let mut headers = HeaderMap::with_capacity(count + 2);
-        for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name_start..name_end])
-                .map_err(|_| bad("header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-                .map_err(|_| bad("header value"))?;
-            headers.append(name, value);
-        }
-        let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
-            .map_err(|_| bad("request target"))?;
-        if method == Method::CONNECT {
-            return Err(Refusal(
-                StatusCode::NOT_IMPLEMENTED,
-                "CONNECT is not supported",
-            ));
-        }
-
-        // RFC 9112 §3.2: exactly one Host in HTTP/1.1; an absolute target's
-        // authority replaces it.
-        let hosts = headers.get_all(header::HOST).iter().count();
-        if hosts > 1 {
-            return Err(bad("more than one host header"));
-        }
-        if let Some(authority) = uri.authority() {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("host"))?;
-            headers.insert(header::HOST, host);
-        } else if hosts == 0 && version == Version::HTTP_11 {
-            return Err(bad("missing host header"));
-        }
-
-        // RFC 9112 §6: how the body ends.
-        self.framing = if headers.contains_key(header::TRANSFER_ENCODING) {
-            if version == Version::HTTP_10 {
-                return Err(bad("transfer-encoding in an HTTP/1.0 request"));
-            }
-            if headers.contains_key(header::CONTENT_LENGTH) {
-                return Err(bad("both transfer-encoding and content-length"));
-            }
-            let mut codings = headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-                .filter(|c| !c.is_empty());
-            match (codings.next(), codings.next()) {
-                (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => {}
-                _ => {
-                    return Err(Refusal(
-                        StatusCode::NOT_IMPLEMENTED,
-                        "transfer coding not supported",
-                    ));
-                }
-            }
-            // The framing is this hop's; the next one gets its own.
-            headers.remove(header::TRANSFER_ENCODING);
-            Framing::Chunked(Chunked::Size)
-        } else {
-            match content_length(&headers) {
-                Ok(length) => Framing::Length(length.unwrap_or(0)),
-                Err(_) => return Err(bad("content-length")),
-            }
-        };
+        self.framing = head.framing;
         self.broken = false;
-        self.expect = None;
-        if let Some(expect) = headers.get(header::EXPECT) {
-            if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
-                return Err(Refusal(
-                    StatusCode::EXPECTATION_FAILED,
-                    "expectation not supported",
-                ));
-            }
-            if version == Version::HTTP_11 && self.framing != Framing::Length(0) {
-                self.expect = Some(CONTINUE);
-            }
-        }
-
-        let keep_alive = connection_allows_reuse(&headers, version);
-        let bodiless = method == Method::HEAD;
-        // RFC 9110 §7.8. With a body, the body would have to be relayed
-        // before the switch: such a request is served as an ordinary one.
-        let upgrade = version == Version::HTTP_11
-            && self.framing == Framing::Length(0)
-            && headers.contains_key(header::UPGRADE)
-            && connection_has(&headers, "upgrade");
-        let mut request = Request::new(());
-        if upgrade {
-            request.extensions_mut().insert(UpgradeRequested);
-        }
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
-        *request.headers_mut() = headers;
-        Ok(Some(Parsed::Request(Head {
-            request,
-            keep_alive,
-            bodiless,
-            upgrade,
-        })))
+        self.expect = head.expect_continue.then_some(CONTINUE);
+        Ok(Some(Parsed::Request(head)))
     }
 
     /// Whether the current request's body has been read to its end.
@@ -600,7 +428,7 @@ impl Reader {
     /// Reads the next piece of the current request's body.
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
         if self.broken {
-            return Poll::Ready(Some(Err(Error::Closed)));
+            return Poll::Ready(Some(Err(Error::downstream(Kind::Closed))));
         }
         while let Some(rest) = self.expect {
             // Nothing has been written on the connection yet, so this
@@ -624,14 +452,14 @@ impl Reader {
                 Ok(Decoded::More) => {}
                 Err(why) => {
                     self.broken = true;
-                    return Poll::Ready(Some(Err(Error::Invalid(why))));
+                    return Poll::Ready(Some(Err(Error::downstream(Kind::Invalid(why)))));
                 }
             }
             match poll_read_body(&mut self.io, &mut self.buf, cx) {
                 Poll::Pending => return self.wait(cx),
                 Poll::Ready(Ok(0)) => {
                     self.broken = true;
-                    return Poll::Ready(Some(Err(Error::Closed)));
+                    return Poll::Ready(Some(Err(Error::downstream(Kind::Closed))));
                 }
                 Poll::Ready(Ok(_)) => self.idle = None,
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
@@ -652,7 +480,7 @@ impl Reader {
         if idle.as_mut().poll(cx).is_ready() {
             self.idle = None;
             self.broken = true;
-            return Poll::Ready(Some(Err(Error::Idle)));
+            return Poll::Ready(Some(Err(Error::downstream(Kind::Timeout))));
         }
         Poll::Pending
     }
@@ -660,90 +488,15 @@ impl Reader {
     /// Marks the connection broken by `error`.
     fn fail(&mut self, error: io::Error) -> Error {
         self.broken = true;
-        Error::Io(error)
+        Error::io(error, Origin::Downstream, Retry::Never)
     }
 }
-
-/// What [`request_line`] makes of a request line whose version httparse
-/// refused.
-#[derive(Debug, PartialEq, Eq)]
-enum Line {
-    /// The line has not all arrived.
-    Partial,
-    /// Not `method SP target SP HTTP/d.d` (a space inside the target, a
-    /// malformed version): 400.
-    Malformed,
-    /// A well-formed version of another major version: 505.
-    Unsupported,
-    /// HTTP/1.2 to 1.9: the minor version's digit is at this index.
-    LaterMinor(usize),
-}
-
-/// Reads the request line at the start of `buf` for its version (RFC 9112
-/// §3: exactly three parts, single spaces apart; the version
-/// `HTTP/DIGIT.DIGIT`).
-fn request_line(buf: &[u8]) -> Line {
-    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-        return Line::Partial;
-    };
-    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-    if line.iter().filter(|&&b| b == b' ').count() != 2 {
-        return Line::Malformed;
-    }
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    match version {
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
-        {
-            if *major == b'1' && *minor > b'1' {
-                Line::LaterMinor(line.len() - 1)
-            } else {
-                Line::Unsupported
-            }
-        }
-        _ => Line::Malformed,
-    }
-}
-
-/// Answered for a request of another HTTP major version.
-const UNSUPPORTED_VERSION: Refusal = Refusal(
-    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-    "HTTP version not supported",
-);
-
-/// Answered for a head over the limit.
-const TOO_LARGE: Refusal = Refusal(
-    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-    "request head too large",
-);
 
 /// The client closed the connection within a head.
 const CLOSED: Refusal = Refusal(StatusCode::BAD_REQUEST, "connection closed within the head");
 
-fn bad(why: &'static str) -> Refusal {
-    Refusal(StatusCode::BAD_REQUEST, why)
-}
-
-/// Why a request body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(in crate::proxy) enum Error {
-    /// The connection failed.
-    #[error("client connection: {0}")]
-    Io(#[from] io::Error),
-    /// The client closed the connection before the body's end, or the
-    /// request the body belonged to is over.
-    #[error("client closed the connection before the end of the request body")]
-    Closed,
-    /// The body's chunked framing is malformed.
-    #[error("invalid request body: {0}")]
-    Invalid(&'static str),
-    /// No byte of the body came within the idle timeout.
-    #[error("client sent nothing of the request body within the idle timeout")]
-    Idle,
-}
-
 /// A request body, read from the client's connection as it is polled.
-pub(in crate::proxy) struct Body {
+pub(crate) struct Body {
     shared: Arc<Mutex<Reader>>,
     /// The request it belongs to.
     request: u64,
@@ -757,7 +510,7 @@ impl Body {
 
     /// A handle that tells whether this body broke off, for the handler to
     /// keep while the body itself goes elsewhere.
-    pub(in crate::proxy) fn watch(&self) -> Watch {
+    pub(crate) fn watch(&self) -> Watch {
         Watch(Body {
             shared: self.shared.clone(),
             request: self.request,
@@ -767,11 +520,11 @@ impl Body {
 
 /// Tells whether a request body broke off: its framing was malformed, the
 /// client went away or stopped sending ([`Body::watch`]).
-pub(in crate::proxy) struct Watch(Body);
+pub(crate) struct Watch(Body);
 
 impl Watch {
     /// Whether the body broke off.
-    pub(in crate::proxy) fn broke(&self) -> bool {
+    pub(crate) fn broke(&self) -> bool {
         self.0.reader().is_some_and(|r| r.broken)
     }
 }
@@ -788,7 +541,7 @@ impl hyper::body::Body for Body {
             Some(mut reader) => reader
                 .poll_body(cx)
                 .map(|piece| piece.map(|r| r.map(Frame::data))),
-            None => Poll::Ready(Some(Err(Error::Closed))),
+            None => Poll::Ready(Some(Err(Error::downstream(Kind::Closed)))),
         }
     }
 
@@ -803,19 +556,6 @@ impl hyper::body::Body for Body {
             _ => SizeHint::default(),
         }
     }
-}
-
-/// How a response body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delimited {
-    /// No body (`HEAD`, `1xx`, `204`, `304`).
-    Empty,
-    /// By `Content-Length`, with this many bytes left.
-    Length(u64),
-    /// Chunked.
-    Chunked,
-    /// By closing the connection (an HTTP/1.0 client, size unknown).
-    Close,
 }
 
 /// How a response is to be written.
@@ -849,25 +589,13 @@ where
         idle,
     } = how;
     let (parts, body) = response.into_parts();
-    let status = parts.status;
-    let mut delimited = if bodiless
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Delimited::Empty
-    } else if let Some(n) = body.size_hint().exact() {
-        Delimited::Length(n)
-    } else if version == Version::HTTP_11 {
-        Delimited::Chunked
-    } else {
-        Delimited::Close
-    };
-    let close = close || delimited == Delimited::Close;
-    encode_head(&parts, delimited, version, close, out);
+    let mut delimited =
+        framing::outbound_response(bodiless, parts.status, body.size_hint().exact(), version);
+    let close = close || delimited == Delimit::Close;
+    encode_response(out, &parts, delimited, version, close);
 
     let mut body = pin!(body);
-    if delimited == Delimited::Empty {
+    if delimited == Delimit::Bodiless {
         send(write, out, idle).await?;
         out.clear();
         return Ok(!close);
@@ -904,34 +632,31 @@ where
             continue;
         }
         match &mut delimited {
-            Delimited::Length(left) => {
+            Delimit::Length(left) => {
                 *left = left
                     .checked_sub(data.len() as u64)
                     .ok_or_else(|| io::Error::other("response body longer than its length"))?;
             }
-            Delimited::Chunked => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "{:x}\r\n", data.len());
-            }
-            Delimited::Close | Delimited::Empty => {}
+            Delimit::Chunked => framing::encode_chunk_size(data.len(), out),
+            Delimit::Close | Delimit::Bodiless => {}
         }
         if data.len() <= COPY_MAX {
             out.extend_from_slice(&data);
         } else {
             send_both(write, out, &mut data, idle).await?;
         }
-        if delimited == Delimited::Chunked {
-            out.extend_from_slice(b"\r\n");
+        if delimited == Delimit::Chunked {
+            out.extend_from_slice(CHUNK_END);
         }
     }
     match delimited {
-        Delimited::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
-        Delimited::Length(0) => {}
-        Delimited::Length(_) => {
+        Delimit::Chunked => out.extend_from_slice(LAST_CHUNK),
+        Delimit::Length(0) => {}
+        Delimit::Length(_) => {
             send(write, out, idle).await?;
             return Err(io::Error::other("response body shorter than its length"));
         }
-        Delimited::Close | Delimited::Empty => {}
+        Delimit::Close | Delimit::Bodiless => {}
     }
     send(write, out, idle).await?;
     out.clear();
@@ -986,96 +711,54 @@ async fn send_both(
     Ok(())
 }
 
-/// Writes the status line and headers into `out`, framed as `delimited`.
-fn encode_head(
+/// Writes a response head into `out`, delimited as `delimited`, saying
+/// whether the connection stays open (`close`; HTTP/1.0 clients are told
+/// when it does) or switches protocols (`101`).
+fn encode_response(
+    out: &mut BytesMut,
     parts: &hyper::http::response::Parts,
-    delimited: Delimited,
+    delimited: Delimit,
     version: Version,
     close: bool,
-    out: &mut BytesMut,
 ) {
-    use std::fmt::Write as _;
-    out.reserve(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        let framing = name == header::TRANSFER_ENCODING
-            || (name == header::CONTENT_LENGTH && delimited != Delimited::Empty);
-        if framing || name == header::CONNECTION {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    match delimited {
-        Delimited::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
-        Delimited::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Delimited::Close | Delimited::Empty => {}
-    }
-    if !parts.headers.contains_key(header::DATE) {
-        // RFC 9110 §6.6.1: a response forwarded without one gets one.
-        out.extend_from_slice(b"date: ");
-        now(out);
-        out.extend_from_slice(b"\r\n");
-    }
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        out.extend_from_slice(b"connection: upgrade\r\n");
+    let connection: &[u8] = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        b"upgrade"
     } else if close {
-        out.extend_from_slice(b"connection: close\r\n");
+        b"close"
     } else if version == Version::HTTP_10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends the current time as an HTTP date, formatted once a second per
-/// thread.
-fn now(out: &mut BytesMut) {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    LAST.with_borrow_mut(|(at, text)| {
-        if *at != second {
-            *at = second;
-            *text = httpdate::fmt_http_date(now);
-        }
-        out.extend_from_slice(text.as_bytes());
-    });
+        b"keep-alive"
+    } else {
+        b""
+    };
+    let hop = Hop {
+        delimit: delimited,
+        expect: false,
+        date: true,
+    };
+    let start = Start::Response(parts.status);
+    encode_head(
+        out,
+        start,
+        &parts.headers,
+        hop,
+        Some(connection).filter(|c| !c.is_empty()),
+    );
 }
 
 /// Switches the connection to the protocol the endpoint agreed to: writes
 /// the `101` answer (with what the endpoint sent after its own), then
-/// relays bytes both ways between the client and the endpoint until both
-/// have closed; a half-close on either side is passed on. The tunnel
-/// counts against its service's connection limit (`slot`) while open.
+/// relays bytes both ways ([`tunnel::relay`]).
 async fn switch<B>(
     shared: Arc<Mutex<Reader>>,
     write: OwnedWriteHalf,
     mut out: BytesMut,
     response: Response<B>,
-    (mut server, early, _slot): (TcpStream, Bytes, crate::proxy::pool::Slot),
+    upstream: tunnel::Upstream,
     idle: Duration,
 ) {
     let (parts, _) = response.into_parts();
-    encode_head(&parts, Delimited::Empty, Version::HTTP_11, false, &mut out);
-    out.extend_from_slice(&early);
+    encode_response(&mut out, &parts, Delimit::Bodiless, Version::HTTP_11, false);
+    out.extend_from_slice(&upstream.early);
     if let Err(error) = send(&write, &mut out, idle).await {
         debug!(%error, "protocol switch not written");
         return;
@@ -1086,21 +769,10 @@ async fn switch<B>(
     let reader = reader.into_inner().unwrap_or_else(PoisonError::into_inner);
     // What the client sent after its request, in the new protocol already.
     let (read, pending) = (reader.io, reader.buf);
-    let Ok(mut client) = read.reunite(write) else {
+    let Ok(client) = read.reunite(write) else {
         return;
     };
-    if !pending.is_empty()
-        && let Err(error) = server.write_all(&pending).await
-    {
-        debug!(%error, "tunnel to the endpoint failed");
-        return;
-    }
-    let _ = server.set_nodelay(true);
-    // copy_bidirectional shuts down each write side when its read side
-    // reaches end of stream: half-closes pass through.
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        debug!(%error, "tunnel ended with an error");
-    }
+    tunnel::relay(client, pending, upstream).await;
 }
 
 /// Answers a request that cannot be served with `why` and closes the
@@ -1123,12 +795,12 @@ async fn refuse(
     );
     let (parts, ()) = response.into_parts();
     out.clear();
-    encode_head(
+    encode_response(
+        out,
         &parts,
-        Delimited::Length(text.len() as u64),
+        Delimit::Length(text.len() as u64),
         Version::HTTP_11,
         true,
-        out,
     );
     out.extend_from_slice(text.as_bytes());
     let idle = lock(shared).idle_timeout;

@@ -22,93 +22,24 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use switchyard::resource::Service;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::body::{Inbound, Outbound, Versioned};
+use super::error::{Error, Kind, Origin, Retry};
 use super::h1;
-use super::http::Outbound;
+use super::limit::{Pending, Slot, Slots};
 use super::workers;
-
-/// How one try failed before a response began.
-#[derive(Debug)]
-pub(super) enum Failure {
-    /// No connection could be opened; nothing was sent.
-    Connect,
-    /// The connection broke (or the protocol failed) before a response.
-    Reset,
-    /// The per-try or route timeout passed first.
-    TimedOut,
-    /// The service has `max_connections` open, and `max_pending_requests`
-    /// wait already or none freed up within the connect timeout; nothing
-    /// was sent.
-    Overflow,
-    /// The client's request body broke off (malformed framing, cut short)
-    /// after the request had gone out: the client's failure, not the
-    /// endpoint's, and not to be tried again.
-    Request,
-}
-
-/// A service's open connections and waiting requests, kept across
-/// configurations.
-#[derive(Debug, Default)]
-pub(crate) struct Limits {
-    /// Connections open to its endpoints (HTTP and TCP relays).
-    open: AtomicUsize,
-    /// Requests waiting for a connection.
-    pending: AtomicUsize,
-    /// Signalled when a connection closes or goes back idle while requests
-    /// wait.
-    freed: Notify,
-}
-
-impl Limits {
-    /// Connections open now.
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Counts a new connection, or `None` when `max` are open already.
-    pub(super) fn try_connect(self: &Arc<Self>, max: Option<u32>) -> Option<Slot> {
-        let max = max.map_or(usize::MAX, |m| m as usize);
-        self.open
-            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Slot(self.clone()))
-    }
-
-    fn wake_pending(&self) {
-        if self.pending.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_waiters();
-        }
-    }
-}
-
-/// One counted connection; dropping it uncounts it and wakes a pending
-/// request.
-#[derive(Debug)]
-pub(crate) struct Slot(Arc<Limits>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-        self.0.wake_pending();
-    }
-}
 
 /// What identifies an endpoint's connections: address, port, HTTP/2, and the
 /// number of proxy threads.
@@ -118,7 +49,7 @@ type ConnsKey = (String, u16, bool, usize);
 /// of its endpoints by address.
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
-    pub(crate) limits: Arc<Limits>,
+    pub(crate) limits: Arc<Slots>,
     by_address: Mutex<HashMap<ConnsKey, Arc<Conns>>>,
     /// The service's idle timeout in milliseconds, as its newest
     /// configuration says (set before it has any connection).
@@ -207,7 +138,7 @@ impl Connections {
 
 /// An idle HTTP/1.1 connection.
 struct Idle {
-    conn: h1::Conn,
+    conn: h1::client::Conn,
     since: Instant,
 }
 
@@ -242,15 +173,14 @@ impl std::fmt::Debug for Conns {
 /// response body has been read to the end.
 pub(super) struct Lease {
     conns: Arc<Conns>,
-    limits: Arc<Limits>,
+    limits: Arc<Slots>,
     /// The proxy thread whose runtime the connection's socket is
     /// registered with.
     thread: usize,
 }
 
-impl Lease {
-    /// Returns `conn` for reuse.
-    pub(super) fn release(self, conn: h1::Conn) {
+impl h1::client::Release for Lease {
+    fn release(self, conn: h1::client::Conn) {
         self.conns.idle[self.thread]
             .lock()
             .expect("idle")
@@ -262,54 +192,8 @@ impl Lease {
     }
 }
 
-/// A message body over HTTP/1.x (read by the proxy's own code) or HTTP/2
-/// (hyper's): an endpoint's response ([`Upstream`]) or a client's request
-/// ([`super::http::Inbound`]).
-pub(super) enum Versioned<B> {
-    /// Read from its connection as it is polled.
-    Http1(B),
-    /// Received by the HTTP/2 connection's task.
-    Http2(Incoming),
-}
-
 /// A response body from an endpoint.
-pub(super) type Upstream = Versioned<h1::Body>;
-
-/// Why a body broke off.
-pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<B> hyper::body::Body for Versioned<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
-{
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            Versioned::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Versioned::Http2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Versioned::Http1(b) => b.is_end_stream(),
-            Versioned::Http2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Versioned::Http1(b) => b.size_hint(),
-            Versioned::Http2(b) => b.size_hint(),
-        }
-    }
-}
+pub(crate) type Upstream = Versioned<h1::client::Body<Inbound, Lease>>;
 
 /// An executor for HTTP/2 connection tasks whose tasks the proxy can wait
 /// for at shutdown.
@@ -323,15 +207,6 @@ where
 {
     fn execute(&self, fut: F) {
         self.0.spawn(fut);
-    }
-}
-
-/// Marks a request waiting for a connection until dropped.
-struct Pending<'a>(&'a Limits);
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -383,7 +258,7 @@ impl Conns {
         config: &Service,
         tasks: &TaskTracker,
         mut req: Request<Outbound>,
-    ) -> Result<Response<Upstream>, Failure> {
+    ) -> Result<Response<Upstream>, Error> {
         let limits = &service.limits;
         let thread = workers::index().min(self.idle.len() - 1);
         let (idle, shared) = (&self.idle[thread], &self.shared[thread]);
@@ -420,7 +295,11 @@ impl Conns {
                                 req = r;
                                 continue;
                             }
-                            None => Err(Failure::Reset),
+                            None => Err(Error::http2(
+                                e.into_error(),
+                                Origin::Upstream,
+                                Retry::Idempotent,
+                            )),
                         },
                     };
                 }
@@ -431,7 +310,7 @@ impl Conns {
                     Err(_) => {
                         let opened = self.opening[thread].lock();
                         if tokio::time::timeout_at(wait_until, opened).await.is_err() {
-                            return Err(Failure::Connect);
+                            return Err(Error::upstream(Kind::Connect, Retry::Safe));
                         }
                         continue;
                     }
@@ -471,7 +350,7 @@ impl Conns {
                     continue;
                 }
                 return self
-                    .exchange(h1::Conn::new(stream, slot), thread, limits, req)
+                    .exchange(h1::client::Conn::new(stream, slot), thread, limits, req)
                     .await;
             }
             // A request waiting for a free connection does not keep others
@@ -490,7 +369,7 @@ impl Conns {
                             (n < max).then_some(n + 1)
                         });
                 if waiting.is_err() {
-                    return Err(Failure::Overflow);
+                    return Err(Error::new(Kind::Overflow, Origin::Internal, Retry::Never));
                 }
                 pending = Some(Pending(limits));
             }
@@ -516,14 +395,14 @@ impl Conns {
             service.evict_idle(self);
             if tokio::time::timeout_at(wait_until, freed).await.is_err() {
                 // Not the endpoint's failure: the service is at its limit.
-                return Err(Failure::Overflow);
+                return Err(Error::new(Kind::Overflow, Origin::Internal, Retry::Never));
             }
         }
     }
 
     /// Opens a connection to the endpoint, by `wait_until` (at least a
     /// millisecond from now).
-    async fn connect(&self, wait_until: tokio::time::Instant) -> Result<TcpStream, Failure> {
+    async fn connect(&self, wait_until: tokio::time::Instant) -> Result<TcpStream, Error> {
         let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
         let connecting = TcpStream::connect((self.host.as_str(), self.port));
         match tokio::time::timeout(left.max(Duration::from_millis(1)), connecting).await {
@@ -533,9 +412,9 @@ impl Conns {
             }
             Ok(Err(error)) => {
                 debug!(host = %self.host, port = self.port, %error, "connect failed");
-                Err(Failure::Connect)
+                Err(Error::upstream(Kind::Connect, Retry::Safe))
             }
-            Err(_) => Err(Failure::Connect),
+            Err(_) => Err(Error::upstream(Kind::Connect, Retry::Safe)),
         }
     }
 
@@ -544,11 +423,11 @@ impl Conns {
     /// been read.
     async fn exchange(
         self: &Arc<Self>,
-        conn: h1::Conn,
+        conn: h1::client::Conn,
         thread: usize,
-        limits: &Arc<Limits>,
+        limits: &Arc<Slots>,
         req: Request<Outbound>,
-    ) -> Result<Response<Upstream>, Failure> {
+    ) -> Result<Response<Upstream>, Error> {
         let lease = Lease {
             conns: self.clone(),
             limits: limits.clone(),
@@ -556,13 +435,9 @@ impl Conns {
         };
         match conn.send(req, lease).await {
             Ok(resp) => Ok(resp.map(Upstream::Http1)),
-            Err(h1::Error::Request(error)) => {
-                debug!(host = %self.host, port = self.port, %error, "request body broke off");
-                Err(Failure::Request)
-            }
             Err(error) => {
                 debug!(host = %self.host, port = self.port, %error, "exchange failed");
-                Err(Failure::Reset)
+                Err(error)
             }
         }
     }
@@ -574,11 +449,11 @@ async fn handshake(
     stream: TcpStream,
     slot: Slot,
     tasks: &TaskTracker,
-) -> Result<http2::SendRequest<Outbound>, Failure> {
+) -> Result<http2::SendRequest<Outbound>, Error> {
     let exec = Tracked(tasks.clone());
     let (tx, conn) = http2::handshake(exec, TokioIo::new(stream))
         .await
-        .map_err(|_| Failure::Connect)?;
+        .map_err(|_| Error::upstream(Kind::Connect, Retry::Safe))?;
     tasks.spawn(async move {
         let _slot = slot;
         if let Err(error) = conn.await {
@@ -592,7 +467,7 @@ async fn handshake(
 /// idle for less than `timeout`. The least recently used one is dropped if
 /// it is not (one per checkout, so that old connections do not pile up
 /// under a stack that is never emptied).
-fn checkout(idle: &Mutex<VecDeque<Idle>>, timeout: Duration) -> Option<h1::Conn> {
+fn checkout(idle: &Mutex<VecDeque<Idle>>, timeout: Duration) -> Option<h1::client::Conn> {
     let mut idle = idle.lock().expect("idle");
     let usable = |c: &Idle| c.since.elapsed() < timeout && c.conn.is_open();
     if idle.front().is_some_and(|c| !usable(c)) {

@@ -1,9 +1,11 @@
-//! Circuit breaking and the retry budget: per-service counts of requests and
-//! retries in flight, kept by the driver across configurations so that a
-//! configuration change does not reset them.
+//! Circuit breaking and the retry budget: per-service counts of requests,
+//! retries and connections in flight, kept by the proxy across
+//! configurations so that a configuration change does not reset them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
 
 /// The fewest retries a service may have in flight whatever its budget, so
 /// that a quiet service can still retry (as Linkerd and Envoy do).
@@ -85,6 +87,64 @@ impl Drop for Guard {
         self.counters
             .counter(self.kind)
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A service's open connections and waiting requests, kept across
+/// configurations.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    /// Connections open to its endpoints (HTTP and TCP relays).
+    pub(crate) open: AtomicUsize,
+    /// Requests waiting for a connection.
+    pub(crate) pending: AtomicUsize,
+    /// Signalled when a connection closes or goes back idle while requests
+    /// wait.
+    pub(crate) freed: Notify,
+}
+
+impl Slots {
+    /// Connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection, or `None` when `max` are open already.
+    pub(crate) fn try_connect(self: &Arc<Self>, max: Option<u32>) -> Option<Slot> {
+        let max = max.map_or(usize::MAX, |m| m as usize);
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.clone()))
+    }
+
+    pub(crate) fn wake_pending(&self) {
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// One counted connection; dropping it uncounts it and wakes a pending
+/// request.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.wake_pending();
+    }
+}
+
+/// Marks a request waiting for a connection until dropped.
+pub(crate) struct Pending<'a>(pub(crate) &'a Slots);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

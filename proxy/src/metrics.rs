@@ -20,6 +20,7 @@ use hyper::StatusCode;
 use switchyard::metrics::{Encoder, Histogram, Type};
 
 use super::Services;
+use crate::error::{Error, Kind, Origin};
 
 /// Why the proxy answered a request (or dropped a TCP connection) itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,18 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The answer the proxy makes itself for a try that failed with
+    /// `error`.
+    pub(crate) fn of(error: &Error) -> Refusal {
+        match (error.origin(), error.kind()) {
+            (Origin::Downstream, _) => Refusal::InvalidRequest,
+            (_, Kind::Overflow) => Refusal::PendingOverflow,
+            (_, Kind::Connect) => Refusal::Connect,
+            (_, Kind::Timeout) => Refusal::Timeout,
+            _ => Refusal::Reset,
+        }
+    }
+
     /// Every reason, in label order.
     const ALL: [Refusal; 13] = [
         Refusal::NotConfigured,
@@ -209,6 +222,20 @@ pub(crate) enum TryFailure {
 }
 
 const TRY_FAILURES: [&str; 3] = ["connect_error", "reset", "timeout"];
+
+impl TryFailure {
+    /// How a try that failed with `error` counts against its endpoint:
+    /// `None` when the endpoint is not to blame (the client's failure, or
+    /// the proxy's own limits).
+    pub(crate) fn of(error: &Error) -> Option<TryFailure> {
+        match (error.origin(), error.kind()) {
+            (Origin::Upstream, Kind::Connect) => Some(TryFailure::Connect),
+            (Origin::Upstream, Kind::Timeout) => Some(TryFailure::Timeout),
+            (Origin::Upstream, _) => Some(TryFailure::Reset),
+            _ => None,
+        }
+    }
+}
 
 impl EndpointStats {
     /// Counts a try answered with `status`.

@@ -15,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -32,24 +33,23 @@ use switchyard::resource::{HashOn, Protocol, RetryOn, RetryPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::body::{Inbound, Outbound};
+use super::error::{Error, Kind, Origin, Retry};
 use super::h1::server;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
 use super::outlier::Outcome;
-use super::pool::{BodyError, Failure, Upstream, Versioned};
+use super::pool::{self, Conns};
 use super::workers::Lane;
-use super::{Backend, Context, DRAIN, random};
+use super::{Backend, Context, DRAIN, Pool, Upstream, random};
 use crate::balance::hash_key;
-use crate::router::RequestView;
+use crate::router::{RequestView, Rule};
 
 /// The response body type: the upstream's, streamed, or a short error.
-pub(super) type Body = BoxBody<Bytes, BodyError>;
-
-/// A request body sent upstream: the client's, streamed, or a buffered copy
-/// (for requests that may be retried).
-pub(super) type Outbound = Either<Inbound, Full<Bytes>>;
+pub(super) type Body = BoxBody<Bytes, Error>;
 
 /// The largest request head (request line and headers) accepted; a larger
 /// one is answered `431 Request Header Fields Too Large` (HTTP/1.x) or
@@ -208,9 +208,6 @@ impl tokio::io::AsyncWrite for Rewind {
     }
 }
 
-/// A request body: an HTTP/1.x client's or an HTTP/2 stream's.
-pub(super) type Inbound = Versioned<server::Body>;
-
 /// A new `X-Request-Id`: 128 random bits in hex.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -326,6 +323,12 @@ async fn handle(req: Request<Inbound>, client: &HeaderValue, ctx: &Context) -> R
     resp
 }
 
+/// Forwards one request, in named stages: [`route`] (rule, destination,
+/// circuit breaker), the upstream head ([`upstream_head`]), then per try
+/// [`pick`] (an endpoint), [`acquire`] (the try's request; the pool finds
+/// or opens a connection as it sends), [`send`] (within the try's time),
+/// [`receive`] (what the try came to: answer, retry, or failure), and
+/// finally [`respond`].
 async fn forward(
     req: Request<Inbound>,
     client: &HeaderValue,
@@ -348,25 +351,17 @@ async fn forward(
             fail(Refusal::InvalidRequest)
         }
     };
-    let Some(Backend::Http(router)) = table.listeners.get(&ctx.listener) else {
-        return fail(Refusal::NotConfigured);
-    };
     let (mut parts, body) = req.into_parts();
-    let view = RequestView::new(&parts);
-    let Some(rule) = router.find(&view) else {
-        return fail(Refusal::NoRoute);
+    let routed = match route(table, &ctx.listener, &parts, random()) {
+        Ok(routed) => routed,
+        Err(why) => return fail(why),
     };
-    let path = rule.rewrite_path(&view);
-    let total = rule.total_weight();
-    let Some(dest) = (total > 0)
-        .then(|| rule.pick_destination(random() % total))
-        .flatten()
-    else {
-        return fail(Refusal::NoDestination);
-    };
-    let Some(upstream) = table.upstreams.get(&dest.service) else {
-        return fail(Refusal::UnknownService);
-    };
+    let Routed {
+        rule,
+        upstream,
+        pool,
+        path,
+    } = routed;
     let service = &upstream.service;
     let Some(request_guard) = upstream
         .shared
@@ -376,17 +371,13 @@ async fn forward(
         upstream.count_circuit_open();
         return fail(Refusal::CircuitOpen);
     };
-    let pool = upstream.pool(&dest.subset);
     let hash = match &service.balance {
         switchyard::resource::Balance::RingHash(on) | switchyard::resource::Balance::Maglev(on) => {
             Some(hash_of(on, &parts.headers, client))
         }
         _ => None,
     };
-
-    // The upstream request: same method, headers and body; the client's
-    // authority (the endpoint's when it gave none, set per try); proxy
-    // headers added.
+    let authority = upstream_head(&mut parts, rule, service.protocol, client);
     let path_and_query = path.unwrap_or_else(|| {
         parts
             .uri
@@ -394,50 +385,6 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     });
-    // HTTP/2 clients send the authority, not a Host header: it becomes
-    // one, which header rules see and an HTTP/1.1 endpoint gets.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, host);
-    }
-    // A client's ask to switch protocols (WebSocket) goes on to an
-    // HTTP/1.1 endpoint; an HTTP/2 one gets an ordinary request.
-    let switching = parts.extensions.get::<server::UpgradeRequested>().is_some()
-        && service.protocol == Protocol::Http;
-    let trailers = accepts_trailers(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers, switching);
-    if trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let forwarded = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            HeaderValue::from_str(&format!("{prior}, {}", client.to_str().unwrap_or_default())).ok()
-        }
-        None => Some(client.clone()),
-    };
-    if let Some(v) = forwarded {
-        parts.headers.insert(xff, v);
-    }
-    let request_id = HeaderName::from_static("x-request-id");
-    if !parts.headers.contains_key(&request_id) {
-        parts.headers.insert(request_id, new_request_id());
-    }
-    rule.request_headers().apply(&mut parts.headers);
-    // Over HTTP/2 the authority is `:authority` alone: a `host` beside it
-    // makes the request malformed (RFC 9113 §8.3.1), and strict servers
-    // (python-h2) refuse it.
-    let authority = match service.protocol {
-        Protocol::Http2 | Protocol::Grpc => parts
-            .headers
-            .remove(header::HOST)
-            .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
-        _ => None,
-    };
 
     let deadline = rule.action.timeout.map(|t| started + t);
     let retry = rule.action.retry.as_ref().filter(|p| p.attempts > 0);
@@ -468,10 +415,7 @@ async fn forward(
         }
         _ => None,
     };
-    let idempotent = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
+    let idempotent = is_idempotent(&parts.method);
     let mut parts = Some(parts);
     let mut failed_on = None;
     let mut retries = 0;
@@ -479,107 +423,61 @@ async fn forward(
     // budget.
     let mut _retry_guard = None;
     loop {
-        let Some(id) = pool.pick(hash, failed_on) else {
+        let Some(id) = pick(pool, hash, failed_on) else {
             return fail(Refusal::NoHealthyUpstream);
         };
-        let endpoint = &pool.endpoints[id];
-        let conns = &pool.conns[id];
         let in_flight = pool.balancer().start(id);
-        let Some(uri) = conns.uri(path_and_query.clone(), authority.as_ref()) else {
-            return fail(Refusal::Internal);
-        };
         let last = match (&body, retry) {
             (Payload::Buffered(_), Some(policy)) => retries >= policy.attempts,
             _ => true,
         };
-        let mut request = match (last, parts.take()) {
-            // The last try takes the request; earlier ones copy it.
-            (true, Some(mut p)) => {
-                p.uri = uri;
-                Request::from_parts(p, body.take())
-            }
-            (false, Some(p)) => {
-                let mut r = Request::new(body.take());
-                *r.method_mut() = p.method.clone();
-                *r.uri_mut() = uri;
-                *r.version_mut() = p.version;
-                *r.headers_mut() = p.headers.clone();
-                parts = Some(p);
-                r
-            }
-            (_, None) => return fail(Refusal::Internal),
+        let conns = &pool.conns[id];
+        let Some(request) = acquire(
+            &mut parts,
+            &mut body,
+            last,
+            conns,
+            &path_and_query,
+            authority.as_ref(),
+        ) else {
+            return fail(Refusal::Internal);
         };
-        if !conns.is_http2()
-            && !request.headers().contains_key(header::HOST)
-            && let Some(host) = conns
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            request.headers_mut().insert(header::HOST, host);
-        }
-
-        let sent = conns.send(
-            &upstream.shared.connections,
-            &upstream.service,
-            &ctx.upstream_tasks,
+        let per_try = retry.and_then(|p| p.per_try_timeout);
+        let mut result = send(
+            upstream,
+            conns,
             request,
-        );
-        let per_try = retry
-            .and_then(|p| p.per_try_timeout)
-            .map(|t| Instant::now() + t);
-        let limit = match (per_try, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let mut result = match limit {
-            Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
-                Ok(r) => r,
-                Err(_) => Err(Failure::TimedOut),
-            },
-            None => sent.await,
-        };
-        if matches!(result, Err(Failure::Reset)) && watch.as_ref().is_some_and(|w| w.broke()) {
-            result = Err(Failure::Request);
+            &ctx.upstream_tasks,
+            per_try,
+            deadline,
+        )
+        .await;
+        if let Err(e) = &result
+            && e.is_reset()
+            && watch.as_ref().is_some_and(|w| w.broke())
+        {
+            result = result.map_err(Error::into_downstream);
         }
-        // Refused before anything was sent: no retry, no outlier record.
-        if let Err(Failure::Overflow) = result {
-            upstream.count_circuit_open();
-            return fail(Refusal::PendingOverflow);
-        }
-        // The client's body broke off: not the endpoint's failure, and
-        // nothing to try again.
-        if let Err(Failure::Request) = result {
-            debug!(endpoint = %endpoint.name, "request body broke off");
-            return invalid();
-        }
-        let counters = &pool.stats[id];
-        match &result {
-            Ok(resp) => {
-                counters.response(resp.status());
-                upstream.record(pool, id, Outcome::Status(resp.status().as_u16()));
-            }
-            Err(e @ (Failure::Connect | Failure::Reset)) => {
-                counters.failed(match e {
-                    Failure::Connect => TryFailure::Connect,
-                    _ => TryFailure::Reset,
-                });
-                upstream.record(pool, id, Outcome::ConnectFailure);
-            }
-            // A slow endpoint is not a broken one: timeouts are the route's
-            // business, not outlier detection's.
-            Err(Failure::TimedOut) => counters.failed(TryFailure::Timeout),
-            Err(Failure::Overflow | Failure::Request) => {} // returned above
-        }
+        receive(upstream, pool, id, &result);
         if let Err(e) = &result {
-            debug!(endpoint = %endpoint.name, error = ?e, "try failed");
+            match e.origin() {
+                // The client's body broke off: not the endpoint's failure,
+                // and nothing to try again.
+                Origin::Downstream => return invalid(),
+                // Refused before anything was sent (the service's limits):
+                // no retry.
+                Origin::Internal => {
+                    upstream.count_circuit_open();
+                    return fail(Refusal::of(e));
+                }
+                Origin::Upstream => {}
+            }
         }
 
         // Another try: if the policy asks for it, it is safe, the budget
         // allows it, and there is time for a backoff.
         let again = retry.filter(|policy| {
-            !last
-                && (idempotent || matches!(result, Err(Failure::Connect)))
-                && wants_retry(policy, &result)
+            should_retry(policy, &result, idempotent, last)
                 && deadline.is_none_or(|d| Instant::now() < d)
         });
         if let Some(policy) = again {
@@ -608,24 +506,266 @@ async fn forward(
         }
 
         return match result {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                let switched = parts.status == hyper::StatusCode::SWITCHING_PROTOCOLS;
-                strip_hop_by_hop(&mut parts.headers, switched);
-                rule.response_headers().apply(&mut parts.headers);
-                let body = Counted {
-                    inner: body,
-                    _guard: request_guard,
-                };
-                Response::from_parts(parts, body.boxed())
-            }
-            Err(Failure::Connect) => fail(Refusal::Connect),
-            Err(Failure::Reset) => fail(Refusal::Reset),
-            Err(Failure::TimedOut) => fail(Refusal::Timeout),
-            Err(Failure::Overflow) => fail(Refusal::PendingOverflow),
-            Err(Failure::Request) => invalid(),
+            Ok(resp) => respond(resp, rule, request_guard),
+            Err(e) => fail(Refusal::of(&e)),
         };
     }
+}
+
+/// What [`route`] found for a request.
+#[derive(Debug)]
+struct Routed<'t> {
+    /// The matching rule.
+    rule: &'t Rule,
+    /// The destination's service.
+    upstream: &'t Upstream,
+    /// The destination's endpoints (a labelled subset, or all).
+    pool: &'t Pool,
+    /// The path the rule rewrites the request's to, if it does.
+    path: Option<PathAndQuery>,
+}
+
+/// Stage 1, route: the listener's router, the first rule that matches,
+/// a destination by weight (`roll` is a random number), and its service.
+fn route<'t>(
+    table: &'t super::Table,
+    listener: &str,
+    parts: &hyper::http::request::Parts,
+    roll: u64,
+) -> Result<Routed<'t>, Refusal> {
+    let Some(Backend::Http(router)) = table.listeners.get(listener) else {
+        return Err(Refusal::NotConfigured);
+    };
+    let view = RequestView::new(parts);
+    let rule = router.find(&view).ok_or(Refusal::NoRoute)?;
+    let path = rule.rewrite_path(&view);
+    let total = rule.total_weight();
+    let dest = (total > 0)
+        .then(|| rule.pick_destination(roll % total))
+        .flatten()
+        .ok_or(Refusal::NoDestination)?;
+    let upstream = table
+        .upstreams
+        .get(&dest.service)
+        .ok_or(Refusal::UnknownService)?;
+    Ok(Routed {
+        rule,
+        upstream,
+        pool: upstream.pool(&dest.subset),
+        path,
+    })
+}
+
+/// Makes the client's request head the upstream one: the client's
+/// authority as `Host` (an HTTP/2 client's `:authority` becomes one, which
+/// header rules see and an HTTP/1.1 endpoint gets); hop-by-hop fields
+/// removed, except a protocol switch the client asked for when the endpoint
+/// speaks HTTP/1.1, and `te: trailers`; `X-Forwarded-For` and
+/// `X-Request-Id` added; the rule's header edits. Over HTTP/2 the authority
+/// is `:authority` alone (a `host` beside it makes the request malformed,
+/// RFC 9113 §8.3.1, and strict servers refuse it): it is taken out and
+/// returned.
+fn upstream_head(
+    parts: &mut hyper::http::request::Parts,
+    rule: &Rule,
+    protocol: Protocol,
+    client: &HeaderValue,
+) -> Option<Authority> {
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    let switching =
+        parts.extensions.get::<server::UpgradeRequested>().is_some() && protocol == Protocol::Http;
+    let trailers = accepts_trailers(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers, switching);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let forwarded = match parts.headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prior) => {
+            HeaderValue::from_str(&format!("{prior}, {}", client.to_str().unwrap_or_default())).ok()
+        }
+        None => Some(client.clone()),
+    };
+    if let Some(v) = forwarded {
+        parts.headers.insert(xff, v);
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    if !parts.headers.contains_key(&request_id) {
+        parts.headers.insert(request_id, new_request_id());
+    }
+    rule.request_headers().apply(&mut parts.headers);
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => parts
+            .headers
+            .remove(header::HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
+        _ => None,
+    }
+}
+
+/// Whether a request may be sent twice with the effect of once (RFC 9110
+/// §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Stage 2, pick: an endpoint of `pool` for this try (see [`Pool::pick`]),
+/// avoiding the one the previous try failed on.
+fn pick(pool: &Pool, hash: Option<u64>, failed_on: Option<usize>) -> Option<usize> {
+    pool.pick(hash, failed_on)
+}
+
+/// Stage 3, acquire: the request of one try, to the endpoint `conns`
+/// reaches. The last try takes the request; earlier ones copy it (their
+/// body is buffered). An HTTP/1.1 endpoint gets the client's `Host`, or its
+/// own address when the client gave none. The pool finds or opens the
+/// connection when the request is sent.
+fn acquire(
+    parts: &mut Option<hyper::http::request::Parts>,
+    body: &mut Payload,
+    last: bool,
+    conns: &Conns,
+    path: &PathAndQuery,
+    authority: Option<&Authority>,
+) -> Option<Request<Outbound>> {
+    let uri = conns.uri(path.clone(), authority)?;
+    let mut request = match (last, parts.take()) {
+        (true, Some(mut p)) => {
+            p.uri = uri;
+            Request::from_parts(p, body.take())
+        }
+        (false, Some(p)) => {
+            let mut r = Request::new(body.take());
+            *r.method_mut() = p.method.clone();
+            *r.uri_mut() = uri;
+            *r.version_mut() = p.version;
+            *r.headers_mut() = p.headers.clone();
+            *parts = Some(p);
+            r
+        }
+        (_, None) => return None,
+    };
+    if !conns.is_http2()
+        && !request.headers().contains_key(header::HOST)
+        && let Some(host) = conns
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    Some(request)
+}
+
+/// Stage 4, send: sends `request` on a connection of `conns` and waits for
+/// the answer's head, within the try's timeout (`per_try`) and the route's
+/// `deadline`.
+async fn send(
+    upstream: &Upstream,
+    conns: &Arc<Conns>,
+    request: Request<Outbound>,
+    tasks: &TaskTracker,
+    per_try: Option<Duration>,
+    deadline: Option<Instant>,
+) -> Result<Response<pool::Upstream>, Error> {
+    let sent = conns.send(
+        &upstream.shared.connections,
+        &upstream.service,
+        tasks,
+        request,
+    );
+    let per_try = per_try.map(|t| Instant::now() + t);
+    let limit = match (per_try, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match limit {
+        Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
+            Ok(r) => r,
+            // A slow endpoint may have acted on the request.
+            Err(_) => Err(Error::upstream(Kind::Timeout, Retry::Idempotent)),
+        },
+        None => sent.await,
+    }
+}
+
+/// Stage 5, receive: counts what a try at `pool`'s endpoint `id` came to
+/// (its answer's status, or how it failed, as the error classifies it) and
+/// tells outlier detection. A failure that is not the endpoint's (the
+/// client's, the proxy's limits) and a slow endpoint are not held against
+/// it.
+fn receive(
+    upstream: &Upstream,
+    pool: &Pool,
+    id: usize,
+    result: &Result<Response<pool::Upstream>, Error>,
+) {
+    let counters = &pool.stats[id];
+    match result {
+        Ok(resp) => {
+            counters.response(resp.status());
+            upstream.record(pool, id, Outcome::Status(resp.status().as_u16()));
+        }
+        Err(e) => {
+            debug!(
+                endpoint = %pool.endpoints[id].name,
+                kind = ?e.kind(),
+                origin = ?e.origin(),
+                retry = ?e.retry(),
+                error = %e,
+                "try failed"
+            );
+            let failure = TryFailure::of(e);
+            if let Some(how) = failure {
+                counters.failed(how);
+            }
+            if matches!(failure, Some(TryFailure::Connect | TryFailure::Reset)) {
+                upstream.record(pool, id, Outcome::ConnectFailure);
+            }
+        }
+    }
+}
+
+/// Whether `policy` sends a request (`idempotent` or not) again after a try
+/// that came to `result`, when this was not the `last` try allowed: the
+/// policy must ask for it and the error must say it is safe (an answer is
+/// only retried for an idempotent request).
+fn should_retry(
+    policy: &RetryPolicy,
+    result: &Result<Response<pool::Upstream>, Error>,
+    idempotent: bool,
+    last: bool,
+) -> bool {
+    !last
+        && result
+            .as_ref()
+            .err()
+            .map_or(idempotent, |e| e.may_retry(idempotent))
+        && wants_retry(policy, result)
+}
+
+/// Stage 6, respond: the endpoint's answer as the client gets it, with its
+/// hop-by-hop fields removed (a protocol switch kept) and the rule's edits;
+/// the request counts as in flight until its body ends.
+fn respond(resp: Response<pool::Upstream>, rule: &Rule, guard: Guard) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let switched = parts.status == hyper::StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(&mut parts.headers, switched);
+    rule.response_headers().apply(&mut parts.headers);
+    let body = Counted {
+        inner: body,
+        _guard: guard,
+    };
+    Response::from_parts(parts, body.boxed())
 }
 
 /// The largest refused answer's body read so that its connection can serve
@@ -641,7 +781,7 @@ const DRAIN_FLOOR: Duration = Duration::from_millis(10);
 /// [`DRAIN_FLOOR`] is over), so that its keep-alive connection goes back to
 /// the pool (at the body's end) instead of being closed with the body
 /// unread.
-async fn pause_reading(pause: Duration, refused: Result<Response<Upstream>, Failure>) {
+async fn pause_reading(pause: Duration, refused: Result<Response<pool::Upstream>, Error>) {
     let drain = async {
         if let Ok(resp) = refused {
             let _ = Limited::new(resp.into_body(), MAX_DRAIN).collect().await;
@@ -714,7 +854,7 @@ async fn replayable(body: Inbound, deadline: Option<Instant>) -> Result<Bytes, U
 /// Following Envoy: `gateway-error` and `5xx` also cover failures that the
 /// proxy would answer with a 502 or 504 itself (connect failure, reset,
 /// per-try timeout).
-fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Upstream>, Failure>) -> bool {
+fn wants_retry(policy: &RetryPolicy, result: &Result<Response<pool::Upstream>, Error>) -> bool {
     let result = result.as_ref();
     policy.retry_on.iter().any(|on| match (on, result) {
         (RetryOn::ServerError, Ok(r)) => r.status().is_server_error(),
@@ -723,8 +863,8 @@ fn wants_retry(policy: &RetryPolicy, result: &Result<Response<Upstream>, Failure
             policy.retriable_status_codes.contains(&r.status().as_u16())
         }
         (RetryOn::ServerError | RetryOn::GatewayError, Err(_)) => true,
-        (RetryOn::ConnectFailure, Err(Failure::Connect)) => true,
-        (RetryOn::Reset, Err(Failure::Reset)) => true,
+        (RetryOn::ConnectFailure, Err(e)) => e.kind() == Kind::Connect,
+        (RetryOn::Reset, Err(e)) => e.is_reset(),
         _ => false,
     })
 }
@@ -743,18 +883,18 @@ fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
 /// A response body that counts its request as in flight (for the circuit
 /// breaker) until it ends or is dropped.
 struct Counted {
-    inner: Upstream,
+    inner: pool::Upstream,
     _guard: Guard,
 }
 
 impl hyper::body::Body for Counted {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Error>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 
@@ -766,3 +906,6 @@ impl hyper::body::Body for Counted {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use super::super::pool::{Connections, Conns, Failure, Upstream};
+use crate::error::{Error, Kind, Origin, Retry};
+use crate::pool::{Connections, Conns, Upstream};
 
 /// One scripted answer: written in these pieces, a few milliseconds
 /// apart, so that the client sees it arrive in parts.
@@ -147,7 +148,7 @@ impl Client {
         method: Method,
         path: &'static str,
         body: &'static str,
-    ) -> Result<Response<Upstream>, Failure> {
+    ) -> Result<Response<Upstream>, Error> {
         let mut req = Request::new(Either::Right(Full::new(Bytes::from_static(
             body.as_bytes(),
         ))));
@@ -328,11 +329,16 @@ async fn malformed_or_ambiguous_answers_fail_the_try() {
     let client = Client::to(&endpoint);
     for what in ["not HTTP", "conflicting lengths", "a switch", "a cut head"] {
         let failed = client.send(Method::GET, "/", "").await;
-        assert!(
-            matches!(failed, Err(Failure::Reset)),
-            "{what}: {:?}",
-            failed.map(|r| r.status())
-        );
+        let Err(error) = failed else {
+            panic!("{what}: answered {:?}", failed.map(|r| r.status()));
+        };
+        assert!(error.is_reset(), "{what}: {error}");
+        assert_eq!(error.origin(), Origin::Upstream, "{what}");
+        // Bytes came back on a fresh connection: only an idempotent
+        // request may be sent again.
+        assert_eq!(error.retry(), Retry::Idempotent, "{what}");
+        let invalid = matches!(error.kind(), Kind::Invalid(_));
+        assert_eq!(invalid, what != "a cut head", "{what}: {error}");
     }
     assert_eq!(client.open(), 0, "no connection kept after a failure");
 }
@@ -382,55 +388,33 @@ async fn an_idle_connection_the_endpoint_closed_is_not_used() {
     assert_eq!(endpoint.accepted.load(Ordering::SeqCst), 2);
 }
 
-/// The chunked decoder (for answers, and for requests on the server side)
-/// takes well-formed bodies whole and refuses lines that another parser
-/// could read another way.
-#[test]
-fn chunked_framing_is_read_strictly() {
-    use bytes::BytesMut;
-
-    use super::{Chunked, Decoded, Framing, decode};
-
-    let read = |input: &[u8]| -> Result<Vec<u8>, &'static str> {
-        let mut framing = Framing::Chunked(Chunked::Size);
-        let mut buf = BytesMut::from(input);
-        let mut body = Vec::new();
-        loop {
-            match decode(&mut framing, &mut buf)? {
-                Decoded::Data(data) => body.extend_from_slice(&data),
-                Decoded::End => return Ok(body),
-                Decoded::More => return Err("incomplete"),
-            }
-        }
+/// A reused connection that the endpoint closes before any byte of the
+/// answer fails the try as "reused only": safe to send again on a fresh
+/// connection (if idempotent); a fresh one that does the same is not.
+#[tokio::test]
+async fn a_reused_connection_closed_before_any_answer_is_retryable_on_a_fresh_one() {
+    let endpoint = Scripted::start(vec![(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"],
+        false,
+    )])
+    .await;
+    let client = Client::to(&endpoint);
+    assert_eq!(client.get("/").await.2, "a");
+    let Err(error) = client.send(Method::GET, "/", "").await else {
+        panic!("the endpoint closed without answering");
     };
-    let fine: [&[u8]; 4] = [
-        b"5\r\nhello\r\n0\r\n\r\n",
-        b"005;name=value;flag\r\nhello\r\n0000\r\nx-trailer: 1\r\n\r\n",
-        b"5 ;ext\r\nhello\r\n0\r\n\r\n",
-        b"5 \t\r\nhello\r\n0\r\n\r\n",
-    ];
-    for input in fine {
-        assert_eq!(read(input).as_deref(), Ok(&b"hello"[..]), "{input:?}");
-    }
-    let big_trailers = [
-        &b"0\r\n"[..],
-        &b"x-t: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(500),
-        b"\r\n",
-    ]
-    .concat();
-    let refused: [&[u8]; 10] = [
-        b"+5\r\nhello\r\n0\r\n\r\n",
-        b"5\x0c\r\nhello\r\n0\r\n\r\n",
-        b" 5\r\nhello\r\n0\r\n\r\n",
-        b"5\r\r\nhello\r\n0\r\n\r\n",
-        b"5\nhello\r\n0\r\n\r\n",
-        b"5;\nabc\r\nhello\r\n0\r\n\r\n",
-        b"0\r\n\nGET /admin HTTP/1.1\r\nhost: a\r\n\r\n",
-        b"0\r\nnot a field\r\n\r\n",
-        b"1000000000000000\r\n",
-        &big_trailers,
-    ];
-    for input in refused {
-        assert!(read(input).is_err(), "{:?}", String::from_utf8_lossy(input));
-    }
+    assert_eq!(error.kind(), Kind::Closed, "{error}");
+    assert_eq!(error.retry(), Retry::ReusedOnly, "{error}");
+    assert!(error.may_retry(true) && !error.may_retry(false));
+
+    let silent = Scripted::start(vec![]).await;
+    let Err(error) = Client::to(&silent).send(Method::GET, "/", "").await else {
+        panic!("the endpoint closed without answering");
+    };
+    assert_eq!(error.kind(), Kind::Closed, "{error}");
+    assert_eq!(
+        error.retry(),
+        Retry::Idempotent,
+        "a fresh connection: {error}"
+    );
 }

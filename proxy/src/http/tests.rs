@@ -1,0 +1,169 @@
+//! The stages of `forward` that need no network: routing, the upstream
+//! head, and the retry decision.
+
+use hyper::header::HeaderValue;
+use switchyard::node::NodeConfig;
+use switchyard::pb;
+use switchyard::resource::Resource;
+
+use super::*;
+use crate::{Services, Table};
+
+/// A table for one listener `front` on a route `web` with two rules:
+/// `/api/` prefix to service `api`, rewritten to `/`, and the rest to
+/// `web`.
+fn table() -> Table {
+    let dest = |service: &str| pb::WeightedDestination {
+        service: service.into(),
+        weight: 1,
+        ..Default::default()
+    };
+    let prefix = pb::RouteMatch {
+        path: Some(pb::PathMatch {
+            kind: Some(pb::path_match::Kind::Prefix("/api/".into())),
+        }),
+        ..Default::default()
+    };
+    let kinds = [
+        pb::resource::Kind::Service(pb::Service {
+            name: "web".into(),
+            revision: 1,
+            ..Default::default()
+        }),
+        pb::resource::Kind::Service(pb::Service {
+            name: "api".into(),
+            revision: 1,
+            ..Default::default()
+        }),
+        pb::resource::Kind::Route(pb::Route {
+            name: "web".into(),
+            revision: 1,
+            rules: vec![
+                pb::RouteRule {
+                    matches: vec![prefix],
+                    action: Some(pb::RouteAction {
+                        destinations: vec![dest("api")],
+                        prefix_rewrite: "/".into(),
+                        ..Default::default()
+                    }),
+                },
+                pb::RouteRule {
+                    matches: vec![],
+                    action: Some(pb::RouteAction {
+                        destinations: vec![dest("web")],
+                        ..Default::default()
+                    }),
+                },
+            ],
+            ..Default::default()
+        }),
+        pb::resource::Kind::Listener(pb::Listener {
+            name: "front".into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            target: Some(pb::listener::Target::Route("web".into())),
+            revision: 1,
+            ..Default::default()
+        }),
+    ];
+    let mut config = NodeConfig::default();
+    for kind in kinds {
+        let raw = pb::Resource {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        config.insert(Resource::from_pb(&raw, "test").expect("valid"));
+    }
+    Table::compile(&config, &Services::default(), 1)
+}
+
+fn parts(path: &str) -> hyper::http::request::Parts {
+    let mut req = Request::new(());
+    *req.uri_mut() = path.parse().unwrap();
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("web.example"));
+    req.into_parts().0
+}
+
+#[test]
+fn route_finds_the_rule_destination_and_rewrite() {
+    let table = table();
+    let api = route(&table, "front", &parts("/api/users?x=1"), 0).unwrap();
+    assert_eq!(api.upstream.service.name, "api");
+    assert_eq!(api.path.as_ref().map(|p| p.as_str()), Some("/users?x=1"));
+    let web = route(&table, "front", &parts("/index.html"), 7).unwrap();
+    assert_eq!(web.upstream.service.name, "web");
+    assert!(web.path.is_none(), "no rewrite");
+    assert_eq!(
+        route(&table, "gone", &parts("/"), 0).map(|r| r.upstream.service.name.clone()),
+        Err(Refusal::NotConfigured)
+    );
+}
+
+#[test]
+fn the_upstream_head_drops_this_hops_fields_and_adds_the_proxys() {
+    let table = table();
+    let rule = route(&table, "front", &parts("/"), 0).unwrap().rule;
+    let client = HeaderValue::from_static("10.0.0.9");
+    let mut p = parts("/");
+    for (name, value) in [
+        ("connection", "keep-alive, x-secret"),
+        ("x-secret", "1"),
+        ("keep-alive", "timeout=5"),
+        ("te", "gzip, trailers"),
+        ("upgrade", "websocket"),
+        ("x-forwarded-for", "192.0.2.1"),
+    ] {
+        p.headers.append(name, HeaderValue::from_static(value));
+    }
+    let authority = upstream_head(&mut p, rule, Protocol::Http, &client);
+    assert!(authority.is_none(), "HTTP/1.1 keeps Host");
+    let h = &p.headers;
+    for gone in ["connection", "x-secret", "keep-alive", "upgrade"] {
+        assert!(!h.contains_key(gone), "{gone} is this hop's");
+    }
+    assert_eq!(h["te"], "trailers", "only te: trailers passes");
+    assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.0.0.9");
+    assert_eq!(h["x-request-id"].len(), 32);
+    assert_eq!(h[header::HOST], "web.example");
+
+    let mut p = parts("/");
+    p.headers
+        .insert("x-request-id", HeaderValue::from_static("mine"));
+    let authority = upstream_head(&mut p, rule, Protocol::Grpc, &client);
+    assert_eq!(
+        authority.map(|a| a.to_string()).as_deref(),
+        Some("web.example")
+    );
+    assert!(
+        !p.headers.contains_key(header::HOST),
+        "HTTP/2: :authority only"
+    );
+    assert_eq!(p.headers["x-request-id"], "mine", "the client's id is kept");
+    assert!(!p.headers.contains_key("te"));
+}
+
+#[test]
+fn retries_follow_the_policy_and_the_errors_safety() {
+    let policy = RetryPolicy {
+        attempts: 2,
+        per_try_timeout: None,
+        retry_on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
+        retriable_status_codes: vec![],
+        backoff_base: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(1),
+        budget_percent: 20,
+    };
+    let connect = || Err(Error::upstream(Kind::Connect, Retry::Safe));
+    let reset = || Err(Error::upstream(Kind::Closed, Retry::Idempotent));
+    let timeout = || Err(Error::upstream(Kind::Timeout, Retry::Idempotent));
+    // Nothing was sent: even a POST goes again.
+    assert!(should_retry(&policy, &connect(), false, false));
+    // The endpoint may have acted on it: only an idempotent request.
+    assert!(should_retry(&policy, &reset(), true, false));
+    assert!(!should_retry(&policy, &reset(), false, false));
+    // Not asked for by the policy; or no try left.
+    assert!(!should_retry(&policy, &timeout(), true, false));
+    assert!(!should_retry(&policy, &connect(), true, true));
+    assert!(is_idempotent(&Method::PUT) && !is_idempotent(&Method::POST));
+}

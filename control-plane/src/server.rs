@@ -18,13 +18,11 @@ use crate::auth::{self, Tokens};
 use crate::fanout;
 use crate::grpc::{Head, Operator};
 use crate::health::{self, Reporter};
+use crate::limit;
 use crate::metrics;
 use crate::nodes::Registry;
 use crate::store::{self, Store, Timed};
 use crate::sync::Agents;
-
-/// Largest request a client may send (an Apply of many resources).
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -68,6 +66,10 @@ pub struct Config {
     pub tls: Option<ServerFiles>,
     /// How long a client may take to finish its TLS handshake.
     pub handshake_timeout: Duration,
+    /// Largest request message a client may send (an Apply of many
+    /// resources), in bytes; a larger one is refused with
+    /// `RESOURCE_EXHAUSTED` naming the limit.
+    pub max_request_bytes: usize,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             bootstrap_token_file: None,
             tls: None,
             handshake_timeout: Duration::from_secs(10),
+            max_request_bytes: limit::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -229,11 +232,12 @@ pub async fn serve_with<S: Store>(
         Operator::new(store.clone(), head.clone(), shutdown.clone())
             .with_requests(requests.clone()),
     )
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    .max_decoding_message_size(config.max_request_bytes);
 
     let token_service = pb::token_service_server::TokenServiceServer::new(
         auth::service::TokenService::new(store.clone(), tokens.clone()),
-    );
+    )
+    .max_decoding_message_size(config.max_request_bytes);
     let state = tokio::sync::watch::Sender::new(Arc::new(fanout::load(store.as_ref()).await?));
     let replica = if config.replica.is_empty() {
         addr.to_string()
@@ -258,7 +262,7 @@ pub async fn serve_with<S: Store>(
         head.clone(),
         shutdown.clone(),
     ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    .max_decoding_message_size(config.max_request_bytes);
 
     let sources = metrics::Sources {
         replica,
@@ -291,6 +295,9 @@ pub async fn serve_with<S: Store>(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(auth::Layer::new(config.auth.clone(), tokens.clone()))
+        // After authentication: an unauthenticated client learns nothing,
+        // not even the limit.
+        .layer(limit::Layer::new(config.max_request_bytes))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(operator)

@@ -98,7 +98,7 @@ impl Invalid {
 
 /// Most bytes the text of an [`Invalid`] takes (as a `grpc-message` header
 /// encodes it), before the count of the problems left out.
-pub const MAX_MESSAGE: usize = 1024;
+pub const MAX_MESSAGE: usize = 768;
 
 /// Every problem, as `field: reason` joined by `; `, as many as fit in
 /// [`MAX_MESSAGE`] (see [`Invalid::reported`]), then how many more there are.

@@ -66,11 +66,15 @@ pub fn node_status(err: crate::nodes::Error) -> Status {
 }
 
 /// Most bytes of `FieldViolation`s in the `BadRequest` detail of an
-/// `INVALID_ARGUMENT` (before base64). With the message's own bound
-/// ([`switchyard::validate::MAX_MESSAGE`]) the whole status stays under
-/// 4 KiB of metadata whatever the request, well within the 8 KiB that
-/// gRPC clients accept by default.
-pub const MAX_DETAILS: usize = 2048;
+/// `INVALID_ARGUMENT` (before base64).
+///
+/// The status travels as `grpc-message` (at most
+/// [`switchyard::validate::MAX_MESSAGE`] bytes) and `grpc-status-details-bin`,
+/// the base64 of a `google.rpc.Status` that repeats the message beside the
+/// details: 768 + (768 + 1280) × 4/3 ≈ 3.5 KiB. So the whole status stays
+/// under 4 KiB of metadata whatever the request, half the 8 KiB that gRPC
+/// clients (grpc-core, grpc-java) accept by default.
+pub const MAX_DETAILS: usize = 1280;
 
 /// `INVALID_ARGUMENT` listing the violations in the message and as a
 /// `google.rpc.BadRequest` detail, in order, as many as fit in a bounded

@@ -13,8 +13,9 @@ pub enum Exit {
     /// Bad flags or arguments, or a manifest that does not parse; nothing
     /// was sent.
     Usage = 1,
-    /// The control plane refused the request (invalid, conflict, still
-    /// referenced, not found, not authenticated or not permitted), or a
+    /// The control plane refused the request (invalid, over its size
+    /// limit, conflict, still referenced, not found, not authenticated or
+    /// not permitted), or a
     /// node refused the configuration during a rollout; nothing was written.
     Rejected = 2,
     /// The control plane could not be reached or failed to answer; retrying

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::validate::label_key;
+use crate::validate::{label_key, quote};
 
 /// One requirement of a selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct Selector(Vec<Requirement>);
 
 /// Why a selector could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("requirement {index} ({text:?}): {reason}")]
+#[error("requirement {index} ({}): {reason}", quote(.text))]
 pub struct ParseError {
     /// Zero-based position of the requirement in the comma-separated list.
     pub index: usize,

@@ -101,7 +101,10 @@ impl Ref {
         let mut v = Violations::new();
         let kind = Kind::from_pb(r.kind);
         if kind.is_none() {
-            v.push(join(field, "kind"), "must be a known kind");
+            v.push(
+                join(field, "kind"),
+                format_args!("must be one of KIND_SERVICE, KIND_ENDPOINT, KIND_ROUTE or KIND_LISTENER, not {}", r.kind),
+            );
         }
         check::name(&mut v, &join(field, "name"), &r.name);
         v.finish(())?;
@@ -144,7 +147,10 @@ impl Protocol {
             Ok(pb::Protocol::Grpc) => Protocol::Grpc,
             Ok(pb::Protocol::Tcp) => Protocol::Tcp,
             Err(_) => {
-                v.push(field, format_args!("unknown protocol {value}"));
+                v.push(
+                    field,
+                    format_args!("must be a known protocol (0 to 4), not {value}"),
+                );
                 Protocol::Http
             }
         }
@@ -632,6 +638,56 @@ pub fn pb_ref(r: &pb::Resource) -> Option<Ref> {
     })
 }
 
+/// The resources a protobuf resource names, without validating it, each
+/// with the path of the first field (relative to the resource) that names
+/// it, as [`Resource::references`] gives them for a valid one. Names that
+/// are not valid names are left out: they are field problems, not
+/// references.
+pub fn pb_references(r: &pb::Resource) -> Vec<(Ref, String)> {
+    use pb::resource::Kind as K;
+    let valid = |name: &str| {
+        let mut v = Violations::new();
+        check::name(&mut v, "", name);
+        v.is_empty()
+    };
+    let mut out = match r.kind.as_ref() {
+        None | Some(K::Service(_)) => vec![],
+        Some(K::Endpoint(e)) => vec![(Ref::new(Kind::Service, &e.service), "service".into())],
+        Some(K::Route(route)) => route
+            .rules
+            .iter()
+            .take(check::MAX_RULES)
+            .enumerate()
+            .flat_map(|(i, rule)| {
+                rule.action
+                    .iter()
+                    .flat_map(|a| a.destinations.iter().take(check::MAX_DESTINATIONS))
+                    .enumerate()
+                    .map(move |(j, d)| {
+                        (
+                            Ref::new(Kind::Service, &d.service),
+                            format!("rules[{i}].action.destinations[{j}].service"),
+                        )
+                    })
+            })
+            .collect(),
+        Some(K::Listener(l)) => match &l.target {
+            None => vec![],
+            Some(pb::listener::Target::Route(name)) => {
+                vec![(Ref::new(Kind::Route, name), "route".into())]
+            }
+            Some(pb::listener::Target::Service(name)) => {
+                vec![(Ref::new(Kind::Service, name), "service".into())]
+            }
+        },
+    };
+    out.retain(|(target, _)| valid(&target.name));
+    // Stable sort keeps the first field naming each reference.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
 /// The labels of a protobuf resource, without validating it.
 pub fn pb_labels(r: &pb::Resource) -> Option<&Labels> {
     use pb::resource::Kind as K;
@@ -730,7 +786,11 @@ impl HealthCheck {
         if timeout > interval {
             v.push(
                 join(field, "timeout"),
-                format_args!("{timeout:?} exceeds the interval {interval:?}"),
+                format_args!(
+                    "must not exceed the interval ({}), not {}",
+                    check::human(interval),
+                    check::human(timeout)
+                ),
             );
         }
         let healthy_threshold = check::in_range(
@@ -752,7 +812,7 @@ impl HealthCheck {
         use pb::health_check::Check as C;
         let check = match &h.check {
             None => {
-                v.push(join(field, "check"), "one of http, tcp or grpc must be set");
+                v.push(join(field, "check"), "must set one of http, tcp or grpc");
                 Check::Tcp
             }
             Some(C::Tcp(_)) => Check::Tcp,
@@ -795,7 +855,7 @@ impl HealthCheck {
                 if lo > hi {
                     v.push(
                         join(&at, "expected_status_max"),
-                        format_args!("{hi} is below expected_status_min {lo}"),
+                        format_args!("must not be below expected_status_min ({lo}), not {hi}"),
                     );
                 }
                 check::text(v, &join(&at, "expected_body"), &http.expected_body);
@@ -823,7 +883,7 @@ fn hash_on(v: &mut Violations, field: &str, h: Option<&pb::HashPolicy>) -> HashO
         None => {
             v.push(
                 field,
-                "required for ring_hash and maglev: set header, cookie or source_ip",
+                "must be set for ring_hash and maglev: set header, cookie or source_ip",
             );
             HashOn::SourceIp
         }
@@ -832,10 +892,20 @@ fn hash_on(v: &mut Violations, field: &str, h: Option<&pb::HashPolicy>) -> HashO
             HashOn::Header(name.to_ascii_lowercase())
         }
         Some(S::Cookie(name)) => {
-            if name.is_empty() || name.len() > 256 || name.contains([';', '=', ' ', ',']) {
+            if name.is_empty() {
+                v.push(join(field, "cookie"), "must not be empty");
+            } else if name.len() > 256 {
                 v.push(
                     join(field, "cookie"),
-                    format_args!("invalid cookie name {name:?}"),
+                    format_args!("must be at most 256 characters long, not {}", name.len()),
+                );
+            } else if name.contains([';', '=', ' ', ',']) || name.chars().any(char::is_control) {
+                v.push(
+                    join(field, "cookie"),
+                    format_args!(
+                        "{} is not a valid cookie name: no ';', '=', ',', spaces or control characters",
+                        check::quote(name)
+                    ),
                 );
             }
             HashOn::Cookie(name.clone())
@@ -848,12 +918,24 @@ fn hash_on(v: &mut Violations, field: &str, h: Option<&pb::HashPolicy>) -> HashO
     }
 }
 
-fn percent(v: &mut Violations, field: &str, value: u32) -> u8 {
-    if value > 100 {
-        v.push(field, format_args!("{value} is not in 0..100"));
-        return 100;
+/// Checks a percentage; `default` replaces 0 when the field has one (proto3
+/// cannot tell unset from 0), and the message then says so.
+fn percent(v: &mut Violations, field: &str, value: u32, default: Option<u8>) -> u8 {
+    match default {
+        Some(default) if value == 0 => default,
+        Some(default) if value > 100 => {
+            v.push(
+                field,
+                format_args!("must be in 1..100 (0 or unset means {default}), not {value}"),
+            );
+            default
+        }
+        None if value > 100 => {
+            v.push(field, format_args!("must be in 0..100, not {value}"));
+            100
+        }
+        _ => value as u8,
     }
-    value as u8
 }
 
 impl Service {
@@ -876,7 +958,7 @@ impl Service {
             Err(_) => {
                 v.push(
                     join(field, "lb_policy"),
-                    format_args!("unknown policy {}", s.lb_policy),
+                    format_args!("must be a known policy (0 to 5), not {}", s.lb_policy),
                 );
                 Balance::RoundRobin
             }
@@ -885,7 +967,7 @@ impl Service {
         {
             v.push(
                 hash_field,
-                "only allowed with lb_policy ring_hash or maglev",
+                "must not be set unless lb_policy is ring_hash or maglev",
             );
         }
         if protocol == Protocol::Tcp
@@ -933,15 +1015,12 @@ impl Service {
                 consecutive_connect_failures: o.consecutive_connect_failures,
                 base_ejection_time: base,
                 max_ejection_time: max,
-                max_ejection_percent: if o.max_ejection_percent == 0 {
-                    10
-                } else {
-                    percent(
-                        &mut v,
-                        &join(&at, "max_ejection_percent"),
-                        o.max_ejection_percent,
-                    )
-                },
+                max_ejection_percent: percent(
+                    &mut v,
+                    &join(&at, "max_ejection_percent"),
+                    o.max_ejection_percent,
+                    Some(10),
+                ),
             }
         });
         let limit = |n: u32| (n != 0).then_some(n);
@@ -964,7 +1043,7 @@ impl Service {
         );
         let panic_threshold_percent = match s.panic_threshold_percent {
             None => 50,
-            Some(p) => percent(&mut v, &join(field, "panic_threshold_percent"), p),
+            Some(p) => percent(&mut v, &join(field, "panic_threshold_percent"), p, None),
         };
         v.finish(Service {
             name,
@@ -1035,7 +1114,7 @@ fn string_match(v: &mut Violations, field: &str, m: Option<&pb::StringMatch>) ->
     use pb::string_match::Kind as K;
     match m.and_then(|m| m.kind.as_ref()) {
         None => {
-            v.push(field, "one of exact, prefix, regex or present must be set");
+            v.push(field, "must set one of exact, prefix, regex or present");
             StringMatch::Present
         }
         Some(K::Exact(s)) => {
@@ -1080,7 +1159,7 @@ fn route_match(v: &mut Violations, field: &str, m: &pb::RouteMatch) -> RouteMatc
         let at = join(field, "path");
         match &p.kind {
             None => {
-                v.push(&at, "one of exact, prefix or regex must be set");
+                v.push(&at, "must set one of exact, prefix or regex");
                 PathMatch::Prefix("/".into())
             }
             Some(P::Exact(s)) | Some(P::Prefix(s)) if !s.starts_with('/') => {
@@ -1089,7 +1168,10 @@ fn route_match(v: &mut Violations, field: &str, m: &pb::RouteMatch) -> RouteMatc
                 } else {
                     "prefix"
                 };
-                v.push(join(&at, which), format_args!("{s:?} must start with '/'"));
+                v.push(
+                    join(&at, which),
+                    format_args!("must start with '/', not {}", check::quote(s)),
+                );
                 PathMatch::Prefix("/".into())
             }
             Some(P::Exact(s)) => {
@@ -1109,17 +1191,20 @@ fn route_match(v: &mut Violations, field: &str, m: &pb::RouteMatch) -> RouteMatc
         if !m.method.chars().all(|c| c.is_ascii_uppercase()) || m.method.len() > 32 {
             v.push(
                 join(field, "method"),
-                format_args!("{:?} is not an upper-case HTTP method", m.method),
+                format_args!(
+                    "{} is not an HTTP method: use at most 32 upper-case letters (GET, POST, ...)",
+                    check::quote(&m.method)
+                ),
             );
         }
         m.method.clone()
     });
-    if m.headers.len() > check::MAX_FIELD_MATCHES {
-        v.push(
-            join(field, "headers"),
-            format_args!("more than {} entries", check::MAX_FIELD_MATCHES),
-        );
-    }
+    check::count(
+        v,
+        &join(field, "headers"),
+        m.headers.len(),
+        check::MAX_FIELD_MATCHES,
+    );
     let headers = m
         .headers
         .iter()
@@ -1134,12 +1219,12 @@ fn route_match(v: &mut Violations, field: &str, m: &pb::RouteMatch) -> RouteMatc
             }
         })
         .collect();
-    if m.query_params.len() > check::MAX_FIELD_MATCHES {
-        v.push(
-            join(field, "query_params"),
-            format_args!("more than {} entries", check::MAX_FIELD_MATCHES),
-        );
-    }
+    check::count(
+        v,
+        &join(field, "query_params"),
+        m.query_params.len(),
+        check::MAX_FIELD_MATCHES,
+    );
     let query_params = m
         .query_params
         .iter()
@@ -1170,13 +1255,12 @@ fn header_rewrite(v: &mut Violations, field: &str, h: Option<&pb::HeaderRewrite>
         return HeaderRewrite::default();
     };
     let lower = |m: &Labels, at: &str, v: &mut Violations| -> Labels {
-        if m.len() > check::MAX_LABELS {
-            v.push(at, format_args!("more than {} entries", check::MAX_LABELS));
-        }
+        check::count(v, at, m.len(), check::MAX_LABELS);
         m.iter()
             .map(|(k, val)| {
-                check::header_name(v, &format!("{at}[{k:?}]"), k);
-                check::text(v, &format!("{at}[{k:?}]"), val);
+                let entry = check::entry(at, k);
+                check::header_name(v, &entry, k);
+                check::text(v, &entry, val);
                 (k.to_ascii_lowercase(), val.clone())
             })
             .collect()
@@ -1196,12 +1280,7 @@ fn header_rewrite(v: &mut Violations, field: &str, h: Option<&pb::HeaderRewrite>
 }
 
 fn retry_policy(v: &mut Violations, field: &str, r: &pb::RetryPolicy) -> RetryPolicy {
-    if r.attempts > 10 {
-        v.push(
-            join(field, "attempts"),
-            format_args!("{} is not in 0..10", r.attempts),
-        );
-    }
+    check::within(v, &join(field, "attempts"), r.attempts, 0, 10);
     let mut retry_on = Vec::new();
     for (i, on) in r.retry_on.iter().enumerate() {
         let at = format!("{field}.retry_on[{i}]");
@@ -1211,15 +1290,16 @@ fn retry_policy(v: &mut Violations, field: &str, r: &pb::RetryPolicy) -> RetryPo
             Ok(pb::RetryOn::GatewayError) => retry_on.push(RetryOn::GatewayError),
             Ok(pb::RetryOn::RetryOn5xx) => retry_on.push(RetryOn::ServerError),
             Ok(pb::RetryOn::RetriableStatus) => retry_on.push(RetryOn::RetriableStatus),
-            Ok(pb::RetryOn::Unspecified) | Err(_) => {
-                v.push(at, format_args!("unknown retry condition {on}"))
-            }
+            Ok(pb::RetryOn::Unspecified) | Err(_) => v.push(
+                at,
+                format_args!("must be a known retry condition (1 to 5), not {on}"),
+            ),
         }
     }
     if r.attempts > 0 && r.retry_on.is_empty() {
         v.push(
             join(field, "retry_on"),
-            "at least one condition is required when attempts > 0",
+            "must have at least one condition when attempts > 0",
         );
     }
     let retriable_status_codes = r
@@ -1230,7 +1310,7 @@ fn retry_policy(v: &mut Violations, field: &str, r: &pb::RetryPolicy) -> RetryPo
             if !(100..=599).contains(&code) {
                 v.push(
                     format!("{field}.retriable_status_codes[{i}]"),
-                    format_args!("{code} is not an HTTP status"),
+                    format_args!("must be an HTTP status in 100..599, not {code}"),
                 );
             }
             code as u16
@@ -1265,11 +1345,12 @@ fn retry_policy(v: &mut Violations, field: &str, r: &pb::RetryPolicy) -> RetryPo
     if backoff_max < backoff_base {
         v.push(join(field, "backoff_max"), "must not be below backoff_base");
     }
-    let budget_percent = if r.budget_percent == 0 {
-        20
-    } else {
-        percent(v, &join(field, "budget_percent"), r.budget_percent)
-    };
+    let budget_percent = percent(
+        v,
+        &join(field, "budget_percent"),
+        r.budget_percent,
+        Some(20),
+    );
     RetryPolicy {
         attempts: r.attempts,
         per_try_timeout,
@@ -1284,18 +1365,20 @@ fn retry_policy(v: &mut Violations, field: &str, r: &pb::RetryPolicy) -> RetryPo
 fn route_action(v: &mut Violations, field: &str, a: Option<&pb::RouteAction>) -> RouteAction {
     let default = pb::RouteAction::default();
     let a = a.unwrap_or_else(|| {
-        v.push(field, "required");
+        v.push(field, "must be set");
         &default
     });
     if a.destinations.is_empty() {
         v.push(
             join(field, "destinations"),
-            "at least one destination is required",
+            "must have at least one destination",
         );
-    } else if a.destinations.len() > check::MAX_DESTINATIONS {
-        v.push(
-            join(field, "destinations"),
-            format_args!("more than {} destinations", check::MAX_DESTINATIONS),
+    } else {
+        check::count(
+            v,
+            &join(field, "destinations"),
+            a.destinations.len(),
+            check::MAX_DESTINATIONS,
         );
     }
     let destinations: Vec<Destination> = a
@@ -1305,12 +1388,7 @@ fn route_action(v: &mut Violations, field: &str, a: Option<&pb::RouteAction>) ->
         .map(|(i, d)| {
             let at = format!("{field}.destinations[{i}]");
             check::reference(v, &join(&at, "service"), &d.service);
-            if d.weight > check::MAX_WEIGHT {
-                v.push(
-                    join(&at, "weight"),
-                    format_args!("{} is not in 0..{}", d.weight, check::MAX_WEIGHT),
-                );
-            }
+            check::within(v, &join(&at, "weight"), d.weight, 0, check::MAX_WEIGHT);
             check::labels(v, &join(&at, "subset"), d.subset.iter());
             Destination {
                 service: d.service.clone(),
@@ -1380,11 +1458,13 @@ impl Route {
         let mut v = Violations::new();
         let (name, labels) = common(&mut v, field, &r.name, &r.labels);
         if r.rules.is_empty() {
-            v.push(join(field, "rules"), "at least one rule is required");
-        } else if r.rules.len() > check::MAX_RULES {
-            v.push(
-                join(field, "rules"),
-                format_args!("more than {} rules", check::MAX_RULES),
+            v.push(join(field, "rules"), "must have at least one rule");
+        } else {
+            check::count(
+                &mut v,
+                &join(field, "rules"),
+                r.rules.len(),
+                check::MAX_RULES,
             );
         }
         let rules = r
@@ -1394,12 +1474,12 @@ impl Route {
             .enumerate()
             .map(|(i, rule)| {
                 let at = format!("{field}.rules[{i}]");
-                if rule.matches.len() > check::MAX_MATCHES {
-                    v.push(
-                        join(&at, "matches"),
-                        format_args!("more than {} matches", check::MAX_MATCHES),
-                    );
-                }
+                check::count(
+                    &mut v,
+                    &join(&at, "matches"),
+                    rule.matches.len(),
+                    check::MAX_MATCHES,
+                );
                 let matches: Vec<RouteMatch> = rule
                     .matches
                     .iter()
@@ -1440,7 +1520,10 @@ impl Listener {
             l.address.parse().unwrap_or_else(|_| {
                 v.push(
                     join(field, "address"),
-                    format_args!("{:?} is not an IP address", l.address),
+                    format_args!(
+                        "{} is not an IP address (a listener binds an address, not a host name)",
+                        check::quote(&l.address)
+                    ),
                 );
                 IpAddr::from([0, 0, 0, 0])
             })
@@ -1472,13 +1555,13 @@ impl Listener {
                 ListenerTarget::Service(s.clone())
             }
             (None, Protocol::Tcp) => {
-                v.push(join(field, "service"), "required for a tcp listener");
+                v.push(join(field, "service"), "must be set for a tcp listener");
                 ListenerTarget::Service(String::new())
             }
             (None, _) => {
                 v.push(
                     join(field, "route"),
-                    "required for an http, http2 or grpc listener",
+                    "must be set for an http, http2 or grpc listener",
                 );
                 ListenerTarget::Route(String::new())
             }

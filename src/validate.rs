@@ -69,15 +69,54 @@ impl Invalid {
     }
 }
 
+impl Invalid {
+    /// The violations as a client is told them, in order: each field and
+    /// reason cut to [`MAX_VIOLATION_PART`] bytes, at most
+    /// [`MAX_REPORTED`] of them, and no more than fit in `budget` bytes
+    /// (each counted as its field, reason and `overhead` bytes). The first
+    /// is always reported. Returns them and how many were left out.
+    pub fn reported(&self, budget: usize, overhead: usize) -> (Vec<Violation>, usize) {
+        let mut used = 0;
+        let mut out = Vec::new();
+        for v in &self.violations {
+            let field = cap(&v.field, MAX_VIOLATION_PART);
+            let reason = cap(&v.reason, MAX_VIOLATION_PART);
+            let size = header_len(&field) + header_len(&reason) + overhead;
+            if out.len() == MAX_REPORTED || (!out.is_empty() && used + size > budget) {
+                break;
+            }
+            used += size;
+            out.push(Violation {
+                field: field.into_owned(),
+                reason: reason.into_owned(),
+            });
+        }
+        let left = self.violations.len() - out.len();
+        (out, left)
+    }
+}
+
+/// Most bytes the text of an [`Invalid`] takes (as a `grpc-message` header
+/// encodes it), before the count of the problems left out.
+pub const MAX_MESSAGE: usize = 768;
+
+/// Every problem, as `field: reason` joined by `; `, as many as fit in
+/// [`MAX_MESSAGE`] (see [`Invalid::reported`]), then how many more there are.
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, v) in self.violations.iter().enumerate() {
+        // "field: reason; ": 4 bytes besides the two.
+        let (shown, left) = self.reported(MAX_MESSAGE, 4);
+        for (i, v) in shown.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{v}")?;
         }
-        Ok(())
+        match left {
+            0 => Ok(()),
+            1 => f.write_str("; and 1 more problem"),
+            n => write!(f, "; and {n} more problems"),
+        }
     }
 }
 
@@ -131,6 +170,14 @@ pub fn join(parent: &str, field: &str) -> String {
 /// Most characters of a client's value quoted back in an error message.
 pub const MAX_ECHO: usize = 64;
 
+/// Most violations one error reports; the others are only counted.
+pub const MAX_REPORTED: usize = 100;
+
+/// Largest field path or reason, in bytes, that one reported violation
+/// carries. Reasons quote values through [`quote`], which keeps them well
+/// below this; the cap is the safety net for every other source.
+pub const MAX_VIOLATION_PART: usize = 512;
+
 /// `value` as an error message may quote it: whole when it has at most
 /// `max` characters, otherwise its first `max` characters, an ellipsis and
 /// its length, so that no error grows with its input.
@@ -141,6 +188,84 @@ pub fn truncate(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A client's value quoted for an error message, bounded whatever its size:
+/// `"web"`, or for a value longer than [`MAX_ECHO`] characters its start,
+/// an ellipsis and its length: `"aaaa…" (100000 bytes)`. Control characters
+/// are escaped, so a message stays on one line.
+///
+/// Every message that names a client's value goes through this (or
+/// [`entry`] for map keys in field paths), so that a 1 MB address cannot
+/// turn into a 1 MB status that the client's metadata limit refuses.
+pub fn quote(value: &str) -> Quoted<'_> {
+    Quoted {
+        value,
+        length: true,
+    }
+}
+
+/// The path of the entry `key` of the map at `field`, e.g.
+/// `labels["app"]`, with the key bounded as [`quote`] does (without its
+/// length: the reason says it).
+pub fn entry(field: &str, key: &str) -> String {
+    let key = Quoted {
+        value: key,
+        length: false,
+    };
+    format!("{field}[{key}]")
+}
+
+/// A bounded quotation of a client's value; see [`quote`].
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a> {
+    value: &'a str,
+    length: bool,
+}
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value.char_indices().nth(MAX_ECHO) {
+            None => write!(f, "{:?}", self.value),
+            Some((end, _)) => {
+                // Debug quotes and escapes; the ellipsis goes inside the
+                // quotes, where the value was cut.
+                let shown = format!("{:?}", &self.value[..end]);
+                write!(f, "{}…\"", &shown[..shown.len() - 1])?;
+                if self.length {
+                    write!(f, " ({} bytes)", self.value.len())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary) with an
+/// ellipsis where it was cut.
+fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
+/// Size of `text` in a `grpc-message` header, which percent-encodes every
+/// byte outside printable ASCII (and `%`).
+fn header_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
+}
+
 /// Checks a resource or node name: 1 to 253 characters, lowercase letters,
 /// digits, `-`, `.` and `_`, starting and ending with a letter or digit.
 pub fn name(v: &mut Violations, field: &str, value: &str) {
@@ -149,7 +274,13 @@ pub fn name(v: &mut Violations, field: &str, value: &str) {
         return;
     }
     if value.len() > MAX_NAME_LEN {
-        v.push(field, format_args!("longer than {MAX_NAME_LEN} characters"));
+        v.push(
+            field,
+            format_args!(
+                "must be at most {MAX_NAME_LEN} characters long, not {}",
+                value.len()
+            ),
+        );
         return;
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
@@ -164,8 +295,9 @@ pub fn name(v: &mut Violations, field: &str, value: &str) {
         v.push(
             field,
             format_args!(
-                "invalid name {value:?}: use lowercase letters, digits, '-', '.', '_', \
-                 starting and ending with a letter or digit"
+                "{} is not a valid name: use lowercase letters, digits, '-', '.' and '_', \
+                 starting and ending with a letter or digit",
+                quote(value)
             ),
         );
     }
@@ -183,21 +315,30 @@ pub fn labels<'a>(
     labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
 ) {
     if labels.len() > MAX_LABELS {
-        v.push(field, format_args!("more than {MAX_LABELS} entries"));
+        v.push(
+            field,
+            format_args!(
+                "has {} entries; at most {MAX_LABELS} are allowed",
+                labels.len()
+            ),
+        );
         return;
     }
     for (key, value) in labels {
-        let at = format!("{field}[{key:?}]");
+        let at = entry(field, key);
         if let Err(reason) = label_key(key) {
             v.push(&at, reason);
         }
         if value.len() > MAX_LABEL_VALUE_LEN {
             v.push(
                 &at,
-                format_args!("value longer than {MAX_LABEL_VALUE_LEN} characters"),
+                format_args!(
+                    "label value must be at most {MAX_LABEL_VALUE_LEN} characters long, not {}",
+                    value.len()
+                ),
             );
         } else if value.chars().any(char::is_control) {
-            v.push(&at, "value contains a control character");
+            v.push(&at, "label value must not contain control characters");
         }
     }
 }
@@ -210,7 +351,8 @@ pub fn label_key(key: &str) -> Result<(), String> {
     }
     if key.len() > MAX_LABEL_KEY_LEN {
         return Err(format!(
-            "label key longer than {MAX_LABEL_KEY_LEN} characters"
+            "label key must be at most {MAX_LABEL_KEY_LEN} characters long, not {}",
+            key.len()
         ));
     }
     let alnum = |c: char| c.is_ascii_alphanumeric();
@@ -223,8 +365,9 @@ pub fn label_key(key: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid label key {key:?}: use letters, digits, '-', '_', '.', '/', \
-             starting and ending with a letter or digit"
+            "{} is not a valid label key: use letters, digits, '-', '_', '.' and '/', \
+             starting and ending with a letter or digit",
+            quote(key)
         ))
     }
 }
@@ -234,14 +377,14 @@ pub fn port(v: &mut Violations, field: &str, value: u32) -> u16 {
     match u16::try_from(value) {
         Ok(p) if p != 0 => p,
         _ => {
-            v.push(field, format_args!("port {value} is not in 1..65535"));
+            v.push(field, format_args!("must be in 1..65535, not {value}"));
             0
         }
     }
 }
 
 /// Checks that `value` lies in `lo..=hi`; `0` is replaced by `default` first
-/// (proto3 cannot tell "unset" from zero).
+/// (proto3 cannot tell "unset" from zero), and the message says so.
 pub fn in_range(
     v: &mut Violations,
     field: &str,
@@ -252,9 +395,47 @@ pub fn in_range(
 ) -> u32 {
     let value = if value == 0 { default } else { value };
     if !(lo..=hi).contains(&value) {
-        v.push(field, format_args!("{value} is not in {lo}..{hi}"));
+        v.push(
+            field,
+            format_args!("must be in {lo}..{hi} (0 or unset means {default}), not {value}"),
+        );
     }
     value
+}
+
+/// Checks that `value` lies in `lo..=hi`, where zero is a value like any
+/// other (no default replaces it).
+pub fn within(v: &mut Violations, field: &str, value: u32, lo: u32, hi: u32) -> u32 {
+    if !(lo..=hi).contains(&value) {
+        v.push(field, format_args!("must be in {lo}..{hi}, not {value}"));
+    }
+    value
+}
+
+/// Checks that a list or map at `field` has at most `max` entries.
+pub fn count(v: &mut Violations, field: &str, len: usize, max: usize) {
+    if len > max {
+        v.push(
+            field,
+            format_args!("has {len} entries; at most {max} are allowed"),
+        );
+    }
+}
+
+/// A duration as the proto comments write them: `50ms`, `60s`, `1h`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{d:?}")
+    } else if ms == 0 {
+        "0s".into()
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Converts a protobuf duration, checking it lies in `lo..=hi`; an absent one
@@ -275,13 +456,28 @@ pub fn duration(
     };
     match parsed {
         None => {
-            v.push(field, "must be a non-negative duration");
+            v.push(
+                field,
+                format_args!(
+                    "must be a duration between {} and {} (seconds and nanos not negative, \
+                     nanos below 1e9), not {}s {}ns",
+                    human(lo),
+                    human(hi),
+                    d.seconds,
+                    d.nanos
+                ),
+            );
             default
         }
         Some(d) if d < lo || d > hi => {
             v.push(
                 field,
-                format_args!("{d:?} is not between {lo:?} and {hi:?}"),
+                format_args!(
+                    "must be between {} and {}, not {}",
+                    human(lo),
+                    human(hi),
+                    human(d)
+                ),
             );
             default
         }
@@ -294,12 +490,18 @@ pub fn text(v: &mut Violations, field: &str, value: &str) {
     if value.len() > MAX_STRING_LEN {
         v.push(
             field,
-            format_args!("longer than {MAX_STRING_LEN} characters"),
+            format_args!(
+                "must be at most {MAX_STRING_LEN} characters long, not {}",
+                value.len()
+            ),
         );
     } else if value.chars().any(char::is_control) {
-        v.push(field, "contains a control character");
+        v.push(field, "must not contain control characters");
     }
 }
+
+/// Most bytes of the regex crate's explanation kept in a message.
+const MAX_REGEX_REASON: usize = 160;
 
 /// Compiles a regular expression that must match a whole value.
 pub fn regex(v: &mut Violations, field: &str, source: &str) -> Option<regex::Regex> {
@@ -310,7 +512,10 @@ pub fn regex(v: &mut Violations, field: &str, source: &str) -> Option<regex::Reg
     if source.len() > MAX_REGEX_LEN {
         v.push(
             field,
-            format_args!("longer than {MAX_REGEX_LEN} characters"),
+            format_args!(
+                "must be at most {MAX_REGEX_LEN} characters long, not {}",
+                source.len()
+            ),
         );
         return None;
     }
@@ -320,25 +525,68 @@ pub fn regex(v: &mut Violations, field: &str, source: &str) -> Option<regex::Reg
     {
         Ok(re) => Some(re),
         Err(e) => {
-            // The regex crate's message spans several lines; keep it on one.
-            let msg = e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            v.push(field, format_args!("invalid regex: {msg}"));
+            v.push(
+                field,
+                format_args!(
+                    "{} is not a valid regular expression: {}",
+                    quote(source),
+                    regex_reason(&e)
+                ),
+            );
             None
         }
     }
 }
+
+/// The regex crate's explanation on one bounded line.
+///
+/// Its syntax errors span several lines: the pattern (the one compiled,
+/// with the anchors this module adds), a line of carets under the fault,
+/// then `error: what is wrong`. The pattern is already quoted by the
+/// caller and the carets mean nothing on one line, so only the `error:`
+/// line is kept. Other errors (size limit) are one line already.
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let reason = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error:"))
+        .map(str::trim)
+        .unwrap_or(&text);
+    let reason = match e {
+        regex::Error::CompiledTooBig(_) => format!(
+            "it compiles to more than {} KiB; simplify it",
+            MAX_REGEX_COMPILED / 1024
+        ),
+        _ => reason.split_whitespace().collect::<Vec<_>>().join(" "),
+    };
+    cap(&reason, MAX_REGEX_REASON).into_owned()
+}
+
+/// Largest header name.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
 
 /// Checks an HTTP header name: an RFC 9110 token.
 pub fn header_name(v: &mut Violations, field: &str, value: &str) {
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if value.is_empty() {
         v.push(field, "must not be empty");
-    } else if value.len() > 256 || !value.chars().all(token) {
-        v.push(field, format_args!("invalid header name {value:?}"));
+    } else if value.len() > MAX_HEADER_NAME_LEN {
+        v.push(
+            field,
+            format_args!(
+                "a header name must be at most {MAX_HEADER_NAME_LEN} characters long, not {}",
+                value.len()
+            ),
+        );
+    } else if !value.chars().all(token) {
+        v.push(
+            field,
+            format_args!(
+                "{} is not a valid header name: use letters, digits and !#$%&'*+-.^_`|~",
+                quote(value)
+            ),
+        );
     }
 }
 
@@ -358,10 +606,23 @@ pub fn host(v: &mut Violations, field: &str, value: &str) {
             && !l.ends_with('-')
             && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     };
-    if value.len() > MAX_NAME_LEN || !value.trim_end_matches('.').split('.').all(label_ok) {
+    if value.len() > MAX_NAME_LEN {
         v.push(
             field,
-            format_args!("{value:?} is neither an IP address nor a valid host name"),
+            format_args!(
+                "must be an IP address or a host name of at most {MAX_NAME_LEN} characters, \
+                 not {} characters",
+                value.len()
+            ),
+        );
+    } else if !value.trim_end_matches('.').split('.').all(label_ok) {
+        v.push(
+            field,
+            format_args!(
+                "{} is neither an IP address nor a valid host name (dot-separated labels of \
+                 1 to 63 letters, digits and '-', not starting or ending with '-')",
+                quote(value)
+            ),
         );
     }
 }
@@ -391,8 +652,116 @@ mod tests {
         assert!(!re.is_match("/api/v2/x"));
         let _ = regex(&mut v, "r", "(unclosed");
         let err = v.finish(()).unwrap_err();
-        assert!(err.to_string().starts_with("r: invalid regex:"), "{err}");
-        assert!(!err.to_string().contains('\n'));
+        assert_eq!(
+            err.to_string(),
+            r#"r: "(unclosed" is not a valid regular expression: unclosed group"#
+        );
+    }
+
+    /// The regex crate's errors span lines and draw the pattern; what
+    /// reaches a client is one bounded line, whatever the pattern.
+    #[test]
+    fn regex_errors_are_one_bounded_line() {
+        for source in [
+            "a{1000000}",
+            "[z-a]",
+            &format!("({})", "x".repeat(1000)),
+            "\\p{Nope}",
+            "(?P<1>x)",
+        ] {
+            let mut v = Violations::new();
+            if regex(&mut v, "r", source).is_some() {
+                continue;
+            }
+            let reason = &v.finish(()).unwrap_err().violations[0].reason;
+            assert!(!reason.contains('\n'), "{reason}");
+            assert!(!reason.contains('^'), "no caret drawing: {reason}");
+            assert!(reason.len() < 400, "{reason}");
+            assert!(
+                reason.contains("is not a valid regular expression: "),
+                "{reason}"
+            );
+        }
+        let mut v = Violations::new();
+        assert!(regex(&mut v, "r", "a{1000}{1000}").is_none());
+        let reason = &v.finish(()).unwrap_err().violations[0].reason;
+        assert!(
+            reason.ends_with("it compiles to more than 256 KiB; simplify it"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn quotes_are_bounded() {
+        assert_eq!(quote("web").to_string(), r#""web""#);
+        assert_eq!(quote("a\nb").to_string(), r#""a\nb""#);
+        let long = "x".repeat(100_000);
+        let q = quote(&long).to_string();
+        assert_eq!(q, format!("\"{}…\" (100000 bytes)", "x".repeat(MAX_ECHO)));
+        assert_eq!(
+            entry("labels", &long),
+            format!("labels[\"{}…\"]", "x".repeat(MAX_ECHO))
+        );
+        // Cut on characters, not bytes.
+        let wide = "é".repeat(100);
+        assert!(
+            quote(&wide)
+                .to_string()
+                .starts_with(&format!("\"{}…\"", "é".repeat(MAX_ECHO)))
+        );
+    }
+
+    #[test]
+    fn a_huge_value_gives_a_small_error() {
+        let key = "k".repeat(100_000);
+        let host_value = "h".repeat(1 << 20);
+        let labels = [(key.clone(), "v".to_string())];
+        let mut v = Violations::new();
+        super::labels(&mut v, "labels", labels.iter().map(|(k, v)| (k, v)));
+        host(&mut v, "address", &host_value);
+        name(&mut v, "name", &format!("{}!", "n".repeat(200)));
+        header_name(&mut v, "header", &"é".repeat(100));
+        let err = v.finish(()).unwrap_err();
+        assert_eq!(err.violations.len(), 4);
+        for violation in &err.violations {
+            assert!(violation.field.len() < 100, "{violation}");
+            assert!(violation.reason.len() < 300, "{violation}");
+        }
+        assert_eq!(
+            err.violations[0].reason,
+            "label key must be at most 128 characters long, not 100000"
+        );
+    }
+
+    #[test]
+    fn reports_are_capped_by_count_and_size() {
+        let mut v = Violations::new();
+        for i in 0..1000 {
+            port(&mut v, &format!("items[{i}].port"), 0);
+        }
+        let err = v.finish(()).unwrap_err();
+        let (shown, left) = err.reported(usize::MAX, 0);
+        assert_eq!((shown.len(), left), (MAX_REPORTED, 900));
+        let (shown, left) = err.reported(200, 6);
+        assert_eq!(shown.len() + left, 1000);
+        assert!(shown.len() < 10, "{}", shown.len());
+        let text = err.to_string();
+        assert!(text.len() <= MAX_MESSAGE + 40, "{}", text.len());
+        assert!(
+            text.ends_with(&format!(
+                "; and {left} more problems",
+                left = 1000 - text.matches("must be in").count()
+            )),
+            "{text}"
+        );
+        // One violation is always reported, cut if it must be.
+        let one = Invalid::one("f".repeat(5000), "r".repeat(5000));
+        let (shown, left) = one.reported(10, 0);
+        assert_eq!(left, 0);
+        assert!(
+            shown[0].field.len() <= MAX_VIOLATION_PART
+                && shown[0].reason.len() <= MAX_VIOLATION_PART
+        );
     }
 
     #[test]
@@ -411,7 +780,10 @@ mod tests {
         );
         assert_eq!(d, Duration::from_secs(1));
         let err = v.finish(()).unwrap_err();
-        assert!(err.to_string().contains("is not between"), "{err}");
+        assert_eq!(err.to_string(), "d: must be between 1ms and 60s, not 5ns");
+        assert_eq!(human(Duration::from_secs(3600)), "1h");
+        assert_eq!(human(Duration::from_millis(50)), "50ms");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
     }
 
     #[test]
@@ -422,7 +794,7 @@ mod tests {
         let err = v.finish(()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "a.port: port 0 is not in 1..65535; b.port: port 70000 is not in 1..65535"
+            "a.port: must be in 1..65535, not 0; b.port: must be in 1..65535, not 70000"
         );
     }
 }

@@ -749,6 +749,500 @@ async fn dry_run_reports_without_writing(db: TestDb) {
     server.stop().await;
 }
 
+/// Bytes a status takes as metadata: its message and its details (sent in
+/// base64; they repeat the message).
+fn metadata_bytes(status: &tonic::Status) -> usize {
+    status.message().len() + status.details().len().div_ceil(3) * 4
+}
+
+/// Every field violation of `status`, as (field, description).
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest detail: {status:?}"))
+        .field_violations
+        .into_iter()
+        .map(|v| (v.field, v.description))
+        .collect()
+}
+
+/// A 100 KB label key, a 1 MB address, a huge selector, header name, host
+/// and regex: each is named, quoted short with its length, and the whole
+/// status stays small enough for any client's metadata limit.
+async fn huge_values_give_bounded_errors(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    apply(&mut client, vec![svc(service("web"))]).await.unwrap();
+    let key = "k".repeat(100_000);
+    let mut s = service("labelled");
+    s.labels.insert(key.clone(), "v".into());
+    let address = "a".repeat(1 << 20);
+    let mut r = route("r", "web");
+    let m = &mut r.rules[0].matches[0];
+    m.host = "h".repeat(300_000);
+    m.headers.push(pb::HeaderMatch {
+        name: "n!".repeat(50_000),
+        value: Some(pb::StringMatch {
+            kind: Some(pb::string_match::Kind::Regex(format!(
+                "({}",
+                "x".repeat(1000)
+            ))),
+        }),
+        invert: false,
+    });
+    let err = apply(
+        &mut client,
+        vec![
+            svc(s),
+            ep(pb::Endpoint {
+                address: address.clone(),
+                ..endpoint("big", "web", 80)
+            }),
+            rt(r),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        metadata_bytes(&err) < 4096,
+        "{} bytes",
+        metadata_bytes(&err)
+    );
+    let got = violations(&err);
+    let short_key = format!("\"{}…\"", "k".repeat(64));
+    assert_eq!(
+        got,
+        [
+            (
+                format!("items[0].resource.service.labels[{short_key}]"),
+                "label key must be at most 128 characters long, not 100000".to_string()
+            ),
+            (
+                "items[1].resource.endpoint.address".to_string(),
+                "must be an IP address or a host name of at most 253 characters, not 1048576 \
+                 characters"
+                    .to_string()
+            ),
+            (
+                "items[2].resource.route.rules[0].matches[0].host".to_string(),
+                "must be an IP address or a host name of at most 253 characters, not 300000 \
+                 characters"
+                    .to_string()
+            ),
+            (
+                "items[2].resource.route.rules[0].matches[0].headers[0].name".to_string(),
+                "a header name must be at most 256 characters long, not 100000".to_string()
+            ),
+            (
+                "items[2].resource.route.rules[0].matches[0].headers[0].value.regex".to_string(),
+                format!(
+                    "\"({}…\" (1001 bytes) is not a valid regular expression: unclosed group",
+                    "x".repeat(63)
+                )
+            ),
+        ]
+    );
+    for (field, description) in &got {
+        assert!(
+            err.message().contains(&format!("{field}: {description}")),
+            "{}",
+            err.message()
+        );
+    }
+
+    // A huge invalid selector, quoted short.
+    let err = client
+        .list(pb::ListRequest {
+            kind: pb::Kind::Service as i32,
+            label_selector: format!("{}!=x", "s".repeat(200_000)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(metadata_bytes(&err) < 1024, "{}", err.message());
+    assert!(
+        err.message().contains(&format!(
+            "label_selector: requirement 0 (\"{}…\" (200003 bytes)): label key must be at most 128 characters long, not 200000",
+            "s".repeat(64)
+        )),
+        "{}",
+        err.message()
+    );
+
+    // A thousand bad items: the first ones told, the rest counted, in a
+    // status as small.
+    let items = (0..1000)
+        .map(|i| svc(service(&format!("Bad-{i}-{}", "x".repeat(200)))))
+        .collect();
+    let err = apply(&mut client, items).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        metadata_bytes(&err) < 4096,
+        "{} bytes",
+        metadata_bytes(&err)
+    );
+    let got = violations(&err);
+    let (last_field, last) = got.last().unwrap();
+    assert_eq!(last_field, "");
+    let shown = got.len() - 1;
+    assert_eq!(
+        *last,
+        format!(
+            "and {} more problems not shown: fix these and try again",
+            1000 - shown
+        )
+    );
+    assert!(shown >= 5, "{shown}");
+    assert_eq!(got[0].0, "items[0].resource.service.name");
+    assert!(
+        err.message().contains(" more problems"),
+        "{}",
+        err.message()
+    );
+    // Nothing was written.
+    assert_eq!(
+        names(&mut client, pb::Kind::Service).await,
+        BTreeSet::from(["web".to_string()])
+    );
+    server.stop().await;
+}
+
+/// A batch with field problems and references to missing resources gets
+/// every problem in one answer, item by item, as a compiler reports.
+async fn field_and_reference_problems_together(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    apply(&mut client, vec![svc(service("web"))]).await.unwrap();
+    let mut bad_route = route("r", "nope-a");
+    bad_route.rules[0].action.as_mut().unwrap().retry = Some(pb::RetryPolicy {
+        attempts: 1,
+        retry_on: vec![pb::RetryOn::ConnectFailure as i32],
+        budget_percent: 150,
+        ..Default::default()
+    });
+    let items = vec![
+        // A field problem and a missing service in one item.
+        ep(endpoint("e1", "nope-b", 0)),
+        // Only a missing service.
+        ep(endpoint("e2", "nope-c", 80)),
+        // Refers to a service declared (validly) in the batch: fine.
+        ep(endpoint("e3", "fresh", 80)),
+        // Refers to a service declared, invalidly, in the batch: its
+        // problem is the service's, not a missing reference.
+        ep(endpoint("e4", "broken", 80)),
+        svc(service("fresh")),
+        svc(pb::Service {
+            lb_policy: 99,
+            ..service("broken")
+        }),
+        rt(bad_route),
+        lst(listener("l", "no-route")),
+    ];
+    let err = apply(&mut client, items).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let missing = |kind: &str, name: &str| {
+        format!("{kind} \"{name}\" does not exist (nor is it in this request)")
+    };
+    let expected = [
+        (
+            "items[0].resource.endpoint.port".to_string(),
+            "must be in 1..65535, not 0".to_string(),
+        ),
+        (
+            "items[0].resource.endpoint.service".to_string(),
+            missing("service", "nope-b"),
+        ),
+        (
+            "items[1].resource.endpoint.service".to_string(),
+            missing("service", "nope-c"),
+        ),
+        (
+            "items[5].resource.service.lb_policy".to_string(),
+            "must be a known policy (0 to 5), not 99".to_string(),
+        ),
+        (
+            "items[6].resource.route.rules[0].action.retry.budget_percent".to_string(),
+            "must be in 1..100 (0 or unset means 20), not 150".to_string(),
+        ),
+        (
+            "items[6].resource.route.rules[0].action.destinations[0].service".to_string(),
+            missing("service", "nope-a"),
+        ),
+        (
+            "items[7].resource.listener.route".to_string(),
+            missing("route", "no-route"),
+        ),
+    ];
+    assert_eq!(violations(&err), expected);
+    for (field, description) in &expected {
+        assert!(
+            err.message().contains(&format!("{field}: {description}")),
+            "{}",
+            err.message()
+        );
+    }
+    // Only missing references (no field problem): the store finds them all.
+    let err = apply(
+        &mut client,
+        vec![
+            ep(endpoint("e2", "nope-c", 80)),
+            lst(listener("l", "no-route")),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        [
+            (
+                "items[0].resource.endpoint.service".to_string(),
+                missing("service", "nope-c")
+            ),
+            {
+                let (f, d) = expected[6].clone();
+                (f.replace("items[7]", "items[1]"), d)
+            }
+        ]
+    );
+    assert_eq!(
+        names(&mut client, pb::Kind::Service).await,
+        BTreeSet::from(["web".to_string()])
+    );
+    server.stop().await;
+}
+
+/// A request over the size limit is RESOURCE_EXHAUSTED naming the limit;
+/// one under it is answered as usual.
+async fn requests_over_the_size_limit_name_it(db: TestDb) {
+    let config = switchyard_control_plane::server::Config {
+        max_request_bytes: 64 << 10,
+        ..TestServer::config()
+    };
+    let server = TestServer::start_with(db.url(), config).await;
+    let mut client = server.client().await;
+    let mut s = service("big");
+    s.labels.insert("note".into(), "x".repeat(100_000));
+    let err = apply(&mut client, vec![svc(s)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().starts_with("the request message is 100"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains("over the control plane's limit of 65536 bytes (64 KiB)"),
+        "{}",
+        err.message()
+    );
+    let info = err.get_details_error_info().expect("an ErrorInfo detail");
+    assert_eq!(info.reason, "REQUEST_TOO_LARGE");
+    assert_eq!(
+        info.metadata.get("limit").map(String::as_str),
+        Some("65536")
+    );
+    // Under the limit: the usual answer, and the connection still works.
+    let mut s = service("big");
+    s.labels.insert("note".into(), "x".repeat(60_000));
+    let err = apply(&mut client, vec![svc(s)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    apply(&mut client, vec![svc(service("small"))])
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+async fn list_page(
+    client: &mut Client,
+    kind: pb::Kind,
+    selector: &str,
+    size: u32,
+    token: &str,
+) -> Result<pb::ListResponse, tonic::Status> {
+    client
+        .list(pb::ListRequest {
+            kind: kind as i32,
+            label_selector: selector.into(),
+            page_size: size,
+            page_token: token.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every page of a List, as names per page; asserts only the last has no
+/// next_page_token.
+async fn pages(client: &mut Client, selector: &str, size: u32) -> Vec<Vec<String>> {
+    let mut out = vec![];
+    let mut token = String::new();
+    loop {
+        let page = list_page(client, pb::Kind::Service, selector, size, &token)
+            .await
+            .unwrap();
+        out.push(
+            page.resources
+                .iter()
+                .map(|r| switchyard::resource::pb_ref(r).unwrap().name)
+                .collect(),
+        );
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        assert!(out.len() < 100, "too many pages");
+        token = page.next_page_token;
+    }
+}
+
+/// The last page carries no next_page_token (no trailing empty page), with
+/// or without a selector; tokens are opaque and bound to the kind and
+/// selector that issued them.
+async fn paging_ends_on_the_last_page_and_tokens_are_bound(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    let items = (0..8)
+        .map(|i| {
+            let mut s = service(&format!("svc-{i}"));
+            if i < 4 {
+                s.labels.insert("team".into(), "a".into());
+            }
+            svc(s)
+        })
+        .collect();
+    apply(&mut client, items).await.unwrap();
+    let name = |i: usize| format!("svc-{i}");
+    // The matches fill the pages exactly and end before the last services.
+    assert_eq!(
+        pages(&mut client, "team=a", 2).await,
+        [vec![name(0), name(1)], vec![name(2), name(3)]]
+    );
+    assert_eq!(
+        pages(&mut client, "team=a", 3).await,
+        [vec![name(0), name(1), name(2)], vec![name(3)]]
+    );
+    assert_eq!(
+        pages(&mut client, "team", 4).await,
+        [vec![name(0), name(1), name(2), name(3)]]
+    );
+    assert_eq!(
+        pages(&mut client, "team=zz", 2).await,
+        [Vec::<String>::new()]
+    );
+    assert_eq!(
+        pages(&mut client, "", 4).await,
+        [
+            (0..4).map(name).collect::<Vec<_>>(),
+            (4..8).map(name).collect::<Vec<_>>()
+        ]
+    );
+    assert_eq!(
+        pages(&mut client, "!team", 4).await,
+        [(4..8).map(name).collect::<Vec<_>>()]
+    );
+
+    // Opaque, and bound to what issued them.
+    let first = list_page(&mut client, pb::Kind::Service, "team=a", 2, "")
+        .await
+        .unwrap();
+    let token = first.next_page_token;
+    assert!(!token.contains("svc"), "{token}");
+    let refused = [
+        (
+            pb::Kind::Endpoint,
+            "team=a",
+            token.clone(),
+            "was issued for a List of kind service, not endpoint",
+        ),
+        (
+            pb::Kind::Service,
+            "team=b",
+            token.clone(),
+            "was issued for another label_selector",
+        ),
+        (
+            pb::Kind::Service,
+            "",
+            token.clone(),
+            "was issued for another label_selector",
+        ),
+        (
+            pb::Kind::Service,
+            "team=a",
+            "svc-1".to_string(),
+            "is not a page token issued by this API",
+        ),
+        (
+            pb::Kind::Service,
+            "team=a",
+            "x".repeat(100_000),
+            "is not a page token issued by this API",
+        ),
+    ];
+    for (kind, selector, token, why) in refused {
+        let err = list_page(&mut client, kind, selector, 2, &token)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let got = violations(&err);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "page_token");
+        assert!(got[0].1.starts_with(why), "{got:?}");
+        assert!(err.message().len() < 400, "{}", err.message());
+    }
+    // The same selector in another spelling keeps its token.
+    let next = list_page(&mut client, pb::Kind::Service, " team = a ", 2, &token)
+        .await
+        .unwrap();
+    assert_eq!(next.resources.len(), 2);
+    assert!(next.next_page_token.is_empty());
+    server.stop().await;
+}
+
+/// A Watch from a revision the store never reached is OUT_OF_RANGE with
+/// the current revision, at once; from the current one it waits.
+async fn watch_from_the_future_is_out_of_range(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let mut client = server.client().await;
+    let applied = apply(&mut client, vec![svc(service("web"))]).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .watch(pb::WatchRequest {
+            from_revision: applied.revision + 10,
+            kinds: vec![],
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        err.message().contains(&format!(
+            "from_revision {} is beyond the store's current revision {}",
+            applied.revision + 10,
+            applied.revision
+        )),
+        "{}",
+        err.message()
+    );
+    let mut watch = client
+        .watch(pb::WatchRequest {
+            from_revision: applied.revision,
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let second = apply(&mut client, vec![svc(service("api"))]).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.revision, second.revision);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_on_two_postgres_replicas() {
     concurrent_writers_watcher_sees_every_revision_once(TestDb::postgres().await, 2).await
@@ -765,6 +1259,11 @@ switchyard_control_plane::both_backends!(
     list_filters_by_labels_and_pages,
     watch_follows_changes_and_filters_kinds,
     dry_run_reports_without_writing,
+    huge_values_give_bounded_errors,
+    field_and_reference_problems_together,
+    requests_over_the_size_limit_name_it,
+    paging_ends_on_the_last_page_and_tokens_are_bound,
+    watch_from_the_future_is_out_of_range,
 );
 
 /// Tools like grpcurl need reflection; load balancers and orchestrators need

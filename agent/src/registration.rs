@@ -325,7 +325,7 @@ impl Registration {
         let converted = convert(&mut v, "", &node, None, instance);
         v.finish(())?;
         let Some((endpoint, service)) = converted else {
-            return Err(Invalid::one("address", "required"));
+            return Err(Invalid::one("address", "must be set"));
         };
         if let Some(service) = service
             && !self.request.services.iter().any(|s| s.name == service.name)

@@ -15,13 +15,15 @@ use switchyard::validate::{Invalid, MAX_BATCH, Violations, join};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::auth::Caller;
 use crate::fanout::Head;
 use crate::metrics::{Method, Requests};
 use crate::status::{invalid_argument, status};
 use crate::store::{self, Action, Op, Store};
+
+mod page;
 
 /// Default and largest `List` page.
 const DEFAULT_PAGE: usize = 100;
@@ -96,11 +98,11 @@ pub(crate) fn results(
 
 fn batch_size(v: &mut Violations, n: usize) {
     if n == 0 {
-        v.push("items", "at least one item is required");
+        v.push("items", "must have at least one item");
     } else if n > MAX_BATCH {
         v.push(
             "items",
-            format_args!("{n} items; at most {MAX_BATCH} per request"),
+            format_args!("has {n} items; at most {MAX_BATCH} are allowed per request"),
         );
     }
 }
@@ -111,10 +113,14 @@ fn page_size(requested: u32) -> Result<usize, Status> {
         n if n <= MAX_PAGE => Ok(n),
         n => Err(invalid_argument(Invalid::one(
             "page_size",
-            format_args!("{n} is not in 1..{MAX_PAGE}"),
+            format_args!("must be in 1..{MAX_PAGE} (0 or unset means {DEFAULT_PAGE}), not {n}"),
         ))),
     }
 }
+
+/// Most distinct references checked for existence when an Apply is refused
+/// for other reasons too (see [`Operator::missing_references`]).
+const MAX_REFERENCES_CHECKED: usize = 1000;
 
 fn selector(field: &str, text: &str) -> Result<Selector, Status> {
     Selector::parse(text).map_err(|e| invalid_argument(Invalid::one(field, e)))
@@ -124,6 +130,60 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 
 /// The calls themselves; the trait implementation below counts them.
 impl<S: Store> Operator<S> {
+    /// The references of `items` (valid or not) to resources that neither
+    /// exist nor are declared in `items`, by item. A store failure is
+    /// logged and reported as no problem: the request is refused anyway.
+    async fn missing_references(&self, items: &[pb::ApplyItem]) -> Vec<(usize, Invalid)> {
+        let declared: std::collections::HashSet<Ref> = items
+            .iter()
+            .filter_map(|item| {
+                item.resource
+                    .as_ref()
+                    .and_then(switchyard::resource::pb_ref)
+            })
+            .collect();
+        let mut wanted: Vec<(usize, String, Ref)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(resource) = &item.resource else {
+                continue;
+            };
+            let Some(at) = switchyard::resource::pb_ref(resource) else {
+                continue;
+            };
+            for (target, field) in switchyard::resource::pb_references(resource) {
+                if !declared.contains(&target) {
+                    let field = format!("items[{i}].resource.{}.{field}", at.kind);
+                    wanted.push((i, field, target));
+                }
+            }
+        }
+        let mut distinct: Vec<Ref> = wanted.iter().map(|w| w.2.clone()).collect();
+        distinct.sort();
+        distinct.dedup();
+        distinct.truncate(MAX_REFERENCES_CHECKED);
+        let missing = match self.store.missing(&distinct).await {
+            Ok(missing) => missing
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>(),
+            Err(error) => {
+                error!(%error, "checking the references of a refused apply");
+                return Vec::new();
+            }
+        };
+        wanted
+            .into_iter()
+            .filter(|(_, _, target)| missing.contains(target))
+            .map(|(i, field, target)| {
+                (
+                    i,
+                    Invalid {
+                        violations: vec![store::missing_violation(field, &target)],
+                    },
+                )
+            })
+            .collect()
+    }
+
     async fn call_apply(
         &self,
         request: Request<pb::ApplyRequest>,
@@ -133,15 +193,29 @@ impl<S: Store> Operator<S> {
         let mut v = Violations::new();
         batch_size(&mut v, req.items.len());
         let mut writes = Vec::with_capacity(req.items.len());
+        // Problems by item, so that those found later (missing references)
+        // are told beside the item's others.
+        let mut problems: Vec<(usize, Invalid)> = Vec::new();
         for (i, item) in req.items.iter().take(MAX_BATCH).enumerate() {
             let field = format!("items[{i}].resource");
             let Some(resource) = &item.resource else {
-                v.push(field, "required");
+                problems.push((i, Invalid::one(field, "must be set")));
                 continue;
             };
             match write(resource, &field, item.expected_revision) {
                 Ok(w) => writes.push(w),
-                Err(e) => v.extend(e),
+                Err(e) => problems.push((i, e)),
+            }
+        }
+        if !problems.is_empty() {
+            // As a compiler does, report every problem at once: the
+            // references to missing resources too, which the store would
+            // only find once the field problems are fixed.
+            let items = &req.items[..req.items.len().min(MAX_BATCH)];
+            problems.extend(self.missing_references(items).await);
+            problems.sort_by_key(|(i, _)| *i);
+            for (_, e) in problems {
+                v.extend(e);
             }
         }
         v.finish(()).map_err(invalid_argument)?;
@@ -183,7 +257,7 @@ impl<S: Store> Operator<S> {
         for (i, item) in req.items.iter().take(MAX_BATCH).enumerate() {
             let field = format!("items[{i}].ref");
             match item.r#ref.as_ref().map(|r| Ref::from_pb(r, &field)) {
-                None => v.push(field, "required"),
+                None => v.push(field, "must be set"),
                 Some(Err(e)) => v.extend(e),
                 Some(Ok(target)) => removals.push(store::Removal {
                     target,
@@ -216,7 +290,7 @@ impl<S: Store> Operator<S> {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
         let target = match &req.r#ref {
-            None => return Err(invalid_argument(Invalid::one("ref", "required"))),
+            None => return Err(invalid_argument(Invalid::one("ref", "must be set"))),
             Some(r) => Ref::from_pb(r, "ref").map_err(invalid_argument)?,
         };
         match self.store.get(&target).await.map_err(status)? {
@@ -232,45 +306,69 @@ impl<S: Store> Operator<S> {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let req = request.into_inner();
-        let kind = Kind::from_pb(req.kind)
-            .ok_or_else(|| invalid_argument(Invalid::one("kind", "must be a known kind")))?;
+        let kind = Kind::from_pb(req.kind).ok_or_else(|| {
+            invalid_argument(Invalid::one(
+                "kind",
+                format_args!(
+                    "must be one of KIND_SERVICE, KIND_ENDPOINT, KIND_ROUTE or KIND_LISTENER, not {}",
+                    req.kind
+                ),
+            ))
+        })?;
         let selector = selector("label_selector", &req.label_selector)?;
         let limit = page_size(req.page_size)?;
-        if !req.page_token.is_empty() {
-            let mut v = Violations::new();
-            switchyard::validate::name(&mut v, "page_token", &req.page_token);
-            v.finish(()).map_err(invalid_argument)?;
-        }
-        // Filtering happens here, so a selective query may read several
-        // store pages; the reported revision is the first (oldest) one, so
-        // a Watch from it misses nothing.
-        let mut after = req.page_token;
+        let mut after = if req.page_token.is_empty() {
+            String::new()
+        } else {
+            page::decode(&req.page_token, kind, &selector)
+                .map_err(|e| invalid_argument(Invalid::one("page_token", e)))?
+        };
         let mut resources = Vec::new();
-        let mut revision = None;
-        let mut more = true;
-        while more && resources.len() < limit {
+        // Whether a resource follows the page: only then is there a next
+        // page, so that the last page says it is the last.
+        let mut more = false;
+        let revision;
+        if selector.is_empty() {
             let page = self.store.list(kind, &after, limit).await.map_err(status)?;
-            revision.get_or_insert(page.revision);
-            let len = page.resources.len();
+            revision = page.revision;
+            resources = page.resources;
             more = page.more;
-            for (i, r) in page.resources.into_iter().enumerate() {
-                after = switchyard::resource::pb_ref(&r)
-                    .map(|r| r.name)
-                    .unwrap_or_default();
-                if pb_labels(&r).is_some_and(|l| selector.matches(l)) {
-                    resources.push(r);
-                    if resources.len() == limit {
-                        more = more || i + 1 < len;
-                        break;
+        } else {
+            // Filtering happens here, so a selective query may read several
+            // store pages, until one match past the page shows there is a
+            // next one. The reported revision is the first (oldest) one, so
+            // a Watch from it misses nothing.
+            let scan = limit.max(DEFAULT_PAGE);
+            let mut first = None;
+            'scan: loop {
+                let page = self.store.list(kind, &after, scan).await.map_err(status)?;
+                first.get_or_insert(page.revision);
+                for r in page.resources {
+                    after = switchyard::resource::pb_ref(&r)
+                        .map(|r| r.name)
+                        .unwrap_or_default();
+                    if pb_labels(&r).is_some_and(|l| selector.matches(l)) {
+                        if resources.len() == limit {
+                            more = true;
+                            break 'scan;
+                        }
+                        resources.push(r);
                     }
                 }
+                if !page.more {
+                    break;
+                }
             }
+            revision = first.unwrap_or_default();
         }
-        let next_page_token = if more { after } else { String::new() };
+        let next_page_token = match resources.last().and_then(switchyard::resource::pb_ref) {
+            Some(last) if more => page::encode(kind, &selector, &last.name),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListResponse {
             resources,
             next_page_token,
-            revision: revision.unwrap_or_default(),
+            revision,
         }))
     }
 
@@ -284,10 +382,27 @@ impl<S: Store> Operator<S> {
         for (i, k) in req.kinds.iter().enumerate() {
             match Kind::from_pb(*k) {
                 Some(k) => kinds.push(k),
-                None => v.push(format!("kinds[{i}]"), "must be a known kind"),
+                None => v.push(
+                    format!("kinds[{i}]"),
+                    format_args!(
+                        "must be one of KIND_SERVICE, KIND_ENDPOINT, KIND_ROUTE or KIND_LISTENER, not {k}"
+                    ),
+                ),
             }
         }
         v.finish(()).map_err(invalid_argument)?;
+        // A revision beyond the store's is one this store never made: the
+        // client's state comes from elsewhere (a store restored from an
+        // older backup, another cluster). Waiting for it would hide that.
+        let current = self.store.revision().await.map_err(status)?;
+        if req.from_revision > current {
+            return Err(Status::out_of_range(format!(
+                "from_revision {} is beyond the store's current revision {current}: the \
+                 client's state does not come from this store (restored from a backup?); \
+                 list again and watch from the list's revision",
+                req.from_revision
+            )));
+        }
         // Fail fast on a compacted revision rather than on the first read.
         self.store
             .changes(req.from_revision, 1)

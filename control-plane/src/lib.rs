@@ -6,6 +6,7 @@ pub mod auth;
 pub mod fanout;
 pub mod grpc;
 pub mod health;
+pub mod limit;
 pub mod metrics;
 pub mod nodes;
 pub mod registration;

@@ -145,6 +145,13 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_KEEPALIVE_TIMEOUT", default_value = "10s",
           value_parser = parse_positive_duration)]
     keepalive_timeout: Duration,
+    /// Largest request message a client may send (an Apply of many
+    /// resources): bytes, or with a unit (`512KiB`, `16MiB`; at least
+    /// 64KiB, at most 1GiB). A larger request is refused with
+    /// RESOURCE_EXHAUSTED naming the limit.
+    #[arg(long, env = "SWITCHYARD_MAX_REQUEST_SIZE", default_value = "4MiB",
+          value_name = "SIZE", value_parser = parse_size)]
+    max_request_size: usize,
 }
 
 /// A switch.
@@ -167,6 +174,30 @@ fn named(error: server::Error) -> anyhow::Error {
         }
         error => error.into(),
     }
+}
+
+/// `4194304`, `4096KiB`, `4MiB` (also `4M`, `4MB`: binary units all).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use bytes or a unit, e.g. 4MiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown unit in {s:?}: use KiB, MiB or GiB")),
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if !(64 << 10..=1 << 30).contains(&bytes) {
+        return Err(format!("{s:?} is not between 64KiB and 1GiB"));
+    }
+    Ok(bytes)
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -229,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
         handshake_timeout: args.handshake_timeout,
         keepalive_interval: (!args.keepalive_interval.is_zero()).then_some(args.keepalive_interval),
         keepalive_timeout: args.keepalive_timeout,
+        max_request_bytes: args.max_request_size,
         damping: health::Damping {
             half_life: args.flap_half_life,
             suppress: args.flap_suppress,

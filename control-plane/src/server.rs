@@ -19,6 +19,7 @@ use crate::fanout;
 use crate::fanout::Head;
 use crate::grpc::Operator;
 use crate::health::{self, Reporter};
+use crate::limit;
 use crate::metrics;
 use crate::nodes::Registry;
 use crate::store::{self, Breaker, Store, Timed};
@@ -26,9 +27,6 @@ use crate::sync::Agents;
 
 /// The store as the server's services see it: timed, behind the circuit.
 type Served<S> = Breaker<Timed<S>>;
-
-/// Largest request a client may send (an Apply of many resources).
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -79,6 +77,10 @@ pub struct Config {
     /// How long a client may take to answer a PING before its connection
     /// is closed (and its streams, e.g. an agent's, end).
     pub keepalive_timeout: Duration,
+    /// Largest request message a client may send (an Apply of many
+    /// resources), in bytes; a larger one is refused with
+    /// `RESOURCE_EXHAUSTED` naming the limit.
+    pub max_request_bytes: usize,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(10),
+            max_request_bytes: limit::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -242,11 +245,12 @@ pub async fn serve_with<S: Store>(
         Operator::new(store.clone(), head.clone(), shutdown.clone())
             .with_requests(requests.clone()),
     )
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    .max_decoding_message_size(config.max_request_bytes);
 
     let token_service = pb::token_service_server::TokenServiceServer::new(
         auth::service::TokenService::new(store.clone(), tokens.clone()),
-    );
+    )
+    .max_decoding_message_size(config.max_request_bytes);
     let state = tokio::sync::watch::Sender::new(Arc::new(fanout::load(store.as_ref()).await?));
     let replica = if config.replica.is_empty() {
         addr.to_string()
@@ -271,7 +275,7 @@ pub async fn serve_with<S: Store>(
         head.clone(),
         shutdown.clone(),
     ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    .max_decoding_message_size(config.max_request_bytes);
 
     let sources = metrics::Sources {
         replica,
@@ -306,6 +310,9 @@ pub async fn serve_with<S: Store>(
         .http2_keepalive_interval(config.keepalive_interval)
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .layer(auth::Layer::new(config.auth.clone(), tokens.clone()))
+        // After authentication: an unauthenticated client learns nothing,
+        // not even the limit.
+        .layer(limit::Layer::new(config.max_request_bytes))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(operator)

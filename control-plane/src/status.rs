@@ -51,19 +51,39 @@ pub fn node_status(err: crate::nodes::Error) -> Status {
     }
 }
 
-/// `INVALID_ARGUMENT` listing every violation in the message and as a
-/// `google.rpc.BadRequest` detail.
+/// Most bytes of `FieldViolation`s in the `BadRequest` detail of an
+/// `INVALID_ARGUMENT` (before base64).
+///
+/// The status travels as `grpc-message` (at most
+/// [`switchyard::validate::MAX_MESSAGE`] bytes) and `grpc-status-details-bin`,
+/// the base64 of a `google.rpc.Status` that repeats the message beside the
+/// details: 768 + (768 + 1280) × 4/3 ≈ 3.5 KiB. So the whole status stays
+/// under 4 KiB of metadata whatever the request, half the 8 KiB that gRPC
+/// clients (grpc-core, grpc-java) accept by default.
+pub const MAX_DETAILS: usize = 1280;
+
+/// `INVALID_ARGUMENT` listing the violations in the message and as a
+/// `google.rpc.BadRequest` detail, in order, as many as fit in a bounded
+/// status (see [`Invalid::reported`]). When some are left out, the message
+/// ends with how many, and the detail's last entry, with an empty field,
+/// says so too.
 pub fn invalid_argument(invalid: Invalid) -> Status {
-    let details = ErrorDetails::with_bad_request(
-        invalid
-            .violations
-            .iter()
-            .map(|v| FieldViolation::new(&v.field, &v.reason))
-            .collect::<Vec<_>>(),
-    );
+    // Each FieldViolation costs its two strings and about 6 bytes of
+    // protobuf framing.
+    let (shown, left) = invalid.reported(MAX_DETAILS, 6);
+    let mut violations: Vec<FieldViolation> = shown
+        .iter()
+        .map(|v| FieldViolation::new(&v.field, &v.reason))
+        .collect();
+    if left > 0 {
+        violations.push(FieldViolation::new(
+            "",
+            format!("and {left} more problems not shown: fix these and try again"),
+        ));
+    }
     Status::with_error_details(
         tonic::Code::InvalidArgument,
         format!("invalid request: {invalid}"),
-        details,
+        ErrorDetails::with_bad_request(violations),
     )
 }

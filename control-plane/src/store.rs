@@ -146,6 +146,19 @@ impl Error {
     }
 }
 
+/// The violation for a reference, at `field` of a request, to `target`,
+/// which does not exist.
+pub fn missing_violation(field: String, target: &Ref) -> switchyard::validate::Violation {
+    switchyard::validate::Violation {
+        field,
+        reason: format!(
+            "{} {} does not exist (nor is it in this request)",
+            target.kind,
+            switchyard::validate::quote(&target.name)
+        ),
+    }
+}
+
 fn display_revision(r: Option<u64>) -> String {
     match r {
         Some(r) => r.to_string(),
@@ -486,6 +499,11 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Page>> + Send;
 
+    /// Those of `refs` that are not stored, in the order given, read in one
+    /// snapshot. Used to report every missing reference of a request that
+    /// is refused for other reasons too, without writing anything.
+    fn missing(&self, refs: &[Ref]) -> impl Future<Output = Result<Vec<Ref>>> + Send;
+
     /// Change-log entries of the revisions `after + 1 ..= after + max_revisions`,
     /// in revision order. Fails with [`Error::Compacted`] when `after` is
     /// below the compaction horizon.
@@ -677,6 +695,9 @@ impl Store for Any {
     }
     async fn list(&self, kind: Kind, after: &str, limit: usize) -> Result<Page> {
         delegate!(self, s => s.list(kind, after, limit))
+    }
+    async fn missing(&self, refs: &[Ref]) -> Result<Vec<Ref>> {
+        delegate!(self, s => s.missing(refs))
     }
     async fn changes(&self, after: u64, max_revisions: u64) -> Result<Vec<Change>> {
         delegate!(self, s => s.changes(after, max_revisions))

@@ -145,7 +145,7 @@ impl<S: Store> pb::agent_service_server::AgentService for Agents<S> {
                     view.insert(target, r.revision);
                 }
                 Some(Err(e)) => v.extend(e),
-                None => v.push(field, "required"),
+                None => v.push(field, "must be set"),
             }
         }
         v.finish(()).map_err(invalid_argument)?;

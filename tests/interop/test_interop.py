@@ -6,6 +6,12 @@ It checks that the public contract works for a client in another language:
 the stubs are generated from proto/ at run time (nothing generated is kept),
 the server is started with an SQLite store in a temporary directory, and the
 test talks to it through OperatorService and the standard gRPC health service.
+It also checks how refusals reach such a client: a batch with a 100 KB label
+key, a 1 MB address, a bad port and a missing reference is one
+INVALID_ARGUMENT whose google.rpc.BadRequest (read with grpcio-status) holds
+every violation at its path, under 4 KB of metadata; a request over 4 MiB is
+RESOURCE_EXHAUSTED naming the limit; page tokens are opaque and bound to
+their kind and selector; a Watch from a future revision is OUT_OF_RANGE.
 
 It runs twice:
 
@@ -43,9 +49,13 @@ import threading
 import time
 import traceback
 
+import base64
+
 import grpc
 import grpc_tools
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROTO_DIR = os.path.join(REPO_ROOT, "proto")
@@ -68,6 +78,11 @@ REFUSED_TIMEOUT_S = 3
 # A revoked token is refused by every replica within a second; this one
 # replica refuses it at once, the margin is for a slow machine.
 REVOKE_WAIT_S = 3
+# What a refusal may take as metadata (message and details), whatever the
+# request: well under the 8 KiB that gRPC clients accept by default.
+MAX_ERROR_METADATA = 4096
+# The control plane's default limit on one request message.
+DEFAULT_MAX_REQUEST = 4 << 20
 
 
 class CheckFailed(Exception):
@@ -486,6 +501,125 @@ class InteropTest:
         if self.rev2 is not None:
             check_eq(listed.revision, self.rev2, "store revision after a failed Apply")
 
+    def metadata_size(self, e):
+        """Bytes the refusal `e` took as metadata on the wire: its message
+        and every trailing entry (binary ones travel in base64)."""
+        size = len((e.details() or "").encode())
+        for key, value in e.trailing_metadata() or ():
+            if key.endswith("-bin"):
+                size += len(key) + len(base64.b64encode(value))
+            else:
+                size += len(key) + len(value)
+        return size
+
+    def bad_request(self, e):
+        """The google.rpc.BadRequest of the refusal `e`, as (field, description)."""
+        status = rpc_status.from_call(e)
+        check(status is not None, f"no grpc-status-details-bin in the refusal: {e.details()!r}")
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                return [(v.field, v.description) for v in bad.field_violations]
+        raise CheckFailed(f"no BadRequest detail in {status}")
+
+    def test_every_violation_bounded(self):
+        """A 100 KB label key, a 1 MB address, a bad port and a missing
+        service in one batch: one INVALID_ARGUMENT with each problem at its
+        path, values quoted short, under 4 KB of metadata."""
+        r = self.r
+        key = "k" * 100_000
+        items = [
+            r.Resource(service=r.Service(name="huge-labels", labels={key: "x"})),
+            r.Resource(endpoint=r.Endpoint(name="huge-address", service="web", address="a" * (1 << 20), port=80)),
+            r.Resource(endpoint=r.Endpoint(name="lost", service="missing-svc", address="127.0.0.1", port=0)),
+        ]
+        try:
+            resp = self.apply(items)
+        except grpc.RpcError as e:
+            check_eq(e.code(), grpc.StatusCode.INVALID_ARGUMENT, "status code")
+            size = self.metadata_size(e)
+            check(size < MAX_ERROR_METADATA, f"the refusal took {size} bytes of metadata")
+            got = self.bad_request(e)
+            expected = [
+                (
+                    'items[0].resource.service.labels["' + "k" * 64 + '…"]',
+                    "label key must be at most 128 characters long, not 100000",
+                ),
+                (
+                    "items[1].resource.endpoint.address",
+                    "must be an IP address or a host name of at most 253 characters, not 1048576 characters",
+                ),
+                ("items[2].resource.endpoint.port", "must be in 1..65535, not 0"),
+                (
+                    "items[2].resource.endpoint.service",
+                    'service "missing-svc" does not exist (nor is it in this request)',
+                ),
+            ]
+            check_eq(got, expected, "field violations")
+            for field, description in expected:
+                check(f"{field}: {description}" in e.details(), f"message lacks {field}: {e.details()!r}")
+            print(f"     refusal: {len(got)} violations, {size} bytes of metadata", flush=True)
+        else:
+            raise CheckFailed(f"Apply of invalid resources succeeded: {resp}")
+
+    def test_too_large_is_resource_exhausted(self):
+        r = self.r
+        svc = r.Service(name="too-large", labels={"note": "x" * (DEFAULT_MAX_REQUEST + 1000)})
+        try:
+            resp = self.apply([r.Resource(service=svc)])
+        except grpc.RpcError as e:
+            check_eq(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, "status code")
+            check(
+                f"limit of {DEFAULT_MAX_REQUEST} bytes (4 MiB)" in (e.details() or ""),
+                f"the refusal should name the limit: {e.details()!r}",
+            )
+        else:
+            raise CheckFailed(f"an Apply over the size limit succeeded: {resp}")
+
+    def test_paging_tokens(self):
+        r, op = self.r, self.op
+        first = self.stub.List(op.ListRequest(kind=r.KIND_ENDPOINT, page_size=1), timeout=RPC_TIMEOUT_S)
+        check_eq([res.endpoint.name for res in first.resources], ["web-v1"], "first page")
+        token = first.next_page_token
+        check(token and "web" not in token, f"page tokens are opaque: {token!r}")
+        last = self.stub.List(
+            op.ListRequest(kind=r.KIND_ENDPOINT, page_size=1, page_token=token), timeout=RPC_TIMEOUT_S
+        )
+        check_eq([res.endpoint.name for res in last.resources], ["web-v2"], "second page")
+        check_eq(last.next_page_token, "", "next_page_token of the last page")
+        for kind, selector, bad in [
+            (r.KIND_SERVICE, "", token),
+            (r.KIND_ENDPOINT, "version=v1", token),
+            (r.KIND_ENDPOINT, "", "web-v1"),
+        ]:
+            try:
+                self.stub.List(
+                    op.ListRequest(kind=kind, label_selector=selector, page_size=1, page_token=bad),
+                    timeout=RPC_TIMEOUT_S,
+                )
+            except grpc.RpcError as e:
+                check_eq(e.code(), grpc.StatusCode.INVALID_ARGUMENT, "status of a misused page token")
+                check_eq([f for f, _ in self.bad_request(e)], ["page_token"], "field of a misused page token")
+            else:
+                raise CheckFailed(f"a page token was accepted with kind {kind}, selector {selector!r}")
+
+    def test_watch_from_the_future(self):
+        op = self.op
+        current = self.list_kind(self.r.KIND_SERVICE).revision
+        call = self.stub.Watch(op.WatchRequest(from_revision=current + 100), timeout=RPC_TIMEOUT_S)
+        try:
+            for resp in call:
+                raise CheckFailed(f"Watch from the future sent {resp}")
+        except grpc.RpcError as e:
+            check_eq(e.code(), grpc.StatusCode.OUT_OF_RANGE, "status of a Watch from the future")
+            check(
+                f"current revision {current}" in (e.details() or ""),
+                f"the refusal should give the current revision {current}: {e.details()!r}",
+            )
+        else:
+            raise CheckFailed("Watch from the future ended without a status")
+
     def steps(self):
         return [
             ("Apply creates a service, endpoints and a route", self.test_apply_creates),
@@ -494,6 +628,13 @@ class InteropTest:
             ("List routes", self.test_list_routes),
             ("Watch delivers the next change", self.test_watch_delivers_change),
             ("invalid Apply is INVALID_ARGUMENT naming the field", self.test_invalid_apply),
+            (
+                "huge values and a missing reference: every violation, bounded",
+                self.test_every_violation_bounded,
+            ),
+            ("a request over 4 MiB is RESOURCE_EXHAUSTED naming the limit", self.test_too_large_is_resource_exhausted),
+            ("page tokens: opaque, bound, no trailing page", self.test_paging_tokens),
+            ("Watch from a future revision is OUT_OF_RANGE", self.test_watch_from_the_future),
         ]
 
 

@@ -11,9 +11,9 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  done
   1  usage error, or a manifest that does not parse (nothing was sent)
-  2  refused: invalid, conflicting or still-referenced resources, not found,
-     not authenticated or not permitted, or (rollout status) a node refused
-     the configuration; nothing was written
+  2  refused: invalid, too large, conflicting or still-referenced resources,
+     not found, not authenticated or not permitted, or (rollout status) a
+     node refused the configuration; nothing was written
   3  the control plane cannot be reached or failed to answer; retrying may help
   4  rollout status timed out
 

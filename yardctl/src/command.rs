@@ -80,6 +80,13 @@ pub fn batch_error(status: &tonic::Status, items: &[(&Ref, Option<&Source>)]) ->
     let mut parts: Vec<String> = Vec::new();
     let mut last_item = None;
     for v in violations {
+        // The server's note that it left problems out ("and 12 more
+        // problems not shown") names no field.
+        if v.field.is_empty() {
+            parts.push(v.description);
+            last_item = None;
+            continue;
+        }
         let Some((i, rest)) = item_of(&v.field).filter(|(i, _)| *i < items.len()) else {
             parts.push(format!("{}: {}", v.field, v.description));
             last_item = None;

@@ -13,8 +13,9 @@ pub enum Exit {
     /// Bad flags or arguments, or a manifest that does not parse; nothing
     /// was sent.
     Usage = 1,
-    /// The control plane refused the request (invalid, conflict, still
-    /// referenced, not found, not authenticated or not permitted), or a
+    /// The control plane refused the request (invalid, over its size
+    /// limit, conflict, still referenced, not found, not authenticated or
+    /// not permitted), or a
     /// node refused the configuration during a rollout; nothing was written.
     Rejected = 2,
     /// The control plane could not be reached or failed to answer; retrying
@@ -64,7 +65,14 @@ impl Error {
 
     /// A failed RPC, with the server's message.
     pub fn status(status: &tonic::Status) -> Self {
-        Self::new(exit_for(status.code()), describe(status))
+        // A request over the control plane's size limit will never pass:
+        // a refusal, not an exhaustion that a retry may outlast.
+        let exit = if too_large(status) {
+            Exit::Rejected
+        } else {
+            exit_for(status.code())
+        };
+        Self::new(exit, describe(status))
     }
 
     /// Writing the output failed. A closed pipe (`yardctl get ... | head`)
@@ -117,6 +125,16 @@ pub fn exit_for(code: Code) -> Exit {
         | Code::ResourceExhausted
         | Code::DataLoss => Exit::Unavailable,
     }
+}
+
+/// Whether `status` says the request was over the control plane's size
+/// limit (`RESOURCE_EXHAUSTED` with the `REQUEST_TOO_LARGE` reason).
+fn too_large(status: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == Code::ResourceExhausted
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == "REQUEST_TOO_LARGE")
 }
 
 /// The server's message, or a description of the transport failure when

@@ -163,7 +163,7 @@ fn invalid_resource_is_reported_by_name_and_field() {
         "{msg}"
     );
     assert!(
-        msg.contains("listener/admin.port: port 0 is not in 1..65535"),
+        msg.contains("listener/admin.port: must be in 1..65535, not 0"),
         "{msg}"
     );
 

@@ -89,6 +89,10 @@ impl<S: Store> Store for Breaker<S> {
         self.check()?;
         self.inner.list(kind, after, limit).await
     }
+    async fn missing(&self, refs: &[Ref]) -> Result<Vec<Ref>> {
+        self.check()?;
+        self.inner.missing(refs).await
+    }
     async fn changes(&self, after: u64, max_revisions: u64) -> Result<Vec<Change>> {
         self.check()?;
         self.inner.changes(after, max_revisions).await

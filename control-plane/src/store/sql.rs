@@ -193,10 +193,7 @@ pub(super) fn missing(list: Vec<(String, Ref)>) -> Error {
     Error::Invalid(Invalid {
         violations: list
             .into_iter()
-            .map(|(field, target)| switchyard::validate::Violation {
-                field,
-                reason: format!("{} {:?} does not exist", target.kind, target.name),
-            })
+            .map(|(field, target)| super::missing_violation(field, &target))
             .collect(),
     })
 }
@@ -566,6 +563,18 @@ macro_rules! impl_store {
                     .map(|row| sql::audited(row.get::<&[u8], _>(0), row.get(1), row.get(2), row.get(3)))
                     .collect::<Result<_>>()?;
                 Ok(Page { resources, revision: revision as u64, more })
+            }
+
+            async fn missing(&self, refs: &[Ref]) -> Result<Vec<Ref>> {
+                let mut tx = self.begin_read().await?;
+                let mut out = Vec::new();
+                for target in refs {
+                    if !exists(&mut tx, target).await? {
+                        out.push(target.clone());
+                    }
+                }
+                tx.rollback().await?;
+                Ok(out)
             }
 
             async fn changes(&self, after: u64, max_revisions: u64) -> Result<Vec<Change>> {

@@ -28,6 +28,8 @@ pub enum Call {
     List,
     /// [`Store::changes`].
     Changes,
+    /// [`Store::missing`].
+    Missing,
     /// [`Store::revision`].
     Revision,
     /// [`Store::compact`].
@@ -62,12 +64,13 @@ pub enum Call {
 
 impl Call {
     /// Every call, in the order metrics list them.
-    pub const ALL: [Call; 20] = [
+    pub const ALL: [Call; 21] = [
         Call::Apply,
         Call::Delete,
         Call::Get,
         Call::List,
         Call::Changes,
+        Call::Missing,
         Call::Revision,
         Call::Compact,
         Call::Nodes,
@@ -93,6 +96,7 @@ impl Call {
             Call::Get => "get",
             Call::List => "list",
             Call::Changes => "changes",
+            Call::Missing => "missing",
             Call::Revision => "revision",
             Call::Compact => "compact",
             Call::Nodes => "nodes",
@@ -176,6 +180,9 @@ impl<S: Store> Store for Timed<S> {
     async fn list(&self, kind: Kind, after: &str, limit: usize) -> Result<Page> {
         self.time(Call::List, self.inner.list(kind, after, limit))
             .await
+    }
+    async fn missing(&self, refs: &[Ref]) -> Result<Vec<Ref>> {
+        self.time(Call::Missing, self.inner.missing(refs)).await
     }
     async fn changes(&self, after: u64, max_revisions: u64) -> Result<Vec<Change>> {
         self.time(Call::Changes, self.inner.changes(after, max_revisions))

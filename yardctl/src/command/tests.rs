@@ -69,3 +69,21 @@ fn a_status_without_details_keeps_its_message() {
     assert_eq!(e.exit, Exit::Rejected);
     assert_eq!(e.message, "service/web is still referenced by route/web");
 }
+
+#[test]
+fn the_servers_count_of_problems_left_out_is_kept() {
+    let web = Ref::new(Kind::Service, "web");
+    let s1 = source(1);
+    let e = batch_error(
+        &invalid(&[
+            ("items[0].resource.service.lb_policy", "bad"),
+            ("", "and 7 more problems not shown: fix these and try again"),
+        ]),
+        &[(&web, Some(&s1))],
+    );
+    assert_eq!(
+        e.message,
+        "service/web (web.yaml, document 1): spec.lbPolicy: bad; \
+         and 7 more problems not shown: fix these and try again"
+    );
+}

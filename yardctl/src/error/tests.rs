@@ -67,3 +67,21 @@ fn a_status_without_a_message_still_says_something() {
     );
     assert!(!Error::status(&Status::not_found("")).message.is_empty());
 }
+
+#[test]
+fn a_request_over_the_size_limit_is_a_refusal() {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let message = "the request message is 5000000 bytes, over the control plane's limit of \
+                   4194304 bytes (4 MiB): send fewer items per request, or raise --max-request-size";
+    let too_large = Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_error_info("REQUEST_TOO_LARGE", "switchyard.v1", []),
+    );
+    let e = Error::status(&too_large);
+    assert_eq!(e.exit, Exit::Rejected);
+    assert_eq!(e.message, message);
+    // Other exhaustion (stream limits) may pass later.
+    let busy = Error::status(&Status::resource_exhausted("too many streams"));
+    assert_eq!(busy.exit, Exit::Unavailable);
+}

@@ -12,6 +12,8 @@ both_backends!(
     a_manifest_that_does_not_parse_sends_nothing,
     dry_run_reports_and_writes_nothing,
     delete_by_name_and_by_file,
+    huge_invalid_values_and_missing_references_are_all_printed_short,
+    a_batch_over_the_size_limit_names_the_limit,
 );
 
 /// Every file in examples/ is valid and they apply together; applying them
@@ -128,7 +130,7 @@ async fn a_refused_batch_names_the_resource_file_and_field_and_writes_nothing(db
     let line = run.failed(2);
     assert_eq!(
         line,
-        format!("error: endpoint/web-3 ({bad}, document 2): spec.port: port 0 is not in 1..65535")
+        format!("error: endpoint/web-3 ({bad}, document 2): spec.port: must be in 1..65535, not 0")
     );
     assert_eq!(revision(&server).await, 0, "nothing applied");
     let get = yardctl(&server, &["get", "svc", "web"]).await;
@@ -262,4 +264,68 @@ async fn every_example_is_self_contained() {
         assert!(run.lines().iter().all(|l| l.ends_with(" created")));
         server.stop().await;
     }
+}
+
+/// A 100 KB label key, a 1 MB address, and an endpoint with a bad port that
+/// names a missing service: one short line tells every problem, each at its
+/// resource, file and field.
+async fn huge_invalid_values_and_missing_references_are_all_printed_short(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let tmp = TempDir::new();
+    let key = "k".repeat(100_000);
+    let address = "a".repeat(1 << 20);
+    let text = format!(
+        // An explicit key (`? key`): YAML's plain keys stop at 1024
+        // characters.
+        "kind: Service\nname: web\nlabels:\n  ? {key}\n  : x\n---\n\
+         kind: Endpoint\nname: big\nspec: {{service: web, address: {address}, port: 80}}\n---\n\
+         kind: Endpoint\nname: lost\nspec: {{service: nope, address: 10.0.0.1, port: 0}}\n"
+    );
+    let file = write(tmp.path(), "huge.yaml", &text);
+    let run = yardctl(&server, &["apply", "-f", &file]).await;
+    let line = run.failed(2);
+    let k64 = "k".repeat(64);
+    assert_eq!(
+        line,
+        format!(
+            "error: service/web ({file}, document 1): labels[\"{k64}…\"]: label key must be at \
+             most 128 characters long, not 100000; \
+             endpoint/big ({file}, document 2): spec.address: must be an IP address or a host \
+             name of at most 253 characters, not 1048576 characters; \
+             endpoint/lost ({file}, document 3): spec.port: must be in 1..65535, not 0; \
+             spec.service: service \"nope\" does not exist (nor is it in this request)"
+        )
+    );
+    assert_eq!(revision(&server).await, 0, "nothing applied");
+}
+
+/// A batch larger than the control plane accepts: exit 2 (retrying will
+/// not help) and the limit named.
+async fn a_batch_over_the_size_limit_names_the_limit(db: TestDb) {
+    let config = switchyard_control_plane::server::Config {
+        max_request_bytes: 64 << 10,
+        ..TestServer::config()
+    };
+    let server = TestServer::start_with(db.url(), config).await;
+    let tmp = TempDir::new();
+    let text: String = (0..2000)
+        .map(|i| {
+            format!(
+                "kind: Service\nname: svc-{i:04}\nlabels: {{note: {}}}\n---\n",
+                "x".repeat(40)
+            )
+        })
+        .collect();
+    let file = write(tmp.path(), "many.yaml", &text);
+    let run = yardctl(&server, &["apply", "-f", &file]).await;
+    let line = run.failed(2);
+    assert!(line.starts_with("error: the request message is "), "{line}");
+    assert!(
+        line.ends_with(
+            "bytes, over the control plane's limit of 65536 bytes (64 KiB): send fewer items \
+             per request, or raise --max-request-size"
+        ),
+        "{line}"
+    );
+    assert_eq!(revision(&server).await, 0);
 }

@@ -413,7 +413,11 @@ impl Drop for OwnedInFlight {
 
 /// wyrand over an atomic state: each call advances the state with one
 /// `fetch_add`, so concurrent picks never wait on each other and never see
-/// the same value (Wang Yi's wyhash, public domain).
+/// the same value (Wang Yi's wyhash, public domain). Kept rather than
+/// fastrand (used everywhere else): a balancer is shared by every proxy
+/// thread and seedable ([`Balancer::with_seed`]), and fastrand's generator
+/// is either per thread (not seedable per balancer) or needs `&mut` (a
+/// lock per pick).
 struct Rng(AtomicU64);
 
 impl Rng {

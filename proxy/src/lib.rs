@@ -684,23 +684,8 @@ impl Context {
     }
 }
 
-/// A small, fast, non-cryptographic random source (request ids, weighted
-/// picks), one per thread.
-pub fn random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            t ^ (std::process::id() as u64) << 32 | 1
-        });
-    }
-    STATE.with(|s| {
-        // wyrand
-        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-        s.set(x);
-        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-        ((t >> 64) ^ t) as u64
-    })
+/// A small, fast, non-cryptographic random number (request ids, weighted
+/// picks, backoff jitter), from fastrand's per-thread generator.
+pub(crate) fn random() -> u64 {
+    fastrand::u64(..)
 }

@@ -15,10 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Applying, Driver};
 
+/// The proxy's own check that every new listener can bind.
+type Check = Box<dyn Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync>;
+
 /// The built-in proxy, driven.
 pub struct Builtin {
     /// The proxy's own check that every new listener can bind.
-    check: Box<dyn Fn(&NodeConfig) -> Result<(), Invalid> + Send + Sync>,
+    check: Check,
     /// What the proxy serves: a `watch`, since the proxy only ever needs
     /// the newest configuration, never each one in between.
     config: watch::Sender<Arc<NodeConfig>>,

@@ -5,7 +5,6 @@
 //! keeps a fleet of agents that lost the same control plane from coming back
 //! to the next one in lockstep.
 
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 /// The delays before successive attempts.
@@ -42,14 +41,8 @@ impl Backoff {
 }
 
 /// A number in `[0, 1)`, random enough for jitter.
-///
-/// The standard library's `RandomState` is seeded randomly per process and
-/// differs per instance, which is all jitter needs; no random-number crate
-/// is worth a dependency for it.
 fn unit() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 #[cfg(test)]

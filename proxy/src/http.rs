@@ -403,6 +403,9 @@ async fn forward(
             Err(Unbuffered::TimedOut) => return fail(Refusal::Timeout),
             Err(Unbuffered::Failed) => return invalid(),
         },
+        // Without a body there is nothing to buffer: the request can be
+        // sent again on a fresh connection (see `fresh_retry` below).
+        _ if body.is_end_stream() => Payload::Buffered(Bytes::new()),
         _ => Payload::Stream(Some(body)),
     };
     // An HTTP/2 endpoint's client (hyper's) resets the stream when the
@@ -416,6 +419,14 @@ async fn forward(
         _ => None,
     };
     let idempotent = is_idempotent(&parts.method);
+    // An endpoint may close a kept-alive connection just as it is reused
+    // (idle timeout, or it would not read a body it had not consumed): the
+    // try fails before any byte of the answer. An idempotent request whose
+    // body can be sent again then gets one more try on the same endpoint
+    // (the dead connection is dropped; another one carries it), whatever the
+    // route's retry policy, as HAProxy and browsers do; it does not count
+    // against the endpoint or the retry budget.
+    let mut fresh_retry = idempotent;
     let mut parts = Some(parts);
     let mut failed_on = None;
     let mut retries = 0;
@@ -427,15 +438,19 @@ async fn forward(
             return fail(Refusal::NoHealthyUpstream);
         };
         let in_flight = pool.balancer().start(id);
-        let last = match (&body, retry) {
-            (Payload::Buffered(_), Some(policy)) => retries >= policy.attempts,
+        let replayable = matches!(body, Payload::Buffered(_));
+        // The policy's last try; the request is kept for another one unless
+        // no try at all may follow.
+        let last = match (replayable, retry) {
+            (true, Some(policy)) => retries >= policy.attempts,
             _ => true,
         };
+        let keep = !last || (fresh_retry && replayable);
         let conns = &pool.conns[id];
         let Some(request) = acquire(
             &mut parts,
             &mut body,
-            last,
+            !keep,
             conns,
             &path_and_query,
             authority.as_ref(),
@@ -457,6 +472,17 @@ async fn forward(
             && watch.as_ref().is_some_and(|w| w.broke())
         {
             result = result.map_err(Error::into_downstream);
+        }
+        if fresh_retry
+            && replayable
+            && let Err(e) = &result
+            && e.origin() == Origin::Upstream
+            && e.retry() == Retry::ReusedOnly
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
+            fresh_retry = false;
+            debug!(error = %e, "reused connection closed before answering; trying another");
+            continue;
         }
         receive(upstream, pool, id, &result);
         if let Err(e) = &result {

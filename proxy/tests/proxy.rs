@@ -1055,6 +1055,104 @@ async fn retries_hide_an_endpoint_that_dies() {
     proxy.stop().await;
 }
 
+/// Sends `request` on `conn` and reads one answer (its head, then as many
+/// body bytes as its `content-length` says).
+async fn exchange(conn: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    conn.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if answer.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&answer).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An endpoint that answers the first request of each connection with
+/// keep-alive, then closes the connection when the next request arrives on
+/// it (as a server does whose idle timeout fires just then, or that would
+/// not read a body it had not consumed). Returns its address and how many
+/// connections it accepted.
+async fn closing_on_reuse() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            conns.spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                // The first request's head (these requests have no body).
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                    .await;
+                // The next request on it: closed unanswered.
+                let _ = conn.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// A kept-alive endpoint connection that closes as it is reused, before any
+/// byte of the answer, is no failure of the endpoint: an idempotent request
+/// without a body is sent once more (on another connection), with no retry
+/// policy on the route; a POST is not, since the endpoint may have acted on
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_by_the_endpoint_is_tried_again_when_safe() {
+    let (addr, accepted, endpoint) = closing_on_reuse().await;
+    let (proxy, port) = proxy_to(service("web", pb::LbPolicy::RoundRobin), addr).await;
+    // Every request on one client connection, so on one proxy thread, whose
+    // pool keeps the endpoint connection for the next request.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let first = exchange(&mut conn, b"GET /a HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    let second = exchange(&mut conn, b"GET /b HTTP/1.1\r\nhost: web\r\n\r\n").await;
+    assert!(
+        second.starts_with("HTTP/1.1 200") && second.ends_with("first"),
+        "the GET is answered on another connection: {second:?}"
+    );
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    let post = exchange(
+        &mut conn,
+        b"POST /c HTTP/1.1\r\nhost: web\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        post.starts_with("HTTP/1.1 502"),
+        "a POST is not sent again: {post:?}"
+    );
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    proxy.stop().await;
+    endpoint.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_that_reached_the_endpoint_is_not_retried() {
     let busy = Backend::answering("busy", hyper::StatusCode::SERVICE_UNAVAILABLE).await;

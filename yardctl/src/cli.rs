@@ -100,6 +100,17 @@ pub enum Command {
     /// Create, list and revoke bearer tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a completion script for a shell, e.g.
+    /// `yardctl completion bash > /etc/bash_completion.d/yardctl`.
+    Completion(CompletionArgs),
+}
+
+/// `yardctl completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `yardctl apply`.

@@ -38,6 +38,12 @@ impl std::fmt::Debug for Console<'_> {
 
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli, console: &mut Console<'_>) -> Result<(), Error> {
+    // Needs no control plane: clap writes the script from the flags.
+    if let Command::Completion(args) = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(args.shell, &mut command, "yardctl", console.out);
+        return Ok(());
+    }
     let target = Target::new(&cli.global)?;
     let output = cli.global.output;
     match cli.command {
@@ -61,6 +67,7 @@ pub async fn run(cli: Cli, console: &mut Console<'_>) -> Result<(), Error> {
         Command::Token(TokenCommand::Revoke(args)) => {
             token::revoke(&target, output, args, console).await
         }
+        Command::Completion(_) => unreachable!("answered above"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! are concerned, and with real agents where rollouts are.
 
 mod audit;
+mod completion;
 mod manifests;
 mod persist;
 mod reads;

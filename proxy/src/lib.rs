@@ -59,20 +59,12 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// are closed when no request comes to find them so.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
-/// The largest listen backlog the proxy asks for by default.
-const MAX_DEFAULT_BACKLOG: u32 = 4096;
-
 /// The listen backlog used unless one is set ([`Builtin::with_backlog`]):
 /// 4096, or the kernel's cap (`net.core.somaxconn`) when that is lower.
 /// std's `TcpListener::bind` asks for 128, which a burst of connections on
 /// loopback overflows (the kernel then drops their handshakes, and each
 /// client waits for a retransmission, a second or more).
-pub fn default_backlog() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .map_or(MAX_DEFAULT_BACKLOG, |cap| cap.clamp(1, MAX_DEFAULT_BACKLOG))
-}
+pub use switchyard::http::default_backlog;
 
 /// The built-in proxy.
 #[derive(Debug, Default)]

@@ -16,6 +16,8 @@ Exit codes:
      node refused the configuration; nothing was written
   3  the control plane cannot be reached or failed to answer; retrying may help
   4  rollout status timed out
+diff, as kubectl diff: 0 no differences, 1 differences, 2 or more an error
+(a manifest that does not parse is 2 there).
 
 Kinds: service (services, svc), endpoint (endpoints, ep), route (routes),
 listener (listeners); get also takes `all` and comma-separated kinds.";
@@ -85,7 +87,18 @@ pub enum Command {
     /// Create or update the resources in manifests, as one all-or-nothing batch.
     ///
     /// Prints what happened to each: created, configured or unchanged.
+    /// Manifests that do not fit one request (1000 resources, or the
+    /// control plane's size limit) are applied in ordered batches, each
+    /// all-or-nothing: services, then endpoints, routes and listeners.
     Apply(ApplyArgs),
+    /// Show what an apply of the manifests would change, field by field.
+    ///
+    /// The control plane checks the batch as an apply would (a dry run), so
+    /// an invalid batch fails here too. Prints each resource that would be
+    /// created or configured and its changed fields (`~ path: old -> new`,
+    /// `+ path: value`, `- path: value`); unchanged resources are left out.
+    /// Exits 1 when there are differences.
+    Diff(DiffArgs),
     /// Show resources: a table, or manifests with -o yaml|json.
     Get(GetArgs),
     /// Delete resources, all or none.
@@ -119,9 +132,23 @@ pub struct ApplyArgs {
     /// Manifest file (YAML or JSON), directory of them, or - for stdin; repeatable.
     #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
     pub files: Vec<String>,
-    /// Check everything and report what would happen; write nothing.
+    /// Check everything and report what would happen; write nothing. The
+    /// manifests must fit one request.
     #[arg(long)]
     pub dry_run: bool,
+    /// All or nothing in one request: refuse manifests that do not fit one
+    /// (more than 1000 resources, or over the control plane's size limit)
+    /// instead of applying them in ordered batches.
+    #[arg(long)]
+    pub atomic: bool,
+}
+
+/// `yardctl diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Manifest file (YAML or JSON), directory of them, or - for stdin; repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub files: Vec<String>,
 }
 
 /// `yardctl get`.

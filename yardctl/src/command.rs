@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod delete;
+pub mod diff;
 pub mod get;
 pub mod nodes;
 pub mod rollout;
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli, console: &mut Console<'_>) -> Result<(), Error> {
     let output = cli.global.output;
     match cli.command {
         Command::Apply(args) => apply::run(&target, output, args, console).await,
+        Command::Diff(args) => diff::run(&target, output, args, console).await,
         Command::Get(args) => get::run(&target, output, args, console).await,
         Command::Delete(args) => delete::run(&target, output, args, console).await,
         Command::Watch(args) => watch::run(&target, output, args, console).await,

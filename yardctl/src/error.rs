@@ -5,24 +5,41 @@ use std::fmt;
 
 use tonic::Code;
 
-/// The process exit codes, documented in `yardctl --help`.
+/// How the process ends, documented in `yardctl --help`; [`Exit::code`]
+/// is the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// Everything done.
-    Ok = 0,
+    /// Everything done (`diff`: no differences).
+    Ok,
     /// Bad flags or arguments, or a manifest that does not parse; nothing
     /// was sent.
-    Usage = 1,
+    Usage,
+    /// `diff` found differences: an apply would change something.
+    Differences,
     /// The control plane refused the request (invalid, over its size
     /// limit, conflict, still referenced, not found, not authenticated or
     /// not permitted), or a
     /// node refused the configuration during a rollout; nothing was written.
-    Rejected = 2,
+    Rejected,
     /// The control plane could not be reached or failed to answer; retrying
     /// may help.
-    Unavailable = 3,
+    Unavailable,
     /// A wait (`rollout status`) ran out of time.
-    Timeout = 4,
+    Timeout,
+}
+
+impl Exit {
+    /// The process exit code. `diff` follows `kubectl diff` and `diff(1)`:
+    /// 1 means "differences", so a manifest that does not parse is 2 there.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Usage | Exit::Differences => 1,
+            Exit::Rejected => 2,
+            Exit::Unavailable => 3,
+            Exit::Timeout => 4,
+        }
+    }
 }
 
 /// A failure: its exit code and one line saying what happened.
@@ -56,6 +73,15 @@ impl Error {
     /// No usable answer from the control plane.
     pub fn unavailable(message: impl fmt::Display) -> Self {
         Self::new(Exit::Unavailable, message)
+    }
+
+    /// `diff` found differences; they are the output, so there is nothing
+    /// more to say.
+    pub fn differences() -> Self {
+        Self {
+            exit: Exit::Differences,
+            message: String::new(),
+        }
     }
 
     /// A wait ran out of time.
@@ -130,11 +156,24 @@ pub fn exit_for(code: Code) -> Exit {
 /// Whether `status` says the request was over the control plane's size
 /// limit (`RESOURCE_EXHAUSTED` with the `REQUEST_TOO_LARGE` reason).
 fn too_large(status: &tonic::Status) -> bool {
+    request_limit(status).is_some()
+}
+
+/// The control plane's request size limit in bytes, when `status` refuses a
+/// request for being over it (`RESOURCE_EXHAUSTED`, reason
+/// `REQUEST_TOO_LARGE`; `0` when the limit is not given).
+pub fn request_limit(status: &tonic::Status) -> Option<usize> {
     use tonic_types::StatusExt;
-    status.code() == Code::ResourceExhausted
-        && status
-            .get_details_error_info()
-            .is_some_and(|info| info.reason == "REQUEST_TOO_LARGE")
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let info = status.get_details_error_info()?;
+    (info.reason == "REQUEST_TOO_LARGE").then(|| {
+        info.metadata
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// The server's message, or a description of the transport failure when

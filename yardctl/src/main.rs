@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             // "refused by the server" here.
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(Exit::Usage as u8)
+                ExitCode::from(Exit::Usage.code())
             } else {
                 ExitCode::SUCCESS
             };
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(Exit::Unavailable as u8);
+            return ExitCode::from(Exit::Unavailable.code());
         }
     };
     let mut out = std::io::stdout();
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             if !e.message.is_empty() {
                 eprintln!("error: {}", e.message);
             }
-            ExitCode::from(e.exit as u8)
+            ExitCode::from(e.exit.code())
         }
     }
 }

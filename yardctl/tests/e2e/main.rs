@@ -5,6 +5,7 @@
 
 mod audit;
 mod completion;
+mod diff;
 mod manifests;
 mod persist;
 mod reads;

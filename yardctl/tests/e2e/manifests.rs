@@ -13,7 +13,8 @@ both_backends!(
     dry_run_reports_and_writes_nothing,
     delete_by_name_and_by_file,
     huge_invalid_values_and_missing_references_are_all_printed_short,
-    a_batch_over_the_size_limit_names_the_limit,
+    a_batch_over_the_size_limit_is_split_or_refused_with_atomic,
+    more_than_one_request_holds_is_applied_in_ordered_batches,
 );
 
 /// Every file in examples/ is valid and they apply together; applying them
@@ -299,25 +300,26 @@ async fn huge_invalid_values_and_missing_references_are_all_printed_short(db: Te
     assert_eq!(revision(&server).await, 0, "nothing applied");
 }
 
-/// A batch larger than the control plane accepts: exit 2 (retrying will
-/// not help) and the limit named.
-async fn a_batch_over_the_size_limit_names_the_limit(db: TestDb) {
+/// Manifests over the control plane's request size limit: `--atomic`
+/// refuses them naming the limit and writes nothing; without it they are
+/// cut to the limit the control plane names and applied in batches.
+async fn a_batch_over_the_size_limit_is_split_or_refused_with_atomic(db: TestDb) {
     let config = switchyard_control_plane::server::Config {
         max_request_bytes: 64 << 10,
         ..TestServer::config()
     };
     let server = TestServer::start_with(db.url(), config).await;
     let tmp = TempDir::new();
-    let text: String = (0..2000)
+    let text: String = (0..1000)
         .map(|i| {
             format!(
                 "kind: Service\nname: svc-{i:04}\nlabels: {{note: {}}}\n---\n",
-                "x".repeat(40)
+                "x".repeat(60)
             )
         })
         .collect();
     let file = write(tmp.path(), "many.yaml", &text);
-    let run = yardctl(&server, &["apply", "-f", &file]).await;
+    let run = yardctl(&server, &["apply", "--atomic", "-f", &file]).await;
     let line = run.failed(2);
     assert!(line.starts_with("error: the request message is "), "{line}");
     assert!(
@@ -328,4 +330,68 @@ async fn a_batch_over_the_size_limit_names_the_limit(db: TestDb) {
         "{line}"
     );
     assert_eq!(revision(&server).await, 0);
+
+    let run = yardctl(&server, &["apply", "-f", &file]).await;
+    let lines = run.lines();
+    assert_eq!(lines.len(), 1000, "{}", run.stderr);
+    assert!(lines.iter().all(|l| l.ends_with(" created")));
+    let batches: Vec<&str> = run.stderr.lines().collect();
+    assert!(batches.len() >= 2, "{}", run.stderr);
+    assert!(
+        batches[0].starts_with(&format!("batch 1 of {}: ", batches.len())),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        revision(&server).await,
+        batches.len() as u64,
+        "one revision a batch"
+    );
+}
+
+/// More resources than one Apply may hold: applied in ordered batches
+/// (services before the endpoints that name them, even when the file lists
+/// them after), one revision each; `--atomic` and `--dry-run` refuse them
+/// naming the limit.
+async fn more_than_one_request_holds_is_applied_in_ordered_batches(db: TestDb) {
+    let server = TestServer::start(db.url()).await;
+    let tmp = TempDir::new();
+    let mut text = String::new();
+    for i in 0..1200 {
+        text.push_str(&format!(
+            "kind: Endpoint\nname: ep-{i:04}\nspec: {{service: svc-{:03}, address: 10.1.{}.{}, port: 8080}}\n---\n",
+            i / 10,
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    for s in 0..120 {
+        text.push_str(&format!("kind: Service\nname: svc-{s:03}\n---\n"));
+    }
+    let file = write(tmp.path(), "big.yaml", &text);
+
+    for flag in ["--atomic", "--dry-run"] {
+        let run = yardctl(&server, &["apply", flag, "-f", &file]).await;
+        let line = run.failed(1);
+        assert!(
+            line.contains("1320 resources do not fit one request (at most 1000 per Apply)"),
+            "{line}"
+        );
+    }
+    assert_eq!(revision(&server).await, 0);
+
+    let run = yardctl(&server, &["apply", "-f", &file]).await;
+    let lines = run.lines();
+    assert_eq!(lines.len(), 1320, "{}", run.stderr);
+    assert_eq!(lines[0], "endpoint/ep-0000 created", "manifest order");
+    assert_eq!(lines[1319], "service/svc-119 created");
+    assert_eq!(
+        run.stderr,
+        "batch 1 of 2: 1000 resources applied, revision 1\n\
+         batch 2 of 2: 320 resources applied, revision 2\n"
+    );
+    assert_eq!(revision(&server).await, 2);
+    let again = yardctl(&server, &["apply", "-f", &file, "-o", "name"]).await;
+    assert_eq!(again.lines().len(), 1320, "{}", again.stderr);
+    assert_eq!(revision(&server).await, 2, "unchanged: nothing written");
 }

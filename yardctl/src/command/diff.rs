@@ -12,6 +12,7 @@
 use serde_yaml_ng::{Mapping, Value};
 use switchyard::pb;
 use switchyard::resource::Ref;
+use switchyard::validate::MAX_BATCH;
 
 use super::Console;
 use super::apply::{refused, send};
@@ -54,6 +55,13 @@ pub async fn run(
         Exit::Usage => Error::rejected(e.message),
         _ => e,
     })?;
+    if manifests.len() > MAX_BATCH {
+        return Err(Error::rejected(format_args!(
+            "{} resources do not fit one request (at most {MAX_BATCH} per Apply); a diff checks \
+             one request: split the manifests",
+            manifests.len()
+        )));
+    }
     let mut client = target.connect().await?;
     let all: Vec<&Manifest> = manifests.iter().collect();
     let response = send(&mut client, &all, true)

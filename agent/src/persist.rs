@@ -44,9 +44,10 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-/// Replaces the saved configuration in `dir` with `snapshot`, atomically.
-pub fn save(dir: &Path, snapshot: &pb::Snapshot) -> io::Result<()> {
-    let bytes = snapshot.encode_to_vec();
+/// Replaces the saved configuration in `dir` with `snapshot`, an encoded
+/// Snapshot, atomically.
+pub fn save(dir: &Path, snapshot: &[u8]) -> io::Result<()> {
+    let bytes = snapshot;
     // The process id keeps two agents wrongly sharing a directory from
     // writing into each other's temporary file.
     let tmp = dir.join(format!(".{FILE}.{}.tmp", std::process::id()));

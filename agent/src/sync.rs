@@ -792,9 +792,8 @@ impl Client {
                 _ = persist.tick(), if self.stats.unsaved().is_some() => {
                     // The configuration served is not on disk yet: try
                     // again, and tell the control plane when that changes.
-                    let snapshot = self.store.snapshot();
-                    let revision = snapshot.revision;
-                    if self.save(snapshot).await {
+                    let revision = self.store.revision();
+                    if self.save(revision, self.store.encoded_snapshot()).await {
                         let error = self.stats.unsaved().map(|(_, e)| e).unwrap_or_default();
                         out.send(Out::Persisted(pb::Persisted { revision, error })).await?;
                     }
@@ -881,7 +880,8 @@ impl Client {
         };
         match candidate {
             Ok(candidate) => {
-                self.save(candidate.snapshot()).await;
+                self.save(candidate.revision(), candidate.encoded_snapshot())
+                    .await;
                 let persist_error = self.stats.unsaved().map(|(_, e)| e).unwrap_or_default();
                 let config = self.store.commit(candidate);
                 let resources = self.store.len();
@@ -946,9 +946,8 @@ impl Client {
     /// shown in the node's status, and the save is tried again every
     /// `persist_retry` until it succeeds. The save is not cancelled by
     /// shutdown either: it is short, and cutting it off would only waste it.
-    async fn save(&self, snapshot: pb::Snapshot) -> bool {
+    async fn save(&self, revision: u64, snapshot: Vec<u8>) -> bool {
         let dir = self.config.data_dir.clone();
-        let revision = snapshot.revision;
         let saved = tokio::task::spawn_blocking(move || persist::save(&dir, &snapshot))
             .await
             .map_err(|e| e.to_string())

@@ -1,6 +1,8 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prost::Message;
+
 use super::*;
 use crate::testing::{service, snapshot, web};
 
@@ -36,16 +38,16 @@ fn missing_file_loads_as_nothing() {
 fn round_trip() {
     let dir = TempDir::new();
     let saved = web(12);
-    save(&dir.0, &saved).unwrap();
+    save(&dir.0, &saved.encode_to_vec()).unwrap();
     assert_eq!(load(&dir.0).unwrap(), Some(saved));
 }
 
 #[test]
 fn save_replaces_atomically_and_leaves_no_temporary_file() {
     let dir = TempDir::new();
-    save(&dir.0, &web(1)).unwrap();
+    save(&dir.0, &web(1).encode_to_vec()).unwrap();
     let newer = snapshot(2, [service("api", 2)]);
-    save(&dir.0, &newer).unwrap();
+    save(&dir.0, &newer.encode_to_vec()).unwrap();
     assert_eq!(load(&dir.0).unwrap(), Some(newer));
     let files: Vec<_> = fs::read_dir(&dir.0)
         .unwrap()
@@ -59,10 +61,10 @@ fn a_stale_temporary_file_does_not_matter() {
     // A crash between writing the temporary file and renaming it leaves the
     // old configuration in place.
     let dir = TempDir::new();
-    save(&dir.0, &web(1)).unwrap();
+    save(&dir.0, &web(1).encode_to_vec()).unwrap();
     fs::write(dir.0.join(format!(".{FILE}.1.tmp")), b"half written").unwrap();
     assert_eq!(load(&dir.0).unwrap().unwrap().revision, 1);
-    save(&dir.0, &web(2)).unwrap();
+    save(&dir.0, &web(2).encode_to_vec()).unwrap();
     assert_eq!(load(&dir.0).unwrap().unwrap().revision, 2);
 }
 
@@ -79,7 +81,7 @@ fn corrupt_file_is_an_error_naming_it() {
 fn save_into_a_missing_directory_fails() {
     let dir = TempDir::new();
     let missing = dir.0.join("nope");
-    assert!(save(&missing, &web(1)).is_err());
+    assert!(save(&missing, &web(1).encode_to_vec()).is_err());
     assert!(!missing.exists());
 }
 
@@ -90,7 +92,7 @@ fn dump_lists_revision_and_resources() {
     dump(&dir.0, &mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "revision 0\n");
 
-    save(&dir.0, &web(4)).unwrap();
+    save(&dir.0, &web(4).encode_to_vec()).unwrap();
     let mut out = Vec::new();
     dump(&dir.0, &mut out).unwrap();
     assert_eq!(

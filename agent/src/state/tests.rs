@@ -320,3 +320,43 @@ fn a_refused_delta_does_not_move_the_revision_so_the_next_one_applies() {
     assert_eq!(config.revision, 7);
     assert_eq!(names(&config.listeners), ["ok", "web"]);
 }
+
+/// What is saved is exactly the Snapshot the held resources make, in the
+/// Snapshot's own order (by kind, then name), whatever order they came in.
+#[test]
+fn the_encoded_snapshot_is_the_snapshot_of_what_is_held() {
+    let mut store = Store::new();
+    store
+        .apply_snapshot(snapshot(
+            7,
+            [
+                listener("web", "127.0.0.1", 8080, "web", 7),
+                endpoint("web-2", "web", 6),
+                route("web", "web", 5),
+                endpoint("web-1", "web", 7),
+                service("web", 3),
+            ],
+        ))
+        .unwrap();
+    let expected = snapshot(
+        7,
+        [
+            service("web", 3),
+            endpoint("web-1", "web", 7),
+            endpoint("web-2", "web", 6),
+            route("web", "web", 5),
+            listener("web", "127.0.0.1", 8080, "web", 7),
+        ],
+    );
+    assert_eq!(store.encoded_snapshot(), expected.encode_to_vec());
+    assert_eq!(store.snapshot(), expected);
+
+    let candidate = store
+        .prepare_delta(delta(7, 8, [service("api", 8)], []))
+        .unwrap();
+    let saved = pb::Snapshot::decode(candidate.encoded_snapshot().as_slice()).unwrap();
+    assert_eq!(saved.revision, 8);
+    let names: Vec<&str> = saved.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert_eq!(saved, candidate.snapshot());
+}

@@ -12,6 +12,10 @@
 //! (empty, or of known size up to [`MAX_REPLAY`], buffered). Retries go to
 //! another endpoint when there is one, after a fully jittered exponential
 //! backoff, within the route's timeout and the service's retry budget.
+//!
+//! What the proxy answers itself is a short text, or a gRPC status for a
+//! gRPC call ([`super::grpc`]), whose `grpc-timeout` also bounds the
+//! route's timeout.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -38,6 +42,7 @@ use tracing::debug;
 
 use super::body::{Inbound, Outbound};
 use super::error::{Error, Kind, Origin, Retry};
+use super::grpc;
 use super::h1::server;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
@@ -220,8 +225,12 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
-/// The proxy's own short answer for `why`.
-fn error(why: Refusal) -> Response<Body> {
+/// The proxy's own short answer for `why`: a line of text, or for a gRPC
+/// `call` a gRPC status (see [`grpc::reply`]).
+fn error(why: Refusal, call: Option<&grpc::Call>) -> Response<Body> {
+    if call.is_some() {
+        return grpc::reply(why);
+    }
     let body = Full::new(Bytes::from(format!("switchyard: {}\n", why.message())))
         .map_err(|never| match never {})
         .boxed();
@@ -318,8 +327,13 @@ fn hash_of(on: &HashOn, headers: &HeaderMap, client: &HeaderValue) -> u64 {
 async fn handle(req: Request<Inbound>, client: &HeaderValue, ctx: &Context) -> Response<Body> {
     let started = Instant::now();
     let table = ctx.table();
-    let resp = forward(req, client, &table, ctx, started).await;
-    ctx.stats.response(resp.status(), started.elapsed());
+    let resp = forward(req, client, &table, ctx, started, call.as_ref()).await;
+    // A gRPC refusal is a `200`; it counts as the HTTP answer it stands for.
+    let status = resp
+        .extensions()
+        .get::<Refusal>()
+        .map_or(resp.status(), |why| why.status());
+    ctx.stats.response(status, started.elapsed());
     resp
 }
 
@@ -328,7 +342,8 @@ async fn handle(req: Request<Inbound>, client: &HeaderValue, ctx: &Context) -> R
 /// [`pick`] (an endpoint), [`acquire`] (the try's request; the pool finds
 /// or opens a connection as it sends), [`send`] (within the try's time),
 /// [`receive`] (what the try came to: answer, retry, or failure), and
-/// finally [`respond`].
+/// finally [`respond`]. The proxy's own answers to a gRPC `call` are gRPC
+/// statuses, and its deadline bounds the route's timeout.
 async fn forward(
     req: Request<Inbound>,
     client: &HeaderValue,
@@ -338,15 +353,16 @@ async fn forward(
 ) -> Response<Body> {
     let fail = |why: Refusal| {
         ctx.stats.refused(why);
-        error(why)
+        error(why, call)
     };
     // A request body that broke off is the client's failure: 400. The
     // HTTP/1.x server side counts it itself (it sees every body that
     // breaks, also once the answer has begun).
+    let call = grpc::Call::of(req.headers(), started);
     let http1_client = matches!(req.body(), Inbound::Http1(_));
     let invalid = || {
         if http1_client {
-            error(Refusal::InvalidRequest)
+            error(Refusal::InvalidRequest, call)
         } else {
             fail(Refusal::InvalidRequest)
         }
@@ -361,6 +377,7 @@ async fn forward(
         upstream,
         pool,
         path,
+    call: Option<&grpc::Call>,
     } = routed;
     let service = &upstream.service;
     let Some(request_guard) = upstream
@@ -386,7 +403,7 @@ async fn forward(
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     });
 
-    let deadline = rule.action.timeout.map(|t| started + t);
+    let deadline = deadline(rule.action.timeout.map(|t| started + t), call);
     let retry = rule.action.retry.as_ref().filter(|p| p.attempts > 0);
     // A request is sent again only if its body can be: it is buffered when
     // small and its size known, streamed (and tried once) otherwise. One
@@ -664,6 +681,15 @@ fn acquire(
     path: &PathAndQuery,
     authority: Option<&Authority>,
 ) -> Option<Request<Outbound>> {
+/// When the proxy gives up on a request: at the `route`'s deadline, or a
+/// gRPC `call`'s own (its client's `grpc-timeout`) when that comes first.
+fn deadline(route: Option<Instant>, call: Option<&grpc::Call>) -> Option<Instant> {
+    match (route, call.and_then(|c| c.deadline)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
     let uri = conns.uri(path.clone(), authority)?;
     let mut request = match (last, parts.take()) {
         (true, Some(mut p)) => {

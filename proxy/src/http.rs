@@ -286,6 +286,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     }
 }
 
+/// Whether a request's ask to switch protocols may go on to the endpoint:
+/// each protocol its `Upgrade` offers is one the rule `allow`s (by name,
+/// without regard to case or version: `WebSocket` and `foo/2` are
+/// `websocket` and `foo`). Any other ask is taken out with the hop-by-hop
+/// fields, so the request goes on as an ordinary one and an `h2c` ask, say,
+/// gets an ordinary HTTP/1.1 answer.
+fn upgrade_allowed(headers: &HeaderMap, allow: &[String]) -> bool {
+    let mut offered = 0;
+    for value in &headers.get_all(header::UPGRADE) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for protocol in value.split(',') {
+            let name = protocol.split('/').next().unwrap_or_default().trim();
+            if name.is_empty() {
+                continue;
+            }
+            if !allow.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            offered += 1;
+        }
+    }
+    offered > 0
+}
+
 /// Whether a request's `TE` lists `trailers`. That one preference passes
 /// on (as `te: trailers`, the only `TE` HTTP/2 allows, RFC 9113 §8.2.2),
 /// as Envoy does: gRPC servers on the C core (grpcio) refuse a request
@@ -326,6 +352,7 @@ fn hash_of(on: &HashOn, headers: &HeaderMap, client: &HeaderValue) -> u64 {
 
 async fn handle(req: Request<Inbound>, client: &HeaderValue, ctx: &Context) -> Response<Body> {
     let started = Instant::now();
+    let call = grpc::Call::of(req.headers(), started);
     let table = ctx.table();
     let resp = forward(req, client, &table, ctx, started, call.as_ref()).await;
     // A gRPC refusal is a `200`; it counts as the HTTP answer it stands for.
@@ -350,6 +377,7 @@ async fn forward(
     table: &super::Table,
     ctx: &Context,
     started: Instant,
+    call: Option<&grpc::Call>,
 ) -> Response<Body> {
     let fail = |why: Refusal| {
         ctx.stats.refused(why);
@@ -358,7 +386,6 @@ async fn forward(
     // A request body that broke off is the client's failure: 400. The
     // HTTP/1.x server side counts it itself (it sees every body that
     // breaks, also once the answer has begun).
-    let call = grpc::Call::of(req.headers(), started);
     let http1_client = matches!(req.body(), Inbound::Http1(_));
     let invalid = || {
         if http1_client {
@@ -377,7 +404,6 @@ async fn forward(
         upstream,
         pool,
         path,
-    call: Option<&grpc::Call>,
     } = routed;
     let service = &upstream.service;
     let Some(request_guard) = upstream
@@ -603,7 +629,8 @@ fn route<'t>(
 /// authority as `Host` (an HTTP/2 client's `:authority` becomes one, which
 /// header rules see and an HTTP/1.1 endpoint gets); hop-by-hop fields
 /// removed, except a protocol switch the client asked for when the endpoint
-/// speaks HTTP/1.1, and `te: trailers`; `X-Forwarded-For` and
+/// speaks HTTP/1.1 and the rule allows it ([`upgrade_allowed`]), and `te:
+/// trailers`; `X-Forwarded-For` and
 /// `X-Request-Id` added; the rule's header edits. Over HTTP/2 the authority
 /// is `:authority` alone (a `host` beside it makes the request malformed,
 /// RFC 9113 §8.3.1, and strict servers refuse it): it is taken out and
@@ -620,8 +647,9 @@ fn upstream_head(
     {
         parts.headers.insert(header::HOST, host);
     }
-    let switching =
-        parts.extensions.get::<server::UpgradeRequested>().is_some() && protocol == Protocol::Http;
+    let switching = parts.extensions.get::<server::UpgradeRequested>().is_some()
+        && protocol == Protocol::Http
+        && upgrade_allowed(&parts.headers, &rule.action.upgrades);
     let trailers = accepts_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, switching);
     if trailers {
@@ -653,6 +681,15 @@ fn upstream_head(
     }
 }
 
+/// When the proxy gives up on a request: at the `route`'s deadline, or a
+/// gRPC `call`'s own (its client's `grpc-timeout`) when that comes first.
+fn deadline(route: Option<Instant>, call: Option<&grpc::Call>) -> Option<Instant> {
+    match (route, call.and_then(|c| c.deadline)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Whether a request may be sent twice with the effect of once (RFC 9110
 /// §9.2.2).
 fn is_idempotent(method: &Method) -> bool {
@@ -681,15 +718,6 @@ fn acquire(
     path: &PathAndQuery,
     authority: Option<&Authority>,
 ) -> Option<Request<Outbound>> {
-/// When the proxy gives up on a request: at the `route`'s deadline, or a
-/// gRPC `call`'s own (its client's `grpc-timeout`) when that comes first.
-fn deadline(route: Option<Instant>, call: Option<&grpc::Call>) -> Option<Instant> {
-    match (route, call.and_then(|c| c.deadline)) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
     let uri = conns.uri(path.clone(), authority)?;
     let mut request = match (last, parts.take()) {
         (true, Some(mut p)) => {

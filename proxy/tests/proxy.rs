@@ -1883,6 +1883,80 @@ async fn read_until(conn: &mut tokio::net::TcpStream, got: &mut Vec<u8>, until: 
     }
 }
 
+/// A proxy serving service `web` (one endpoint at `addr`) on a free port,
+/// its catch-all rule allowing the protocol switches `allow` (`None`:
+/// unset, the default).
+async fn proxy_upgrading(addr: SocketAddr, allow: Option<&[&str]>) -> (Proxy, u16) {
+    let port = free_port();
+    let mut snap = web_snapshot(
+        service("web", pb::LbPolicy::RoundRobin),
+        vec![endpoint("web-1", "web", addr, 1, &[])],
+        port,
+    );
+    snap.routes[0].rules[0].action.as_mut().unwrap().upgrades = allow.map(|a| pb::Upgrades {
+        allow: a.iter().map(|p| p.to_string()).collect(),
+    });
+    (Proxy::start(config(1, snap)).await, port)
+}
+
+/// Sends `request` on a new connection to `port`, reads the answer until
+/// `until` shows in it, and returns it.
+async fn send_and_read(port: u16, request: &str, until: &str) -> String {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut conn, &mut got, until).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Only the protocol switches a rule allows are relayed. An `h2c` ask
+/// (which validation never allows) and, by default, anything but WebSocket
+/// reach the endpoint as ordinary requests, without `Upgrade`, the
+/// `upgrade` token of `Connection`, or the fields that token named, and get
+/// its ordinary answer; a rule allowing only `shout` relays `shout` and no
+/// longer WebSocket; one allowing nothing relays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_upgrades_a_rule_allows_are_relayed() {
+    let (addr, heads) = shouting_endpoint().await;
+    let h2c = "GET /h2c HTTP/1.1\r\nhost: web\r\nconnection: Upgrade, HTTP2-Settings\r\n\
+               upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let websocket = "GET /ws HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+                     sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let shout = "GET /shout HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: shout\r\n\r\n";
+    let plain = "HTTP/1.1 200 OK";
+    let switched = "HTTP/1.1 101 ";
+    let cases: [(Option<&[&str]>, &str, &str, bool); 7] = [
+        (None, h2c, plain, false),
+        (None, shout, plain, false),
+        (None, websocket, plain, true),
+        (Some(&["shout"]), shout, switched, true),
+        (Some(&["shout"]), websocket, plain, false),
+        (Some(&["shout"]), h2c, plain, false),
+        (Some(&[]), websocket, plain, false),
+    ];
+    for (allow, request, answer, relayed) in cases {
+        let (proxy, port) = proxy_upgrading(addr, allow).await;
+        let what = format!("{allow:?}: {}", request.lines().next().unwrap());
+        let got = send_and_read(port, request, answer).await;
+        assert!(got.starts_with(answer), "{what}: {got:?}");
+        let head = heads
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the request reached the endpoint");
+        assert_eq!(head.contains("\r\nupgrade: "), relayed, "{what}: {head:?}");
+        assert_eq!(
+            head.contains("\r\nconnection: upgrade\r\n"),
+            relayed,
+            "{what}: {head:?}"
+        );
+        assert!(!head.contains("http2-settings"), "{what}: {head:?}");
+        proxy.stop().await;
+    }
+}
+
 /// A protocol switch (as WebSocket asks for one) goes through: the client's
 /// ask reaches the endpoint, the endpoint's `101` reaches the client, and
 /// bytes then flow both ways (those sent right behind the request and the
@@ -1892,7 +1966,7 @@ async fn read_until(conn: &mut tokio::net::TcpStream, got: &mut Vec<u8>, until: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_switches_are_relayed_both_ways() {
     let (addr, heads) = shouting_endpoint().await;
-    let (proxy, port) = proxy_to(service("web", pb::LbPolicy::RoundRobin), addr).await;
+    let (proxy, port) = proxy_upgrading(addr, Some(&["shout", "Whisper"])).await;
 
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -2228,80 +2302,6 @@ async fn grpc_calls_reach_a_grpcio_server() {
     proxy.stop().await;
 }
 
-/// `TE` passes on only as `te: trailers`, to HTTP/1.1 endpoints (named in
-/// `Connection`, as RFC 9110 §10.1.4 asks) and HTTP/2 ones alike; any
-/// other transfer coding preference is this hop's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn te_trailers_alone_passes_on() {
-    let backend = Backend::start("web").await;
-    for protocol in [pb::Protocol::Http, pb::Protocol::Http2] {
-        let web = pb::Service {
-            protocol: protocol as i32,
-            ..service("web", pb::LbPolicy::RoundRobin)
-        };
-        let (proxy, port) = proxy_for(web, &backend).await;
-        let c = client();
-        let url = format!("http://127.0.0.1:{port}/");
-        let a = get(&c, &url, &[("te", "gzip, trailers"), ("connection", "te")]).await;
-        assert_eq!(a.status, 200, "{protocol:?}: {}", a.body);
-        assert_eq!(a.headers["x-saw-te"], "trailers", "{protocol:?}");
-        let connection = a.headers["x-saw-connection"].to_str().unwrap();
-        match protocol {
-            pb::Protocol::Http => assert_eq!(connection, "te"),
-            _ => assert_eq!(connection, "", "no connection header over HTTP/2"),
-        }
-        let a = get(&c, &url, &[("te", "gzip"), ("connection", "te")]).await;
-        assert_eq!(a.status, 200, "{protocol:?}: {}", a.body);
-        assert_eq!(a.headers["x-saw-te"], "", "{protocol:?}");
-        assert_eq!(a.headers["x-saw-connection"], "", "{protocol:?}");
-        proxy.stop().await;
-    }
-}
-
-/// HTTP/2 to an endpoint carries the client's authority as `:authority`
-/// and no `host` header (RFC 9113 §8.3.1), so that a strict server
-/// (python-h2 with its default checks, under hypercorn) takes the request:
-/// an HTTP/1.1 client's Host, an HTTP/2 client's `:authority`, and the
-/// endpoint's address for an HTTP/1.0 client that sent neither.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs SWITCHYARD_TEST_PYTHON (scripts/test sets it)"]
-async fn http2_endpoints_get_the_client_authority_and_no_host() {
-    let server = PythonServer::start("h2_server.py").await;
-    let web = pb::Service {
-        protocol: pb::Protocol::Http2 as i32,
-        ..service("web", pb::LbPolicy::RoundRobin)
-    };
-    let (proxy, port) = proxy_to(web, server.addr).await;
-
-    let a = get(
-        &client(),
-        &format!("http://127.0.0.1:{port}/"),
-        &[("host", "shop.example")],
-    )
-    .await;
-    assert_eq!((a.status, a.body.as_str()), (200, "shop.example"));
-    assert_eq!(a.headers["x-http-version"], "2", "HTTP/2 to the endpoint");
-
-    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-    let h2: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new());
-    let resp = h2
-        .request(
-            Request::get(format!("http://localhost:{port}/"))
-                .body(Full::new(Bytes::new()).boxed())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(String::from_utf8_lossy(&body), format!("localhost:{port}"));
-
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
 /// A gRPC endpoint too slow for any deadline: an HTTP/2 server that holds
 /// every call for 30 s before answering it. Unlike a gRPC server it does
 /// not read `grpc-timeout`, so only the proxy (or the client) can end a
@@ -2641,6 +2641,80 @@ async fn a_grpcio_client_gets_the_proxys_grpc_statuses() {
     proxy.stop().await;
 }
 
+/// `TE` passes on only as `te: trailers`, to HTTP/1.1 endpoints (named in
+/// `Connection`, as RFC 9110 §10.1.4 asks) and HTTP/2 ones alike; any
+/// other transfer coding preference is this hop's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_trailers_alone_passes_on() {
+    let backend = Backend::start("web").await;
+    for protocol in [pb::Protocol::Http, pb::Protocol::Http2] {
+        let web = pb::Service {
+            protocol: protocol as i32,
+            ..service("web", pb::LbPolicy::RoundRobin)
+        };
+        let (proxy, port) = proxy_for(web, &backend).await;
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/");
+        let a = get(&c, &url, &[("te", "gzip, trailers"), ("connection", "te")]).await;
+        assert_eq!(a.status, 200, "{protocol:?}: {}", a.body);
+        assert_eq!(a.headers["x-saw-te"], "trailers", "{protocol:?}");
+        let connection = a.headers["x-saw-connection"].to_str().unwrap();
+        match protocol {
+            pb::Protocol::Http => assert_eq!(connection, "te"),
+            _ => assert_eq!(connection, "", "no connection header over HTTP/2"),
+        }
+        let a = get(&c, &url, &[("te", "gzip"), ("connection", "te")]).await;
+        assert_eq!(a.status, 200, "{protocol:?}: {}", a.body);
+        assert_eq!(a.headers["x-saw-te"], "", "{protocol:?}");
+        assert_eq!(a.headers["x-saw-connection"], "", "{protocol:?}");
+        proxy.stop().await;
+    }
+}
+
+/// HTTP/2 to an endpoint carries the client's authority as `:authority`
+/// and no `host` header (RFC 9113 §8.3.1), so that a strict server
+/// (python-h2 with its default checks, under hypercorn) takes the request:
+/// an HTTP/1.1 client's Host, an HTTP/2 client's `:authority`, and the
+/// endpoint's address for an HTTP/1.0 client that sent neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SWITCHYARD_TEST_PYTHON (scripts/test sets it)"]
+async fn http2_endpoints_get_the_client_authority_and_no_host() {
+    let server = PythonServer::start("h2_server.py").await;
+    let web = pb::Service {
+        protocol: pb::Protocol::Http2 as i32,
+        ..service("web", pb::LbPolicy::RoundRobin)
+    };
+    let (proxy, port) = proxy_to(web, server.addr).await;
+
+    let a = get(
+        &client(),
+        &format!("http://127.0.0.1:{port}/"),
+        &[("host", "shop.example")],
+    )
+    .await;
+    assert_eq!((a.status, a.body.as_str()), (200, "shop.example"));
+    assert_eq!(a.headers["x-http-version"], "2", "HTTP/2 to the endpoint");
+
+    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+    let h2: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let resp = h2
+        .request(
+            Request::get(format!("http://localhost:{port}/"))
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), format!("localhost:{port}"));
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
         .await

@@ -2435,9 +2435,11 @@ fn sample(metrics: &str, series: &str) -> u64 {
 /// gRPC calls the proxy answers itself get a gRPC status a tonic client
 /// reads (not an HTTP error it takes for a broken protocol): UNIMPLEMENTED
 /// with no route, UNAVAILABLE with no healthy endpoint (unary and
-/// streaming), DEADLINE_EXCEEDED once the client's `grpc-timeout` or the
-/// route's timeout passes, each with the proxy's reason. The listener's
-/// counters class them by the HTTP status they stand for, not as `2xx`.
+/// streaming), DEADLINE_EXCEEDED once the route's timeout passes, each
+/// with the proxy's reason; and DEADLINE_EXCEEDED once the client's
+/// `grpc-timeout` passes, as one header block that ends the stream. The
+/// listener's counters class them by the HTTP status they stand for, not
+/// as `2xx`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_the_proxy_refuses_get_a_grpc_status() {
     use tonic_health::pb::HealthCheckRequest;
@@ -2463,32 +2465,55 @@ async fn grpc_calls_the_proxy_refuses_get_a_grpc_status() {
     assert_eq!(status(c.check(ask()).await), unavailable);
     assert_eq!(status(c.watch(ask()).await), unavailable, "streaming");
 
-    // The client's deadline (300 ms) is shorter than the route's (15 s):
-    // the proxy gives up when it passes. The client sets no timer of its
-    // own (tonic only sends `grpc-timeout`), and the endpoint ignores it.
-    let mut c = health_client(ports.slow).await;
-    let mut req = tonic::Request::new(ask());
-    req.set_timeout(Duration::from_millis(300));
-    let started = std::time::Instant::now();
-    let got = status(c.check(req).await);
-    let took = started.elapsed();
+    // The route's timeout (300 ms), the client setting no deadline.
+    let mut c = health_client(ports.hasty).await;
     assert_eq!(
-        got,
+        status(c.check(ask()).await),
         (
             tonic::Code::DeadlineExceeded,
             "switchyard: upstream timed out".into()
         )
     );
+
+    // The client's deadline (`grpc-timeout: 300m`) is shorter than the
+    // route's timeout (15 s): the proxy gives up when it passes. gRPC
+    // libraries keep the deadline themselves as well, and one of theirs
+    // would race the proxy, so this client is a plain HTTP/2 one, which
+    // keeps no timer: only the proxy can end the call (the endpoint ignores
+    // the deadline). The answer is one header block ending the stream.
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    // A gRPC message (uncompressed, 8 bytes): HealthCheckRequest{"orders"}.
+    let message = b"\0\0\0\0\x08\x0a\x06orders";
+    let call = Request::post(format!(
+        "http://127.0.0.1:{}/grpc.health.v1.Health/Check",
+        ports.slow
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "300m")
+    .body(Full::new(Bytes::from_static(message)))
+    .unwrap();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), h2.request(call))
+        .await
+        .expect("answered before the endpoint would")
+        .unwrap();
+    let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(5),
         "ended at the client's deadline: {took:?}"
     );
-    // No deadline of the client's: the route's 300 ms.
-    let mut c = health_client(ports.hasty).await;
-    assert_eq!(
-        status(c.check(ask()).await).0,
-        tonic::Code::DeadlineExceeded
-    );
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["content-type"], "application/grpc");
+    assert_eq!(h["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(h["grpc-message"], "switchyard: upstream timed out");
+    {
+        use hyper::body::Body as _;
+        assert!(resp.body().is_end_stream(), "Trailers-Only: no body");
+    }
     assert_eq!(
         calls.load(Ordering::Relaxed),
         2,
@@ -2629,7 +2654,8 @@ async fn a_grpcio_client_gets_the_proxys_grpc_statuses() {
     // answer 30 s away: the call ends at the deadline. (grpcio keeps the
     // deadline itself as well: which of the two ends the call first is a
     // matter of microseconds, so only the code and the time are asserted
-    // here; the tonic test shows the proxy's own answer.)
+    // here; `grpc_calls_the_proxy_refuses_get_a_grpc_status` shows the
+    // proxy's own answer to a client that keeps no timer.)
     let r = grpcio_calls(ports.slow, &["check:orders@0.5"]).await;
     assert_eq!(r[0]["code"], "DEADLINE_EXCEEDED", "{}", r[0]);
     let took = r[0]["seconds"].as_f64().unwrap();

@@ -468,6 +468,9 @@ pub struct RouteAction {
     pub request_headers: HeaderRewrite,
     /// Response header edits.
     pub response_headers: HeaderRewrite,
+    /// Protocols a client may switch to (`Upgrade`) through the proxy,
+    /// lowercase; by default `websocket`.
+    pub upgrades: Vec<String>,
 }
 
 /// One rule of a route.
@@ -1279,6 +1282,57 @@ fn header_rewrite(v: &mut Violations, field: &str, h: Option<&pb::HeaderRewrite>
     HeaderRewrite { set, add, remove }
 }
 
+/// Most protocols one rule's `upgrades.allow` lists.
+const MAX_UPGRADES: usize = 16;
+
+/// Longest protocol name in `upgrades.allow`.
+const MAX_UPGRADE_LEN: usize = 64;
+
+/// The protocols a rule lets clients switch to: WebSocket when `u` is
+/// unset, as Envoy does; lowercase.
+fn upgrades(v: &mut Violations, field: &str, u: Option<&pb::Upgrades>) -> Vec<String> {
+    let Some(u) = u else {
+        return vec!["websocket".to_owned()];
+    };
+    let field = join(field, "allow");
+    check::count(v, &field, u.allow.len(), MAX_UPGRADES);
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    u.allow
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let at = format!("{field}[{i}]");
+            if name.is_empty() {
+                v.push(at, "must not be empty");
+            } else if name.len() > MAX_UPGRADE_LEN {
+                v.push(
+                    at,
+                    format_args!(
+                        "a protocol name must be at most {MAX_UPGRADE_LEN} characters long, not {}",
+                        name.len()
+                    ),
+                );
+            } else if !name.chars().all(token) {
+                v.push(
+                    at,
+                    format_args!(
+                        "{} is not a protocol name: use letters, digits and !#$%&'*+-.^_`|~ \
+                         (no version)",
+                        check::quote(name)
+                    ),
+                );
+            } else if name.eq_ignore_ascii_case("h2c") {
+                v.push(
+                    at,
+                    "h2c is never relayed: HTTP/2 cleartext is set up with prior knowledge, \
+                     which HTTP listeners accept, not by upgrade",
+                );
+            }
+            name.to_ascii_lowercase()
+        })
+        .collect()
+}
+
 fn retry_policy(v: &mut Violations, field: &str, r: &pb::RetryPolicy) -> RetryPolicy {
     check::within(v, &join(field, "attempts"), r.attempts, 0, 10);
     let mut retry_on = Vec::new();
@@ -1449,6 +1503,7 @@ fn route_action(v: &mut Violations, field: &str, a: Option<&pb::RouteAction>) ->
             &join(field, "response_headers"),
             a.response_headers.as_ref(),
         ),
+        upgrades: upgrades(v, &join(field, "upgrades"), a.upgrades.as_ref()),
     }
 }
 

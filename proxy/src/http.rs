@@ -12,6 +12,10 @@
 //! (empty, or of known size up to [`MAX_REPLAY`], buffered). Retries go to
 //! another endpoint when there is one, after a fully jittered exponential
 //! backoff, within the route's timeout and the service's retry budget.
+//!
+//! What the proxy answers itself is a short text, or a gRPC status for a
+//! gRPC call ([`super::grpc`]), whose `grpc-timeout` also bounds the
+//! route's timeout.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -38,6 +42,7 @@ use tracing::debug;
 
 use super::body::{Inbound, Outbound};
 use super::error::{Error, Kind, Origin, Retry};
+use super::grpc;
 use super::h1::server;
 use super::limit::Guard;
 use super::metrics::{Refusal, TryFailure};
@@ -220,8 +225,12 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
-/// The proxy's own short answer for `why`.
-fn error(why: Refusal) -> Response<Body> {
+/// The proxy's own short answer for `why`: a line of text, or for a gRPC
+/// `call` a gRPC status (see [`grpc::reply`]).
+fn error(why: Refusal, call: Option<&grpc::Call>) -> Response<Body> {
+    if call.is_some() {
+        return grpc::reply(why);
+    }
     let body = Full::new(Bytes::from(format!("switchyard: {}\n", why.message())))
         .map_err(|never| match never {})
         .boxed();
@@ -277,6 +286,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, switching: bool) {
     }
 }
 
+/// Whether a request's ask to switch protocols may go on to the endpoint:
+/// each protocol its `Upgrade` offers is one the rule `allow`s (by name,
+/// without regard to case or version: `WebSocket` and `foo/2` are
+/// `websocket` and `foo`). Any other ask is taken out with the hop-by-hop
+/// fields, so the request goes on as an ordinary one and an `h2c` ask, say,
+/// gets an ordinary HTTP/1.1 answer.
+fn upgrade_allowed(headers: &HeaderMap, allow: &[String]) -> bool {
+    let mut offered = 0;
+    for value in &headers.get_all(header::UPGRADE) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for protocol in value.split(',') {
+            let name = protocol.split('/').next().unwrap_or_default().trim();
+            if name.is_empty() {
+                continue;
+            }
+            if !allow.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            offered += 1;
+        }
+    }
+    offered > 0
+}
+
 /// Whether a request's `TE` lists `trailers`. That one preference passes
 /// on (as `te: trailers`, the only `TE` HTTP/2 allows, RFC 9113 §8.2.2),
 /// as Envoy does: gRPC servers on the C core (grpcio) refuse a request
@@ -317,9 +352,15 @@ fn hash_of(on: &HashOn, headers: &HeaderMap, client: &HeaderValue) -> u64 {
 
 async fn handle(req: Request<Inbound>, client: &HeaderValue, ctx: &Context) -> Response<Body> {
     let started = Instant::now();
+    let call = grpc::Call::of(req.headers(), started);
     let table = ctx.table();
-    let resp = forward(req, client, &table, ctx, started).await;
-    ctx.stats.response(resp.status(), started.elapsed());
+    let resp = forward(req, client, &table, ctx, started, call.as_ref()).await;
+    // A gRPC refusal is a `200`; it counts as the HTTP answer it stands for.
+    let status = resp
+        .extensions()
+        .get::<Refusal>()
+        .map_or(resp.status(), |why| why.status());
+    ctx.stats.response(status, started.elapsed());
     resp
 }
 
@@ -328,17 +369,19 @@ async fn handle(req: Request<Inbound>, client: &HeaderValue, ctx: &Context) -> R
 /// [`pick`] (an endpoint), [`acquire`] (the try's request; the pool finds
 /// or opens a connection as it sends), [`send`] (within the try's time),
 /// [`receive`] (what the try came to: answer, retry, or failure), and
-/// finally [`respond`].
+/// finally [`respond`]. The proxy's own answers to a gRPC `call` are gRPC
+/// statuses, and its deadline bounds the route's timeout.
 async fn forward(
     req: Request<Inbound>,
     client: &HeaderValue,
     table: &super::Table,
     ctx: &Context,
     started: Instant,
+    call: Option<&grpc::Call>,
 ) -> Response<Body> {
     let fail = |why: Refusal| {
         ctx.stats.refused(why);
-        error(why)
+        error(why, call)
     };
     // A request body that broke off is the client's failure: 400. The
     // HTTP/1.x server side counts it itself (it sees every body that
@@ -346,7 +389,7 @@ async fn forward(
     let http1_client = matches!(req.body(), Inbound::Http1(_));
     let invalid = || {
         if http1_client {
-            error(Refusal::InvalidRequest)
+            error(Refusal::InvalidRequest, call)
         } else {
             fail(Refusal::InvalidRequest)
         }
@@ -386,7 +429,7 @@ async fn forward(
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     });
 
-    let deadline = rule.action.timeout.map(|t| started + t);
+    let deadline = deadline(rule.action.timeout.map(|t| started + t), call);
     let retry = rule.action.retry.as_ref().filter(|p| p.attempts > 0);
     // A request is sent again only if its body can be: it is buffered when
     // small and its size known, streamed (and tried once) otherwise. One
@@ -586,7 +629,8 @@ fn route<'t>(
 /// authority as `Host` (an HTTP/2 client's `:authority` becomes one, which
 /// header rules see and an HTTP/1.1 endpoint gets); hop-by-hop fields
 /// removed, except a protocol switch the client asked for when the endpoint
-/// speaks HTTP/1.1, and `te: trailers`; `X-Forwarded-For` and
+/// speaks HTTP/1.1 and the rule allows it ([`upgrade_allowed`]), and `te:
+/// trailers`; `X-Forwarded-For` and
 /// `X-Request-Id` added; the rule's header edits. Over HTTP/2 the authority
 /// is `:authority` alone (a `host` beside it makes the request malformed,
 /// RFC 9113 §8.3.1, and strict servers refuse it): it is taken out and
@@ -603,8 +647,9 @@ fn upstream_head(
     {
         parts.headers.insert(header::HOST, host);
     }
-    let switching =
-        parts.extensions.get::<server::UpgradeRequested>().is_some() && protocol == Protocol::Http;
+    let switching = parts.extensions.get::<server::UpgradeRequested>().is_some()
+        && protocol == Protocol::Http
+        && upgrade_allowed(&parts.headers, &rule.action.upgrades);
     let trailers = accepts_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, switching);
     if trailers {
@@ -633,6 +678,15 @@ fn upstream_head(
             .remove(header::HOST)
             .and_then(|host| Authority::try_from(host.as_bytes()).ok()),
         _ => None,
+    }
+}
+
+/// When the proxy gives up on a request: at the `route`'s deadline, or a
+/// gRPC `call`'s own (its client's `grpc-timeout`) when that comes first.
+fn deadline(route: Option<Instant>, call: Option<&grpc::Call>) -> Option<Instant> {
+    match (route, call.and_then(|c| c.deadline)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

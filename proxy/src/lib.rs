@@ -38,6 +38,7 @@ use crate::router::Router;
 pub mod balance;
 mod body;
 mod error;
+mod grpc;
 mod h1;
 mod http;
 mod limit;

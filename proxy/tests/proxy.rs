@@ -1883,6 +1883,80 @@ async fn read_until(conn: &mut tokio::net::TcpStream, got: &mut Vec<u8>, until: 
     }
 }
 
+/// A proxy serving service `web` (one endpoint at `addr`) on a free port,
+/// its catch-all rule allowing the protocol switches `allow` (`None`:
+/// unset, the default).
+async fn proxy_upgrading(addr: SocketAddr, allow: Option<&[&str]>) -> (Proxy, u16) {
+    let port = free_port();
+    let mut snap = web_snapshot(
+        service("web", pb::LbPolicy::RoundRobin),
+        vec![endpoint("web-1", "web", addr, 1, &[])],
+        port,
+    );
+    snap.routes[0].rules[0].action.as_mut().unwrap().upgrades = allow.map(|a| pb::Upgrades {
+        allow: a.iter().map(|p| p.to_string()).collect(),
+    });
+    (Proxy::start(config(1, snap)).await, port)
+}
+
+/// Sends `request` on a new connection to `port`, reads the answer until
+/// `until` shows in it, and returns it.
+async fn send_and_read(port: u16, request: &str, until: &str) -> String {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut conn, &mut got, until).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Only the protocol switches a rule allows are relayed. An `h2c` ask
+/// (which validation never allows) and, by default, anything but WebSocket
+/// reach the endpoint as ordinary requests, without `Upgrade`, the
+/// `upgrade` token of `Connection`, or the fields that token named, and get
+/// its ordinary answer; a rule allowing only `shout` relays `shout` and no
+/// longer WebSocket; one allowing nothing relays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_upgrades_a_rule_allows_are_relayed() {
+    let (addr, heads) = shouting_endpoint().await;
+    let h2c = "GET /h2c HTTP/1.1\r\nhost: web\r\nconnection: Upgrade, HTTP2-Settings\r\n\
+               upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let websocket = "GET /ws HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+                     sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let shout = "GET /shout HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: shout\r\n\r\n";
+    let plain = "HTTP/1.1 200 OK";
+    let switched = "HTTP/1.1 101 ";
+    let cases: [(Option<&[&str]>, &str, &str, bool); 7] = [
+        (None, h2c, plain, false),
+        (None, shout, plain, false),
+        (None, websocket, plain, true),
+        (Some(&["shout"]), shout, switched, true),
+        (Some(&["shout"]), websocket, plain, false),
+        (Some(&["shout"]), h2c, plain, false),
+        (Some(&[]), websocket, plain, false),
+    ];
+    for (allow, request, answer, relayed) in cases {
+        let (proxy, port) = proxy_upgrading(addr, allow).await;
+        let what = format!("{allow:?}: {}", request.lines().next().unwrap());
+        let got = send_and_read(port, request, answer).await;
+        assert!(got.starts_with(answer), "{what}: {got:?}");
+        let head = heads
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the request reached the endpoint");
+        assert_eq!(head.contains("\r\nupgrade: "), relayed, "{what}: {head:?}");
+        assert_eq!(
+            head.contains("\r\nconnection: upgrade\r\n"),
+            relayed,
+            "{what}: {head:?}"
+        );
+        assert!(!head.contains("http2-settings"), "{what}: {head:?}");
+        proxy.stop().await;
+    }
+}
+
 /// A protocol switch (as WebSocket asks for one) goes through: the client's
 /// ask reaches the endpoint, the endpoint's `101` reaches the client, and
 /// bytes then flow both ways (those sent right behind the request and the
@@ -1892,7 +1966,7 @@ async fn read_until(conn: &mut tokio::net::TcpStream, got: &mut Vec<u8>, until: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_switches_are_relayed_both_ways() {
     let (addr, heads) = shouting_endpoint().await;
-    let (proxy, port) = proxy_to(service("web", pb::LbPolicy::RoundRobin), addr).await;
+    let (proxy, port) = proxy_upgrading(addr, Some(&["shout", "Whisper"])).await;
 
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -2225,6 +2299,371 @@ async fn grpc_calls_reach_a_grpcio_server() {
     let server = PythonServer::start("grpc_server.py").await;
     let (proxy, port) = grpc_proxy_to(server.addr).await;
     health_calls_through(port, "grpcio").await;
+    proxy.stop().await;
+}
+
+/// A gRPC endpoint too slow for any deadline: an HTTP/2 server that holds
+/// every call for 30 s before answering it. Unlike a gRPC server it does
+/// not read `grpc-timeout`, so only the proxy (or the client) can end a
+/// call sooner. Counts the calls that reach it.
+async fn slow_grpc_endpoint() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        async {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            let mut resp = Response::new(Empty::<Bytes>::new());
+                            resp.headers_mut()
+                                .insert("content-type", "application/grpc".parse().unwrap());
+                            resp.headers_mut()
+                                .insert("grpc-status", "0".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(conn), service)
+                    .await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// The ports of [`refusing_grpc_proxy`]'s listeners.
+struct GrpcPorts {
+    /// A route whose one rule matches no call: no route.
+    nowhere: u16,
+    /// A service without endpoints: no healthy upstream.
+    empty: u16,
+    /// The slow endpoint, under the default route timeout (15 s).
+    slow: u16,
+    /// The slow endpoint, under a route timeout of 300 ms.
+    hasty: u16,
+}
+
+/// A proxy whose gRPC listeners each lead to a refusal of the proxy's own
+/// (see [`GrpcPorts`]); `slow` is a [`slow_grpc_endpoint`].
+async fn refusing_grpc_proxy(slow: SocketAddr) -> (Proxy, GrpcPorts) {
+    let grpc = |name: &str| pb::Service {
+        protocol: pb::Protocol::Grpc as i32,
+        ..service(name, pb::LbPolicy::RoundRobin)
+    };
+    let route = |name: &str, matches: Vec<pb::RouteMatch>, to: &str, timeout_ms: Option<u64>| {
+        let mut rule = rule(matches, vec![dest(to, 1, &[])]);
+        rule.action.as_mut().unwrap().timeout = timeout_ms.and_then(millis);
+        pb::Route {
+            name: name.into(),
+            revision: 1,
+            rules: vec![rule],
+            ..Default::default()
+        }
+    };
+    let never = pb::RouteMatch {
+        path: Some(pb::PathMatch {
+            kind: Some(pb::path_match::Kind::Exact("/nothing".into())),
+        }),
+        ..Default::default()
+    };
+    let ports = GrpcPorts {
+        nowhere: free_port(),
+        empty: free_port(),
+        slow: free_port(),
+        hasty: free_port(),
+    };
+    let listener = |port: u16, route: &str| pb::Listener {
+        name: route.into(),
+        protocol: pb::Protocol::Grpc as i32,
+        ..http_listener(port, route)
+    };
+    let snap = pb::Snapshot {
+        services: vec![grpc("empty"), grpc("slow")],
+        endpoints: vec![endpoint("slow-1", "slow", slow, 1, &[])],
+        routes: vec![
+            route("nowhere", vec![never], "slow", None),
+            route("empty", vec![], "empty", None),
+            route("slow", vec![], "slow", None),
+            route("hasty", vec![], "slow", Some(300)),
+        ],
+        listeners: vec![
+            listener(ports.nowhere, "nowhere"),
+            listener(ports.empty, "empty"),
+            listener(ports.slow, "slow"),
+            listener(ports.hasty, "hasty"),
+        ],
+        ..Default::default()
+    };
+    (Proxy::start(config(1, snap)).await, ports)
+}
+
+/// A health client (tonic) to the proxy's `port`, with no deadline of its
+/// own.
+async fn health_client(
+    port: u16,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+/// The status and message of a call that must have failed.
+fn status<T>(r: Result<T, tonic::Status>) -> (tonic::Code, String) {
+    match r {
+        Ok(_) => panic!("the call succeeded"),
+        Err(e) => (e.code(), e.message().to_owned()),
+    }
+}
+
+/// The value of the sample of `metrics` whose name and labels are `series`.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in {metrics}"))
+}
+
+/// gRPC calls the proxy answers itself get a gRPC status a tonic client
+/// reads (not an HTTP error it takes for a broken protocol): UNIMPLEMENTED
+/// with no route, UNAVAILABLE with no healthy endpoint (unary and
+/// streaming), DEADLINE_EXCEEDED once the route's timeout passes, each
+/// with the proxy's reason; and DEADLINE_EXCEEDED once the client's
+/// `grpc-timeout` passes, as one header block that ends the stream. The
+/// listener's counters class them by the HTTP status they stand for, not
+/// as `2xx`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_the_proxy_refuses_get_a_grpc_status() {
+    use tonic_health::pb::HealthCheckRequest;
+    let (slow, calls) = slow_grpc_endpoint().await;
+    let (proxy, ports) = refusing_grpc_proxy(slow).await;
+    let ask = || HealthCheckRequest {
+        service: "orders".into(),
+    };
+
+    let mut c = health_client(ports.nowhere).await;
+    assert_eq!(
+        status(c.check(ask()).await),
+        (
+            tonic::Code::Unimplemented,
+            "switchyard: no route matches".into()
+        )
+    );
+    let mut c = health_client(ports.empty).await;
+    let unavailable = (
+        tonic::Code::Unavailable,
+        "switchyard: no healthy upstream".to_owned(),
+    );
+    assert_eq!(status(c.check(ask()).await), unavailable);
+    assert_eq!(status(c.watch(ask()).await), unavailable, "streaming");
+
+    // The route's timeout (300 ms), the client setting no deadline.
+    let mut c = health_client(ports.hasty).await;
+    assert_eq!(
+        status(c.check(ask()).await),
+        (
+            tonic::Code::DeadlineExceeded,
+            "switchyard: upstream timed out".into()
+        )
+    );
+
+    // The client's deadline (`grpc-timeout: 300m`) is shorter than the
+    // route's timeout (15 s): the proxy gives up when it passes. gRPC
+    // libraries keep the deadline themselves as well, and one of theirs
+    // would race the proxy, so this client is a plain HTTP/2 one, which
+    // keeps no timer: only the proxy can end the call (the endpoint ignores
+    // the deadline). The answer is one header block ending the stream.
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    // A gRPC message (uncompressed, 8 bytes): HealthCheckRequest{"orders"}.
+    let message = b"\0\0\0\0\x08\x0a\x06orders";
+    let call = Request::post(format!(
+        "http://127.0.0.1:{}/grpc.health.v1.Health/Check",
+        ports.slow
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "300m")
+    .body(Full::new(Bytes::from_static(message)))
+    .unwrap();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), h2.request(call))
+        .await
+        .expect("answered before the endpoint would")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "ended at the client's deadline: {took:?}"
+    );
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["content-type"], "application/grpc");
+    assert_eq!(h["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(h["grpc-message"], "switchyard: upstream timed out");
+    {
+        use hyper::body::Body as _;
+        assert!(resp.body().is_end_stream(), "Trailers-Only: no body");
+    }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        2,
+        "both reached the endpoint"
+    );
+
+    let m = proxy.metrics();
+    let errors = |listener: &str, reason: &str| {
+        sample(
+            &m,
+            &format!(
+                "switchyard_agent_proxy_errors_total{{listener=\"{listener}\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    let requests = |listener: &str, class: &str| {
+        sample(
+            &m,
+            &format!(
+                "switchyard_agent_proxy_requests_total{{listener=\"{listener}\",class=\"{class}\"}}"
+            ),
+        )
+    };
+    assert_eq!(errors("nowhere", "no_route"), 1);
+    assert_eq!(requests("nowhere", "4xx"), 1);
+    assert_eq!(errors("empty", "no_healthy_upstream"), 2);
+    assert_eq!(requests("empty", "5xx"), 2);
+    assert_eq!(errors("slow", "timeout"), 1);
+    assert_eq!(errors("hasty", "timeout"), 1);
+    for listener in ["nowhere", "empty", "slow", "hasty"] {
+        assert_eq!(requests(listener, "2xx"), 0, "{listener}");
+    }
+    proxy.stop().await;
+}
+
+/// What `tests/python/grpc_client.py` reports of each of `calls` made
+/// through the proxy's `port`.
+async fn grpcio_calls(port: u16, calls: &[&str]) -> Vec<serde_json::Value> {
+    let script = format!(
+        "{}/../tests/python/grpc_client.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(test_python())
+            .arg(&script)
+            .arg(format!("127.0.0.1:{port}"))
+            .args(calls)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the grpcio client is done within 60 s")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), calls.len(), "{reports:?}");
+    reports
+}
+
+/// A grpcio client (the C core) through the proxy reaches a grpcio server
+/// and a tonic server: unary calls, an error status in trailers, and a
+/// server-streaming call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SWITCHYARD_TEST_PYTHON (scripts/test sets it)"]
+async fn a_grpcio_client_reaches_grpcio_and_tonic_servers() {
+    let grpcio = PythonServer::start("grpc_server.py").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tonic_addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let tonic_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                TonicHealth,
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            ),
+    );
+    for (server, addr) in [("grpcio", grpcio.addr), ("tonic", tonic_addr)] {
+        let (proxy, port) = grpc_proxy_to(addr).await;
+        let r = grpcio_calls(
+            port,
+            &[
+                "check:orders",
+                "check:orders",
+                "check:unknown",
+                "watch:orders",
+            ],
+        )
+        .await;
+        for ok in &r[..2] {
+            assert_eq!(ok["code"], "OK", "{server}: {ok}");
+            assert_eq!(ok["statuses"], serde_json::json!([1]), "{server}: SERVING");
+        }
+        assert_eq!(r[2]["code"], "NOT_FOUND", "{server}: {}", r[2]);
+        assert_eq!(r[2]["details"], "unknown service", "{server}");
+        assert_eq!(r[3]["code"], "OK", "{server}: {}", r[3]);
+        assert_eq!(
+            r[3]["statuses"],
+            serde_json::json!([1, 2, 1]),
+            "{server}: every streamed message"
+        );
+        proxy.stop().await;
+    }
+    stop.cancel();
+    tonic_server.await.unwrap().unwrap();
+}
+
+/// A grpcio client gets the proxy's gRPC statuses: UNAVAILABLE with the
+/// reason when no endpoint is healthy (unary and streaming), UNIMPLEMENTED
+/// with no route, DEADLINE_EXCEEDED with its deadline shorter than the
+/// route's timeout, and with the route's timeout passing first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SWITCHYARD_TEST_PYTHON (scripts/test sets it)"]
+async fn a_grpcio_client_gets_the_proxys_grpc_statuses() {
+    let (slow, _) = slow_grpc_endpoint().await;
+    let (proxy, ports) = refusing_grpc_proxy(slow).await;
+
+    let r = grpcio_calls(ports.empty, &["check:orders", "watch:orders"]).await;
+    for call in &r {
+        assert_eq!(call["code"], "UNAVAILABLE", "{call}");
+        assert_eq!(call["details"], "switchyard: no healthy upstream", "{call}");
+    }
+    let r = grpcio_calls(ports.nowhere, &["check:orders"]).await;
+    assert_eq!(r[0]["code"], "UNIMPLEMENTED", "{}", r[0]);
+    assert_eq!(r[0]["details"], "switchyard: no route matches");
+
+    // A deadline of 500 ms, the route's timeout 15 s, the endpoint's
+    // answer 30 s away: the call ends at the deadline. (grpcio keeps the
+    // deadline itself as well: which of the two ends the call first is a
+    // matter of microseconds, so only the code and the time are asserted
+    // here; `grpc_calls_the_proxy_refuses_get_a_grpc_status` shows the
+    // proxy's own answer to a client that keeps no timer.)
+    let r = grpcio_calls(ports.slow, &["check:orders@0.5"]).await;
+    assert_eq!(r[0]["code"], "DEADLINE_EXCEEDED", "{}", r[0]);
+    let took = r[0]["seconds"].as_f64().unwrap();
+    assert!((0.5..5.0).contains(&took), "{}", r[0]);
+    // The route's timeout (300 ms) before the client's deadline (10 s).
+    let r = grpcio_calls(ports.hasty, &["check:orders@10"]).await;
+    assert_eq!(r[0]["code"], "DEADLINE_EXCEEDED", "{}", r[0]);
+    assert_eq!(r[0]["details"], "switchyard: upstream timed out");
     proxy.stop().await;
 }
 

@@ -44,6 +44,60 @@ fn valid_route_gets_defaults_and_compiled_regex() {
     );
 }
 
+/// A rule lets WebSocket switch through unless its `upgrades` say
+/// otherwise; the list is lowercased, bounded, and never holds `h2c`.
+#[test]
+fn upgrades_default_to_websocket_and_refuse_h2c() {
+    let mut pb_route = route_with_regex("/.*");
+    let r = Route::from_pb(&pb_route, "route").unwrap();
+    assert_eq!(r.rules[0].action.upgrades, vec!["websocket"]);
+
+    let action = pb_route.rules[0].action.as_mut().unwrap();
+    action.upgrades = Some(pb::Upgrades { allow: vec![] });
+    let r = Route::from_pb(&pb_route, "route").unwrap();
+    assert!(r.rules[0].action.upgrades.is_empty(), "set but empty: none");
+
+    let action = pb_route.rules[0].action.as_mut().unwrap();
+    action.upgrades = Some(pb::Upgrades {
+        allow: vec!["WebSocket".into(), "foo".into()],
+    });
+    let r = Route::from_pb(&pb_route, "route").unwrap();
+    assert_eq!(r.rules[0].action.upgrades, vec!["websocket", "foo"]);
+
+    let action = pb_route.rules[0].action.as_mut().unwrap();
+    action.upgrades = Some(pb::Upgrades {
+        allow: vec!["H2C".into(), String::new(), "foo/2".into(), "x".repeat(65)],
+    });
+    let err = Route::from_pb(&pb_route, "r").unwrap_err();
+    let got: Vec<String> = err.violations.iter().map(ToString::to_string).collect();
+    let at = "r.rules[0].action.upgrades.allow";
+    assert_eq!(
+        got,
+        vec![
+            format!(
+                "{at}[0]: h2c is never relayed: HTTP/2 cleartext is set up with prior \
+                 knowledge, which HTTP listeners accept, not by upgrade"
+            ),
+            format!("{at}[1]: must not be empty"),
+            format!(
+                "{at}[2]: \"foo/2\" is not a protocol name: use letters, digits and \
+                 !#$%&'*+-.^_`|~ (no version)"
+            ),
+            format!("{at}[3]: a protocol name must be at most 64 characters long, not 65"),
+        ]
+    );
+
+    let action = pb_route.rules[0].action.as_mut().unwrap();
+    action.upgrades = Some(pb::Upgrades {
+        allow: (0..17).map(|i| format!("p{i}")).collect(),
+    });
+    let err = Route::from_pb(&pb_route, "r").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{at}: has 17 entries; at most 16 are allowed")
+    );
+}
+
 #[test]
 fn bad_regex_names_its_path() {
     let err = Route::from_pb(&route_with_regex("(["), "routes[0]").unwrap_err();

@@ -167,3 +167,50 @@ fn retries_follow_the_policy_and_the_errors_safety() {
     assert!(!should_retry(&policy, &connect(), true, true));
     assert!(is_idempotent(&Method::PUT) && !is_idempotent(&Method::POST));
 }
+
+/// An ask to switch protocols goes on only when the rule allows every
+/// protocol it offers; WebSocket by default.
+#[test]
+fn upgrades_pass_only_when_the_rule_allows_them() {
+    let asking = |upgrade: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+        h
+    };
+    let websocket = ["websocket".to_owned()];
+    assert!(upgrade_allowed(&asking("WebSocket"), &websocket));
+    assert!(upgrade_allowed(&asking("websocket/13"), &websocket));
+    assert!(!upgrade_allowed(&asking("h2c"), &websocket));
+    assert!(!upgrade_allowed(&asking("websocket, h2c"), &websocket));
+    assert!(
+        !upgrade_allowed(&asking(" , "), &websocket),
+        "nothing offered"
+    );
+    assert!(!upgrade_allowed(&HeaderMap::new(), &websocket));
+    assert!(!upgrade_allowed(&asking("websocket"), &[]));
+
+    // The table's rules take the default: a WebSocket ask passes, an h2c
+    // one is taken out with `Connection`.
+    let table = table();
+    let rule = route(&table, "front", &parts("/"), 0).unwrap().rule;
+    let client = HeaderValue::from_static("10.0.0.9");
+    for (upgrade, passes) in [("websocket", true), ("h2c", false)] {
+        let mut p = parts("/");
+        p.extensions.insert(server::UpgradeRequested);
+        p.headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        p.headers
+            .insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+        p.headers.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        upstream_head(&mut p, rule, Protocol::Http, &client);
+        let h = &p.headers;
+        assert_eq!(h.contains_key(header::UPGRADE), passes, "{upgrade}");
+        assert_eq!(h.contains_key(header::CONNECTION), passes, "{upgrade}");
+        assert!(!h.contains_key("http2-settings"), "{upgrade}");
+    }
+}

@@ -135,3 +135,33 @@ fn output_keeps_declaration_order_sorted_maps_and_explicit_zeroes() {
         s
     );
 }
+
+/// A rule's upgrade allow-list reads and prints back, an empty one (no
+/// switch allowed) included: it is not the same as leaving it out.
+#[test]
+fn upgrade_allow_lists_round_trip_even_empty() {
+    let route = |text: &str| from_value::<pb::Route>(yaml(text), "switchyard.v1.Route").unwrap();
+    let allow = route(
+        "{name: r, rules: [{action: {destinations: [{service: web}], upgrades: {allow: [websocket, foo]}}}]}",
+    );
+    let action = allow.rules[0].action.as_ref().unwrap();
+    assert_eq!(
+        action.upgrades.as_ref().unwrap().allow,
+        vec!["websocket", "foo"]
+    );
+    let none =
+        route("{name: r, rules: [{action: {destinations: [{service: web}], upgrades: {}}}]}");
+    let unset = route("{name: r, rules: [{action: {destinations: [{service: web}]}}]}");
+    assert_eq!(
+        none.rules[0].action.as_ref().unwrap().upgrades,
+        Some(pb::Upgrades::default())
+    );
+    assert_eq!(unset.rules[0].action.as_ref().unwrap().upgrades, None);
+    for r in [allow, none, unset] {
+        let back = to_value(&r, "switchyard.v1.Route");
+        assert_eq!(
+            from_value::<pb::Route>(back, "switchyard.v1.Route").unwrap(),
+            r
+        );
+    }
+}

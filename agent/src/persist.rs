@@ -47,13 +47,12 @@ pub fn path(dir: &Path) -> PathBuf {
 /// Replaces the saved configuration in `dir` with `snapshot`, an encoded
 /// Snapshot, atomically.
 pub fn save(dir: &Path, snapshot: &[u8]) -> io::Result<()> {
-    let bytes = snapshot;
     // The process id keeps two agents wrongly sharing a directory from
     // writing into each other's temporary file.
     let tmp = dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
     let written = (|| {
         let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
+        file.write_all(snapshot)?;
         file.sync_all()?;
         fs::rename(&tmp, path(dir))?;
         // The rename is durable only once the directory entry is.

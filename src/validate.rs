@@ -22,10 +22,10 @@ pub const MAX_REGEX_LEN: usize = 1024;
 pub const MAX_REGEX_COMPILED: usize = 256 * 1024;
 /// Most rules in one route: a gateway routes tens of thousands of virtual
 /// hosts through one listener, and the proxy finds a request's rule by host
-/// in time that does not grow with them. In practice the request size limit
-/// (4 MiB by default) binds first: about 40 bytes per single-host rule, so
-/// some 100,000 such rules fit a 4 MiB Apply only just, and larger rules
-/// need `--max-request-size`.
+/// in time that does not grow with them. The request size limit (4 MiB by
+/// default) may bind first: a rule of one host and one destination encodes
+/// to about 33 to 60 bytes, so a 4 MiB Apply holds 70,000 to 100,000 of
+/// them; larger rules need the control plane's `--max-request-size`.
 pub const MAX_RULES: usize = 100_000;
 /// Most matches in one rule.
 pub const MAX_MATCHES: usize = 32;

@@ -303,7 +303,9 @@ fn invalid_cases() -> Vec<(&'static str, pb::ApplyItem, &'static str)> {
         "items[1].resource.route.rules[0].action.retry.retry_on",
     );
     let mut r = route("r8", "web");
-    r.rules = (0..257).map(|_| r.rules[0].clone()).collect();
+    r.rules = (0..=switchyard::validate::MAX_RULES)
+        .map(|_| r.rules[0].clone())
+        .collect();
     add("too many rules", rt(r), "items[1].resource.route.rules");
     let mut r = route("r9", "web");
     r.rules[0].matches[0].path = Some(pb::PathMatch {

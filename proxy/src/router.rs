@@ -7,8 +7,16 @@
 //! `Arc` inside its configuration snapshot and calls it per request. Matching
 //! allocates nothing unless a query parameter needs percent-decoding; header
 //! names and header rewrites are parsed here, not per request.
+//!
+//! A route may hold tens of thousands of rules, one or a few per virtual
+//! host. So that a request's cost does not grow with them, [`Router`] indexes
+//! the rules by host once per configuration ([`HostIndex`]): a request only
+//! tests the rules of its exact host, those of the wildcard suffixes its
+//! host ends with, and the rules that do not depend on the host, and still
+//! gets the rule that a scan in declaration order would find first.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -26,6 +34,7 @@ mod tests;
 pub struct Router {
     name: String,
     rules: Box<[Rule]>,
+    hosts: HostIndex,
 }
 
 impl Router {
@@ -33,13 +42,15 @@ impl Router {
     /// header name that still does not parse makes its header match see the
     /// header as absent.
     pub fn new(route: &Route) -> Router {
+        let rules: Box<[Rule]> = route
+            .rules
+            .iter()
+            .map(|r| Rule::new(&r.matches, &r.action))
+            .collect();
         Router {
             name: route.name.clone(),
-            rules: route
-                .rules
-                .iter()
-                .map(|r| Rule::new(&r.matches, &r.action))
-                .collect(),
+            hosts: HostIndex::new(&rules),
+            rules,
         }
     }
 
@@ -53,10 +64,171 @@ impl Router {
         &self.rules
     }
 
-    /// The first rule that matches the request (see [`Rule::matches`]), or
-    /// `None`, which the proxy answers with 404.
+    /// The first rule in declaration order that matches the request (see
+    /// [`Rule::matches`]), or `None`, which the proxy answers with 404.
+    ///
+    /// Found through the host index: the rules of the request's exact host,
+    /// then those of each wildcard suffix it ends with (longest first), then
+    /// the rules that do not depend on the host, each list tested only below
+    /// the best rule found so far. Any rule left out has only host matches,
+    /// none of them for this host, so it cannot match: the result is the
+    /// first match of a scan over every rule, in time that does not grow
+    /// with the number of hosts.
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(req))
+        let mut best = self.rules.len();
+        let mut first_in = |list: &[u32]| {
+            for &i in list {
+                let i = i as usize;
+                if i >= best {
+                    break;
+                }
+                if self.rules[i].matches(req) {
+                    best = i;
+                    break;
+                }
+            }
+        };
+        if let Some(host) = req.host() {
+            self.hosts.candidates(host, &mut first_in);
+        }
+        first_in(&self.hosts.hostless);
+        self.rules.get(best)
+    }
+}
+
+/// The longest host or wildcard suffix the index holds, in bytes: a valid
+/// host name has at most 253 (`.` and 253 for a suffix), and an IP address
+/// fewer. A request host is lower-cased into a buffer of this size on the
+/// stack; a configured host longer than this is not indexed (its rule is
+/// tested for every request instead).
+const MAX_HOST_KEY: usize = 255;
+
+/// The rules of a [`Router`] by host, built once per configuration.
+///
+/// Every rule is either *host-less*, testable for any request (it has no
+/// matches, or a match with no host), or indexed under the host of each of
+/// its matches: an exact host, or a wildcard's suffix (`.example.com` for
+/// `*.example.com`). Lists hold rule indices in declaration order.
+#[derive(Debug, Default)]
+struct HostIndex {
+    /// Lower-case exact host → its rules, as a span of `postings`.
+    exact: HashMap<Box<[u8]>, Span>,
+    /// Lower-case suffix, starting with `.` → its rules.
+    suffix: HashMap<Box<[u8]>, Span>,
+    /// The length of the longest key of `suffix` (0 when empty): a request
+    /// host's shorter tails are the only ones worth looking up.
+    longest_suffix: usize,
+    /// Every list of `exact` and `suffix`, end to end: one allocation
+    /// rather than one per host.
+    postings: Box<[u32]>,
+    /// Rules tested whatever the host.
+    hostless: Box<[u32]>,
+}
+
+/// A list of rule indices inside [`HostIndex::postings`].
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl HostIndex {
+    fn new(rules: &[Rule]) -> HostIndex {
+        let mut hostless = Vec::new();
+        let mut exact: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        let mut suffix: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            // Validation allows 100,000 rules: u32 indices halve the lists.
+            let i = u32::try_from(i).expect("fewer than 2^32 rules");
+            let indexable = !rule.matches.is_empty()
+                && rule.matches.iter().all(|m| match &m.host {
+                    Some(HostMatch::Exact(h) | HostMatch::Suffix(h)) => h.len() <= MAX_HOST_KEY,
+                    None => false,
+                });
+            if !indexable {
+                hostless.push(i);
+                continue;
+            }
+            for m in &rule.matches {
+                let (map, key) = match &m.host {
+                    Some(HostMatch::Exact(h)) => (&mut exact, h),
+                    Some(HostMatch::Suffix(s)) => (&mut suffix, s),
+                    None => unreachable!("checked above"),
+                };
+                // Validation lower-cases hosts; do it again so that the
+                // index agrees with the case-insensitive comparison of
+                // `host_holds` whatever built the route.
+                let list = map
+                    .entry(key.as_bytes().to_ascii_lowercase().into_boxed_slice())
+                    .or_default();
+                // A rule naming one host twice is listed once.
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        let mut postings = Vec::new();
+        let mut spans = |map: HashMap<Box<[u8]>, Vec<u32>>| -> HashMap<Box<[u8]>, Span> {
+            map.into_iter()
+                .map(|(key, list)| {
+                    let span = Span {
+                        start: postings.len() as u32,
+                        len: list.len() as u32,
+                    };
+                    postings.extend(list);
+                    (key, span)
+                })
+                .collect()
+        };
+        let exact = spans(exact);
+        let suffix = spans(suffix);
+        HostIndex {
+            longest_suffix: suffix.keys().map(|k| k.len()).max().unwrap_or(0),
+            exact,
+            suffix,
+            postings: postings.into(),
+            hostless: hostless.into(),
+        }
+    }
+
+    fn list(&self, span: Span) -> &[u32] {
+        &self.postings[span.start as usize..][..span.len as usize]
+    }
+
+    /// Calls `visit` with the rules indexed under `host` (without its
+    /// port, any case): those of the exact host, then those of each suffix
+    /// the host ends with, longest first. A suffix must leave at least one
+    /// byte of the host before it, as in [`host_holds`].
+    fn candidates(&self, host: &[u8], mut visit: impl FnMut(&[u32])) {
+        // Only the last MAX_HOST_KEY bytes can be a key or end in one.
+        let start = host.len().saturating_sub(MAX_HOST_KEY);
+        let mut buf = [0u8; MAX_HOST_KEY];
+        let tail = &mut buf[..host.len() - start];
+        tail.copy_from_slice(&host[start..]);
+        tail.make_ascii_lowercase();
+        let tail = &*tail;
+        if start == 0
+            && let Some(&span) = self.exact.get(tail)
+        {
+            visit(self.list(span));
+        }
+        if self.suffix.is_empty() {
+            return;
+        }
+        let first = tail.len().saturating_sub(self.longest_suffix);
+        for (at, _) in tail
+            .iter()
+            .enumerate()
+            .skip(first)
+            .filter(|&(_, &b)| b == b'.')
+        {
+            if start + at == 0 {
+                continue;
+            }
+            if let Some(&span) = self.suffix.get(&tail[at..]) {
+                visit(self.list(span));
+            }
+        }
     }
 }
 

@@ -649,3 +649,314 @@ fn rules_carry_compiled_request_and_response_header_edits() {
 fn router_keeps_the_route_name() {
     assert_eq!(router(vec![to("svc", vec![])]).name(), "r");
 }
+
+// ---- the host index agrees with first-match order --------------------------
+
+/// The matcher as it was before the host index, kept as the reference that
+/// [`Router::find`] must agree with: every rule in declaration order, the
+/// first that matches.
+fn first_match(r: &Router, req: &RequestView<'_>) -> Option<usize> {
+    r.rules().iter().position(|rule| rule.matches(req))
+}
+
+/// The position of the rule [`Router::find`] picks.
+fn found(r: &Router, req: &RequestView<'_>) -> Option<usize> {
+    let rule = r.find(req)?;
+    r.rules().iter().position(|x| std::ptr::eq(x, rule))
+}
+
+fn on_host(h: &str) -> Parts {
+    req("GET", "/", &[("host", h)])
+}
+
+#[test]
+fn an_earlier_wildcard_wins_over_a_later_exact_host() {
+    let r = router(vec![
+        to("wild", vec![host("*.example.com")]),
+        to("exact", vec![host("api.example.com")]),
+    ]);
+    assert_eq!(routed(&r, &on_host("api.example.com")), Some("wild"));
+}
+
+#[test]
+fn an_earlier_host_less_rule_wins_over_a_later_exact_host() {
+    let r = router(vec![
+        to("health", vec![prefix_path("/health")]),
+        to("exact", vec![host("api.example.com")]),
+        to("fallback", vec![]),
+    ]);
+    let health = req("GET", "/health", &[("host", "api.example.com")]);
+    assert_eq!(routed(&r, &health), Some("health"));
+    assert_eq!(routed(&r, &on_host("api.example.com")), Some("exact"));
+    assert_eq!(routed(&r, &on_host("www.example.com")), Some("fallback"));
+}
+
+#[test]
+fn the_first_of_several_matching_wildcards_wins_not_the_longest() {
+    let r = router(vec![
+        to("short", vec![host("*.com")]),
+        to("long", vec![host("*.a.example.com")]),
+    ]);
+    assert_eq!(routed(&r, &on_host("x.a.example.com")), Some("short"));
+    let r = router(vec![
+        to("long", vec![host("*.a.example.com")]),
+        to("short", vec![host("*.com")]),
+    ]);
+    assert_eq!(routed(&r, &on_host("x.a.example.com")), Some("long"));
+    assert_eq!(routed(&r, &on_host("a.example.com")), Some("short"));
+}
+
+#[test]
+fn a_host_rule_that_does_not_hold_otherwise_falls_through_in_order() {
+    let api_post = pb::RouteMatch {
+        method: "POST".into(),
+        ..host("api.example.com")
+    };
+    let r = router(vec![
+        to("api-post", vec![api_post]),
+        to("wild", vec![host("*.example.com")]),
+        to("api", vec![host("api.example.com")]),
+    ]);
+    assert_eq!(
+        routed(&r, &req("POST", "/", &[("host", "API.example.com:80")])),
+        Some("api-post")
+    );
+    assert_eq!(routed(&r, &on_host("api.example.com")), Some("wild"));
+}
+
+#[test]
+fn a_rule_with_several_hosts_is_found_under_each() {
+    let r = router(vec![
+        to("a", vec![host("a.example.com"), host("*.a.org")]),
+        to("b", vec![host("b.example.com"), host("a.example.com")]),
+    ]);
+    assert_eq!(routed(&r, &on_host("a.example.com")), Some("a"));
+    assert_eq!(routed(&r, &on_host("x.a.org")), Some("a"));
+    assert_eq!(routed(&r, &on_host("b.example.com")), Some("b"));
+    assert_eq!(routed(&r, &on_host("a.org")), None);
+}
+
+#[test]
+fn ten_thousand_hosts_route_by_host_first_middle_last_and_wildcard() {
+    let mut rules: Vec<_> = (0..10_000)
+        .map(|i| {
+            to(
+                &format!("svc-{i}"),
+                vec![host(&format!("h{i}.example.com"))],
+            )
+        })
+        .collect();
+    rules.push(to("wild", vec![host("*.example.com")]));
+    let r = router(rules);
+    for (h, want) in [
+        ("h0.example.com", "svc-0"),
+        ("H5000.Example.com:8080", "svc-5000"),
+        ("h9999.example.com", "svc-9999"),
+        ("other.example.com", "wild"),
+    ] {
+        assert_eq!(routed(&r, &on_host(h)), Some(want), "{h}");
+    }
+    assert_eq!(routed(&r, &on_host("example.com")), None);
+}
+
+#[test]
+fn a_very_long_request_host_still_matches_wildcards() {
+    let r = router(vec![
+        to("wild", vec![host("*.example.com")]),
+        to("exact", vec![host("example.com")]),
+    ]);
+    let long = format!("{}.example.com", "a".repeat(1000));
+    assert_eq!(routed(&r, &on_host(&long)), Some("wild"));
+    // As long as the index's buffer plus one: the suffix starts past it.
+    let edge = format!("{}.example.com", "b".repeat(MAX_HOST_KEY + 1 - 12));
+    assert_eq!(edge.len(), MAX_HOST_KEY + 1);
+    assert_eq!(routed(&r, &on_host(&edge)), Some("wild"));
+}
+
+mod equivalence {
+    //! Property test: for random rule sets and random requests, the indexed
+    //! [`Router::find`] picks the same rule as the first-match scan.
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Hosts that rules name and requests send: overlapping exact hosts,
+    /// nested wildcards, a trailing dot, an IP address, upper case (which
+    /// validation lower-cases), and numbered hosts for larger sets.
+    fn config_host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "example.com",
+                "a.example.com",
+                "b.example.com",
+                "x.a.example.com",
+                "example.com.",
+                "other.org",
+                "a.other.org",
+                "localhost",
+                "127.0.0.1",
+                "A.Example.COM",
+                "*.example.com",
+                "*.a.example.com",
+                "*.com",
+                "*.org",
+                "*.other.org",
+                "*.EXAMPLE.com",
+            ])
+            .prop_map(String::from),
+            (0u32..40).prop_map(|n| format!("h{n}.example.com")),
+            (0u32..10).prop_map(|n| format!("*.h{n}.example.com")),
+        ]
+    }
+
+    fn route_match() -> impl Strategy<Value = pb::RouteMatch> {
+        let path = prop::option::of(prop::sample::select(vec![
+            pb::path_match::Kind::Prefix("/".into()),
+            pb::path_match::Kind::Prefix("/api".into()),
+            pb::path_match::Kind::Exact("/api/x".into()),
+            pb::path_match::Kind::Regex("/b.*".into()),
+        ]));
+        let header = prop::option::of((
+            prop::sample::select(vec![exact("prod"), prefix("pr"), present()]),
+            any::<bool>(),
+        ));
+        (
+            prop::option::of(config_host()),
+            path,
+            prop::option::of(prop::sample::select(vec!["GET", "POST"])),
+            header,
+        )
+            .prop_map(|(host, path, method, header)| pb::RouteMatch {
+                host: host.unwrap_or_default(),
+                path: path.map(|kind| pb::PathMatch { kind: Some(kind) }),
+                method: method.unwrap_or_default().into(),
+                headers: header
+                    .map(|(value, invert)| {
+                        vec![pb::HeaderMatch {
+                            name: "x-env".into(),
+                            value: Some(pb::StringMatch { kind: Some(value) }),
+                            invert,
+                        }]
+                    })
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+    }
+
+    fn rule() -> impl Strategy<Value = pb::RouteRule> {
+        // Mostly one match, as a virtual host is; sometimes none (a
+        // catch-all) or several.
+        prop_oneof![
+            1 => Just(vec![]),
+            6 => vec(route_match(), 1..=1),
+            2 => vec(route_match(), 2..=3),
+        ]
+        .prop_map(|matches| to("svc", matches))
+    }
+
+    /// Where a request carries its host.
+    #[derive(Debug, Clone)]
+    enum HostIn {
+        Header(String),
+        /// An HTTP/2 request: `:authority` only.
+        Authority(String),
+        Nowhere,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Request {
+        method: &'static str,
+        host: HostIn,
+        path: &'static str,
+        env: Option<&'static str>,
+    }
+
+    fn request_host() -> impl Strategy<Value = String> {
+        let host = prop_oneof![
+            4 => config_host().prop_map(|h| h.trim_start_matches("*.").to_owned()),
+            4 => config_host().prop_map(|h| match h.strip_prefix("*.") {
+                Some(suffix) => format!("z.{suffix}"),
+                None => h,
+            }),
+            1 => prop::sample::select(vec![
+                "com", ".example.com", "zzz.example.com", "y.x.a.example.com", "[::1]",
+                "example.com..", "",
+            ])
+            .prop_map(String::from),
+        ];
+        // Random upper case and an optional port.
+        (host, any::<u64>(), prop::option::of(1u16..)).prop_map(|(h, case, port)| {
+            let h: String = h
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if case >> (i % 64) & 1 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            match port {
+                Some(p) => format!("{h}:{p}"),
+                None => h,
+            }
+        })
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        (
+            prop::sample::select(vec!["GET", "POST", "PUT"]),
+            prop_oneof![
+                6 => request_host().prop_map(HostIn::Header),
+                2 => request_host()
+                    .prop_filter("an authority", |h| !h.is_empty() && !h.starts_with('.'))
+                    .prop_map(HostIn::Authority),
+                1 => Just(HostIn::Nowhere),
+            ],
+            prop::sample::select(vec!["/", "/api", "/api/x", "/b", "/bx/y"]),
+            prop::option::of(prop::sample::select(vec!["prod", "dev"])),
+        )
+            .prop_map(|(method, host, path, env)| Request {
+                method,
+                host,
+                path,
+                env,
+            })
+    }
+
+    fn parts(r: &Request) -> Option<Parts> {
+        let uri = match &r.host {
+            HostIn::Authority(h) => format!("http://{h}{}", r.path),
+            _ => r.path.to_owned(),
+        };
+        let mut b = http::Request::builder().method(r.method).uri(uri);
+        if let HostIn::Header(h) = &r.host {
+            b = b.header("host", h.as_str());
+        }
+        if let Some(env) = r.env {
+            b = b.header("x-env", env);
+        }
+        // A host the URI grammar refuses is no request the proxy sees.
+        Some(b.body(()).ok()?.into_parts().0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn indexed_find_agrees_with_first_match(
+            rules in vec(rule(), 1..60),
+            requests in vec(request(), 1..30),
+        ) {
+            let r = router(rules);
+            for request in &requests {
+                let Some(parts) = parts(request) else { continue };
+                let view = RequestView::new(&parts);
+                prop_assert_eq!(found(&r, &view), first_match(&r, &view), "{:?}", request);
+            }
+        }
+    }
+}

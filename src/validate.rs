@@ -100,6 +100,13 @@ impl Invalid {
 /// encodes it), before the count of the problems left out.
 pub const MAX_MESSAGE: usize = 768;
 
+/// Most bytes of the violations in the `google.rpc.BadRequest` detail of
+/// an `INVALID_ARGUMENT` status (before base64): each violation counted as
+/// its field, reason and about 6 bytes of protobuf framing (see
+/// [`Invalid::reported`]). With the message, the whole status stays under
+/// 4 KiB of metadata, half what gRPC clients accept by default.
+pub const MAX_DETAILS: usize = 1280;
+
 /// Every problem, as `field: reason` joined by `; `, as many as fit in
 /// [`MAX_MESSAGE`] (see [`Invalid::reported`]), then how many more there are.
 impl fmt::Display for Invalid {

@@ -39,3 +39,20 @@ fn the_seed_bodies_pass_the_checks() {
         body(&bytes);
     }
 }
+
+/// A chunk-size line longer than the decoder's limit (4 KiB) was refused
+/// when it came in several reads, but accepted when its end came in the
+/// same read as its start.
+#[test]
+fn a_chunk_line_over_the_limit_is_refused_however_it_arrives() {
+    let mut input = vec![0u8]; // chunked, in reads of 1 byte
+    input.extend_from_slice(b"5;");
+    input.extend_from_slice(&b"a".repeat(5000));
+    input.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    body(&input);
+    let mut input = vec![0u8];
+    input.extend_from_slice(b"0\r\nx-trailer: ");
+    input.extend_from_slice(&b"a".repeat(5000));
+    input.extend_from_slice(b"\r\n\r\n");
+    body(&input);
+}

@@ -9,6 +9,7 @@
 //! and the picked rule's path rewrite and weighted pick do not panic.
 #![no_main]
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
@@ -229,9 +230,38 @@ static ROUTER: LazyLock<Router> = LazyLock::new(|| {
     Router::new(&route)
 });
 
-/// A whole-string regular expression, for the reference.
-fn whole(source: &str) -> Regex {
-    Regex::new(&format!("^(?:{source})$")).expect("the table's regexes compile")
+/// The table's regular expressions, compiled for the reference to match
+/// whole strings.
+static REGEXES: LazyLock<HashMap<&'static str, Regex>> = LazyLock::new(|| {
+    let mut sources = Vec::new();
+    for m in RULES.iter().flat_map(|r| r.matches) {
+        if let Some(Path::Regex(r)) = m.path {
+            sources.push(r);
+        }
+        let values = m
+            .headers
+            .iter()
+            .map(|h| h.1)
+            .chain(m.query.iter().map(|q| q.1));
+        sources.extend(values.filter_map(|v| match v {
+            Str::Regex(r) => Some(r),
+            _ => None,
+        }));
+    }
+    sources
+        .into_iter()
+        .map(|r| {
+            (
+                r,
+                Regex::new(&format!("^(?:{r})$")).expect("the table's regexes compile"),
+            )
+        })
+        .collect()
+});
+
+/// The whole-string regular expression of the table's `source`.
+fn whole(source: &str) -> &'static Regex {
+    &REGEXES[source]
 }
 
 fn string_holds(m: Str, value: &[u8]) -> bool {

@@ -78,17 +78,31 @@ impl Invalid {
     /// The violations as a client is told them, in order: each field and
     /// reason cut to [`MAX_VIOLATION_PART`] bytes, at most
     /// [`MAX_REPORTED`] of them, and no more than fit in `budget` bytes
-    /// (each counted as its field, reason and `overhead` bytes). The first
-    /// is always reported. Returns them and how many were left out.
+    /// (each counted as its field, reason and `overhead` bytes, the text
+    /// as a `grpc-message` header encodes it). The first is always
+    /// reported, cut further when it alone is over the budget. Returns them
+    /// and how many were left out.
     pub fn reported(&self, budget: usize, overhead: usize) -> (Vec<Violation>, usize) {
         let mut used = 0;
         let mut out = Vec::new();
         for v in &self.violations {
-            let field = cap(&v.field, MAX_VIOLATION_PART);
-            let reason = cap(&v.reason, MAX_VIOLATION_PART);
-            let size = header_len(&field) + header_len(&reason) + overhead;
+            let mut field = cap(&v.field, MAX_VIOLATION_PART);
+            let mut reason = cap(&v.reason, MAX_VIOLATION_PART);
+            let mut size = header_len(&field) + header_len(&reason) + overhead;
             if out.len() == MAX_REPORTED || (!out.is_empty() && used + size > budget) {
                 break;
+            }
+            if size > budget {
+                // Quoted values of wide characters (percent-encoded three
+                // times over) can put one violation over the budget: the
+                // field keeps what the reason leaves, or at least half.
+                let room = budget.saturating_sub(overhead).max(2 * MIN_VIOLATION_PART);
+                let field_room = room.saturating_sub(header_len(&reason)).max(room / 2);
+                field = cap_encoded(&field, field_room).into_owned().into();
+                reason = cap_encoded(&reason, room - header_len(&field))
+                    .into_owned()
+                    .into();
+                size = header_len(&field) + header_len(&reason) + overhead;
             }
             used += size;
             out.push(Violation {
@@ -104,6 +118,13 @@ impl Invalid {
 /// Most bytes the text of an [`Invalid`] takes (as a `grpc-message` header
 /// encodes it), before the count of the problems left out.
 pub const MAX_MESSAGE: usize = 768;
+
+/// Most bytes of the violations in the `google.rpc.BadRequest` detail of
+/// an `INVALID_ARGUMENT` status (before base64): each violation counted as
+/// its field, reason and about 6 bytes of protobuf framing (see
+/// [`Invalid::reported`]). With the message, the whole status stays under
+/// 4 KiB of metadata, half what gRPC clients accept by default.
+pub const MAX_DETAILS: usize = 1280;
 
 /// Every problem, as `field: reason` joined by `; `, as many as fit in
 /// [`MAX_MESSAGE`] (see [`Invalid::reported`]), then how many more there are.
@@ -253,6 +274,31 @@ fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     let mut end = max.saturating_sub('…'.len_utf8());
     while !text.is_char_boundary(end) {
         end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
+/// Least room, as a `grpc-message` header encodes it, that a field or a
+/// reason is cut to.
+const MIN_VIOLATION_PART: usize = 32;
+
+/// `text` cut (on a character boundary, with an ellipsis where it was cut)
+/// to take at most `max` bytes in a `grpc-message` header.
+fn cap_encoded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if header_len(text) <= max {
+        return text.into();
+    }
+    let room = max.saturating_sub(header_len("…"));
+    let mut end = 0;
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        let mut bytes = [0; 4];
+        let cost = header_len(c.encode_utf8(&mut bytes));
+        if used + cost > room {
+            break;
+        }
+        used += cost;
+        end = at + c.len_utf8();
     }
     format!("{}…", &text[..end]).into()
 }
@@ -767,6 +813,43 @@ mod tests {
             shown[0].field.len() <= MAX_VIOLATION_PART
                 && shown[0].reason.len() <= MAX_VIOLATION_PART
         );
+    }
+
+    /// A label key of wide characters, quoted in the field's path and
+    /// counted in the reason, once made a message over the cap on its own
+    /// (each character percent-encoded as 12 bytes).
+    #[test]
+    fn one_violation_of_wide_characters_stays_within_the_message_cap() {
+        let key = "😀".repeat(MAX_ECHO + 1);
+        let labels = [(key, "v".to_string())];
+        let mut v = Violations::new();
+        super::labels(
+            &mut v,
+            "items[0].resource.service.labels",
+            labels.iter().map(|(k, v)| (k, v)),
+        );
+        let err = v.finish(()).unwrap_err();
+        assert!(
+            header_len(&err.violations[0].field) > MAX_MESSAGE,
+            "a field over the cap"
+        );
+        let text = err.to_string();
+        assert!(
+            header_len(&text) <= MAX_MESSAGE,
+            "{} bytes: {text}",
+            header_len(&text)
+        );
+        assert!(
+            text.starts_with("items[0].resource.service.labels[\"😀"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("…: label key must be at most 128 characters long, not 260"),
+            "{text}"
+        );
+        let (shown, left) = err.reported(100, 6);
+        assert_eq!((shown.len(), left), (1, 0));
+        assert!(header_len(&shown[0].field) + header_len(&shown[0].reason) <= 94);
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub fn node_status(err: crate::nodes::Error) -> Status {
 }
 
 /// Most bytes of `FieldViolation`s in the `BadRequest` detail of an
-/// `INVALID_ARGUMENT` (before base64).
+/// `INVALID_ARGUMENT` (before base64), defined beside
+/// [`switchyard::validate::MAX_MESSAGE`] in the API crate.
 ///
 /// The status travels as `grpc-message` (at most
 /// [`switchyard::validate::MAX_MESSAGE`] bytes) and `grpc-status-details-bin`,
@@ -60,7 +61,7 @@ pub fn node_status(err: crate::nodes::Error) -> Status {
 /// details: 768 + (768 + 1280) × 4/3 ≈ 3.5 KiB. So the whole status stays
 /// under 4 KiB of metadata whatever the request, half the 8 KiB that gRPC
 /// clients (grpc-core, grpc-java) accept by default.
-pub const MAX_DETAILS: usize = 1280;
+pub use switchyard::validate::MAX_DETAILS;
 
 /// `INVALID_ARGUMENT` listing the violations in the message and as a
 /// `google.rpc.BadRequest` detail, in order, as many as fit in a bounded

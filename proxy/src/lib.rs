@@ -38,6 +38,8 @@ use crate::router::Router;
 pub mod balance;
 mod body;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod grpc;
 mod h1;
 mod http;

@@ -379,9 +379,12 @@ fn is_field_line(line: &[u8]) -> bool {
 }
 
 /// Takes one CRLF-terminated line (without the CRLF) from `buf`; a bare CR
-/// or LF within it is malformed.
+/// or LF within it is malformed, and so is a line over [`MAX_LINE`] bytes,
+/// whether its end is already in `buf` or not, so that the verdict does not
+/// depend on how the reads split the bytes.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
     match buf.iter().position(|&b| b == b'\n') {
+        Some(at) if at > MAX_LINE => Err("chunk line too long"),
         Some(at) if at == 0 || buf[at - 1] != b'\r' || buf[..at - 1].contains(&b'\r') => {
             Err("bare CR or LF in a chunk line")
         }

@@ -4,7 +4,10 @@ use bytes::BytesMut;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode, Version};
 
+use proptest::prelude::*;
+
 use super::*;
+use crate::fuzzing::{Body, decode_in_steps, encode_chunked};
 
 /// The chunked decoder (for answers, and for requests on the server side)
 /// takes well-formed bodies whole and refuses lines that another parser
@@ -55,55 +58,64 @@ fn chunked_framing_is_read_strictly() {
     }
 }
 
-/// Decodes `input` fed in pieces of `step` bytes, as reads would bring it:
-/// the body, or the first error.
-fn decode_in_steps(
-    mut framing: Framing,
-    input: &[u8],
-    step: usize,
-) -> Result<Vec<u8>, &'static str> {
-    let mut buf = BytesMut::new();
-    let mut body = Vec::new();
-    let mut fed = 0;
-    loop {
-        match decode(&mut framing, &mut buf)? {
-            Decoded::Data(data) => body.extend_from_slice(&data),
-            Decoded::End => return Ok(body),
-            Decoded::More if fed == input.len() => return Err("incomplete"),
-            Decoded::More => {
-                let end = (fed + step).min(input.len());
-                buf.extend_from_slice(&input[fed..end]);
-                fed = end;
-            }
-        }
-    }
+/// A body's framing: chunked, a length, or to the close.
+fn framings() -> impl Strategy<Value = Framing> {
+    prop_oneof![
+        Just(Framing::Chunked(Chunked::Size)),
+        (0u64..64).prop_map(Framing::Length),
+        Just(Framing::Close),
+    ]
 }
 
-/// However the bytes are split by the reads that bring them, a body decodes
-/// to the same result (the same bytes, or a refusal).
-#[test]
-fn any_split_of_a_body_decodes_the_same() {
-    let chunked = Framing::Chunked(Chunked::Size);
-    let cases: [(Framing, &[u8]); 5] = [
-        (
-            chunked,
-            b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
-        ),
-        (chunked, b"5\r\nhelloXX0\r\n\r\n"),
-        (chunked, b"zz\r\n"),
-        (Framing::Length(11), b"hello world"),
-        (Framing::Length(0), b""),
+/// Bytes that are mostly a chunked body, some well-formed and some not:
+/// chunk-size lines (hex, extensions, stray bytes), data, line ends (CRLF,
+/// bare LF or CR), trailers, and the next message's bytes after the end.
+fn body_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        "[0-9a-fA-F]{1,3}(;[a-z]{1,3}(=[a-z0-9]{0,3})?)?\r\n".prop_map(String::into_bytes),
+        "[ -~]{0,12}".prop_map(String::into_bytes),
+        Just(b"\r\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"0\r\n".to_vec()),
+        "x-[a-z]{1,5}: [ -~]{0,6}\r\n".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..6),
     ];
-    for (framing, input) in cases {
-        let whole = decode_in_steps(framing, input, input.len().max(1));
-        for step in 1..input.len().max(1) {
-            assert_eq!(
-                decode_in_steps(framing, input, step),
-                whole,
-                "{:?} in steps of {step}",
-                String::from_utf8_lossy(input)
-            );
+    prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    /// However the bytes are split by the reads that bring them, a body
+    /// decodes to the same result: the same bytes, the same end and the
+    /// same bytes left after it (the next message's), or a refusal.
+    #[test]
+    fn any_split_of_a_body_decodes_the_same(
+        framing in framings(),
+        input in body_bytes(),
+        step in 1usize..16,
+    ) {
+        let whole = decode_in_steps(framing, &input, input.len());
+        let split = decode_in_steps(framing, &input, step);
+        match (&whole, &split) {
+            (Ok(w), Ok(s)) => prop_assert_eq!(w, s),
+            (Err(_), Err(_)) => {}
+            _ => prop_assert!(false, "{:?} whole, {:?} in reads of {}", whole, split, step),
         }
+    }
+
+    /// A chunked body the proxy writes decodes, on any split, to the bytes
+    /// it holds, and ends exactly where it was written to end.
+    #[test]
+    fn chunked_bodies_round_trip(
+        data in prop::collection::vec(any::<u8>(), 0..300),
+        size in 1usize..100,
+        step in 1usize..64,
+        next in prop::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let mut wire = encode_chunked(&data, size);
+        wire.extend_from_slice(&next);
+        let body = decode_in_steps(Framing::Chunked(Chunked::Size), &wire, step).unwrap();
+        prop_assert_eq!(body, Body { data, ended: true, rest: next });
     }
 }
 

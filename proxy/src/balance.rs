@@ -59,6 +59,16 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
     hash::xxh64(bytes, 0)
 }
 
+/// One period of smooth weighted round robin over `weights` (nginx's
+/// order, as [`Policy::RoundRobin`] picks): positions into `weights`, each
+/// appearing in proportion to its weight (weights of 0 count as 1), the
+/// heavy ones interleaved with the others. For callers that rotate
+/// through endpoints on their own, such as DNS answers.
+pub fn smooth_order(weights: &[u32]) -> Vec<u32> {
+    let weights: Vec<u32> = weights.iter().map(|&w| w.max(1)).collect();
+    round_robin::smooth(&weights)
+}
+
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -194,6 +194,15 @@ impl Builtin {
         }
     }
 
+    /// A handle on the proxy's outlier-detection records, which stays
+    /// valid while the proxy runs (take it before [`Builtin::run`]): other
+    /// parts of the node (its DNS answers) leave out what the proxy ejected.
+    pub fn outliers(&self) -> Outliers {
+        Outliers {
+            services: self.services.clone(),
+        }
+    }
+
     /// A handle on the proxy's traffic counters, which stays valid while
     /// the proxy runs (take it before [`Builtin::run`] consumes the proxy).
     pub fn metrics(&self) -> Metrics {
@@ -201,6 +210,32 @@ impl Builtin {
             listeners: self.listeners.clone(),
             services: self.services.clone(),
         }
+    }
+}
+
+/// Which endpoints the proxy's passive outlier detection ejected, read
+/// from outside the proxy (see [`Builtin::outliers`]).
+#[derive(Debug, Clone)]
+pub struct Outliers {
+    services: Arc<Services>,
+}
+
+impl Outliers {
+    /// Whether `endpoint` is ejected now. Takes two uncontended locks (the
+    /// service map, then the service's records; ejecting and compiling a
+    /// configuration are the only other takers) and never allocates when
+    /// the service has no records. An endpoint the proxy has not seen yet
+    /// is not ejected.
+    pub fn is_ejected(&self, endpoint: &Endpoint) -> bool {
+        let shared = {
+            let map = self.services.0.lock().expect("services");
+            match map.get(&endpoint.service) {
+                Some(shared) => shared.clone(),
+                None => return false,
+            }
+        };
+        let key = format!("{}@{}:{}", endpoint.name, endpoint.address, endpoint.port);
+        shared.hosts.is_ejected(&key, outlier::now())
     }
 }
 

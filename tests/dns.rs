@@ -205,7 +205,18 @@ struct Dns {
 }
 
 impl Dns {
+    /// For a node labelled `role=client`.
     async fn start(agent: &TestAgent, node: &str, config: dns::Config) -> Dns {
+        let labels = BTreeMap::from([("role".to_string(), "client".to_string())]);
+        Dns::start_labelled(agent, node, labels, config).await
+    }
+
+    async fn start_labelled(
+        agent: &TestAgent,
+        node: &str,
+        labels: BTreeMap<String, String>,
+        config: dns::Config,
+    ) -> Dns {
         let sockets = dns::Sockets::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -216,6 +227,7 @@ impl Dns {
             config: agent.agent.config(),
             health: agent.agent.health(),
             node_id: node.into(),
+            labels,
             outliers: None,
         };
         let task = tokio::spawn(dns::serve(

@@ -306,6 +306,8 @@ pub struct Sources {
     pub health: watch::Receiver<Results>,
     /// This node's id.
     pub node_id: String,
+    /// This node's labels (its `zone` is preferred).
+    pub labels: switchyard::resource::Labels,
     /// The built-in proxy's outlier ejections, if it runs.
     pub outliers: Option<switchyard_proxy::Outliers>,
 }
@@ -327,6 +329,7 @@ pub async fn serve(
         config: mut node_config,
         mut health,
         node_id,
+        labels,
         outliers,
     } = sources;
     let settings = Settings {
@@ -334,6 +337,7 @@ pub async fn serve(
         ttl: config.ttl,
         record_limit: config.record_limit.clamp(1, MAX_RECORD_LIMIT),
         node_id,
+        labels,
     };
     let counters = answer::Counters::default();
     let build =

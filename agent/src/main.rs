@@ -190,6 +190,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(backlog) = args.listen_backlog {
         proxy = proxy.with_backlog(backlog);
     }
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    // The node's zone is preferred by the proxy and DNS alike.
+    proxy = proxy.with_zone(labels.get("zone").cloned());
     let outliers = proxy.outliers();
     let shutdown = CancellationToken::new();
     let (builtin, proxy) = driver::Builtin::new(proxy, shutdown.clone());
@@ -198,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
         driver: Some(driver.clone()),
         registration,
         node_id,
-        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        labels: labels.clone(),
         control_planes: args.control_planes,
         tls: ClientFiles {
             ca_cert: args.ca_cert,
@@ -262,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
             config: agent.config(),
             health: agent.health(),
             node_id: node_id.clone(),
+            labels: labels.clone(),
             outliers: Some(outliers),
         };
         tokio::spawn(dns::serve(

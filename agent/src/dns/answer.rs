@@ -18,7 +18,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use switchyard::pb;
-use switchyard::resource::{Endpoint, Health, ListenerTarget};
+use switchyard::resource::{Endpoint, Health, Labels, ListenerTarget};
 
 use crate::health::Results;
 use crate::state::NodeConfig;
@@ -36,6 +36,16 @@ pub struct Settings {
     /// This node's id: endpoints it checks itself take their health from
     /// its own checks.
     pub node_id: String,
+    /// This node's labels: its `zone` is preferred (see
+    /// [`switchyard_proxy::balance::preferred_zone`]).
+    pub labels: Labels,
+}
+
+impl Settings {
+    /// The node's zone, if it has one.
+    fn zone(&self) -> Option<&str> {
+        self.labels.get("zone").map(String::as_str)
+    }
 }
 
 /// What one endpoint contributes to answers.
@@ -74,6 +84,8 @@ struct Entry {
     v4: Rotation,
     v6: Rotation,
     all: Rotation,
+    /// The same for the members in the node's zone, when some are.
+    local: Option<Box<Entry>>,
 }
 
 /// Counters by name and record kind, kept across rebuilds. Only index
@@ -221,10 +233,24 @@ impl Index {
                     .cloned()
                     .collect();
                 let key = format!("{value}.{name}");
-                let entry = Entry::new(outlier_detection, selected, &key, counters, &mut used);
+                let entry = Entry::new(
+                    outlier_detection,
+                    selected,
+                    &key,
+                    settings.zone(),
+                    counters,
+                    &mut used,
+                );
                 subsets.insert((name.to_owned(), value.to_owned()), entry);
             }
-            let entry = Entry::new(outlier_detection, members, name, counters, &mut used);
+            let entry = Entry::new(
+                outlier_detection,
+                members,
+                name,
+                settings.zone(),
+                counters,
+                &mut used,
+            );
             services.insert(name.to_owned(), entry);
         }
         counters.retain(&used);
@@ -357,6 +383,7 @@ impl Index {
                 };
                 for rotation in rotations {
                     let room = limit - a.answers.len();
+                    let (entry, rotation) = self.side(entry, rotation, &eligible);
                     for m in entry.pick(rotation, room, &eligible) {
                         if let Some(ip) = m.ip {
                             a.answers
@@ -366,7 +393,8 @@ impl Index {
                 }
             }
             RecordType::SRV => {
-                for m in entry.pick(&entry.all, limit, &eligible) {
+                let (entry, rotation) = self.side(entry, &entry.all, &eligible);
+                for m in entry.pick(rotation, limit, &eligible) {
                     let weight = u16::try_from(m.endpoint.weight).unwrap_or(u16::MAX);
                     let target = match m.ip {
                         Some(ip) => {
@@ -405,6 +433,38 @@ impl Index {
         a
     }
 
+    /// Where to answer from: the entry of the node's zone when one of its
+    /// members of this kind is eligible, else the whole entry (the rule
+    /// the proxy's balancer follows too).
+    fn side<'e>(
+        &self,
+        entry: &'e Entry,
+        rotation: &'e Rotation,
+        eligible: &dyn Fn(&Member) -> bool,
+    ) -> (&'e Entry, &'e Rotation) {
+        let Some(local) = &entry.local else {
+            return (entry, rotation);
+        };
+        let zones = rotation
+            .members
+            .iter()
+            .map(|&i| &entry.members[i])
+            .filter(|m| eligible(m))
+            .map(|m| m.endpoint.zone.as_deref());
+        if switchyard_proxy::balance::preferred_zone(self.settings.zone(), zones).is_none() {
+            return (entry, rotation);
+        }
+        // The same kind of rotation, over the zone's members.
+        let same = if std::ptr::eq(rotation, &entry.v4) {
+            &local.v4
+        } else if std::ptr::eq(rotation, &entry.v6) {
+            &local.v6
+        } else {
+            &local.all
+        };
+        (local, same)
+    }
+
     /// `<hex>.addr.<domain>` for `ip`.
     fn addr_name(&self, ip: IpAddr) -> Name {
         let hex = match ip {
@@ -423,9 +483,28 @@ impl Entry {
         outlier_detection: bool,
         members: Vec<Member>,
         key: &str,
+        zone: Option<&str>,
         counters: &Counters,
         used: &mut HashMap<String, ()>,
     ) -> Entry {
+        let local = zone.and_then(|zone| {
+            let mine: Vec<Member> = members
+                .iter()
+                .filter(|m| m.endpoint.zone.as_deref() == Some(zone))
+                .cloned()
+                .collect();
+            (!mine.is_empty()).then(|| {
+                let key = format!("zone:{zone}/{key}");
+                Box::new(Entry::new(
+                    outlier_detection,
+                    mine,
+                    &key,
+                    None,
+                    counters,
+                    used,
+                ))
+            })
+        });
         let mut rotation = |kind: &str, keep: &dyn Fn(&Member) -> bool| {
             let picked: Vec<usize> = (0..members.len()).filter(|&i| keep(&members[i])).collect();
             let weights: Vec<u32> = picked.iter().map(|&i| members[i].endpoint.weight).collect();
@@ -446,6 +525,7 @@ impl Entry {
             v4,
             v6,
             all,
+            local,
         }
     }
 

@@ -21,6 +21,7 @@ fn settings(limit: usize) -> Settings {
         ttl: 2,
         record_limit: limit,
         node_id: "here".into(),
+        labels: Default::default(),
     }
 }
 
@@ -438,4 +439,55 @@ fn domains_parse_and_refuse_nonsense() {
     assert!(parse_domain(".").is_err());
     assert!(parse_domain(&"a".repeat(70)).is_err());
     let _: IpAddr = "::1".parse().unwrap();
+}
+
+#[test]
+fn the_nodes_zone_is_preferred_while_it_has_a_routable_endpoint() {
+    let zoned = |name: &str, ip: &str, zone: &str, health| {
+        let mut e = ep(name, "api", ip, 1, 1, health, &[]);
+        if let Some(pb::resource::Kind::Endpoint(e)) = &mut e.kind {
+            e.zone = zone.into();
+        }
+        e
+    };
+    let in_a = Settings {
+        labels: [("zone".to_string(), "a".to_string())].into(),
+        ..settings(8)
+    };
+    let both = config(vec![
+        zoned("api-1", "127.0.0.1", "a", pb::Health::Healthy),
+        zoned("api-2", "127.0.0.2", "b", pb::Health::Healthy),
+        zoned("api-3", "127.0.0.3", "a", pb::Health::Healthy),
+    ]);
+    let index = Index::build(in_a.clone(), &both, &Results::new(), &Counters::default());
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..10 {
+        for ip in addresses(&ask(&index, "api.service.switchyard.", RecordType::A)) {
+            *seen.entry(ip).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["127.0.0.1", "127.0.0.3"]);
+    // SRV follows the same rule.
+    let a = index.answer(
+        &Name::from_str("api.service.switchyard.").unwrap(),
+        RecordType::SRV,
+        |_| false,
+    );
+    assert_eq!(a.answers.len(), 2);
+    // Down, the zone's endpoints give way to the others.
+    let a_down = config(vec![
+        zoned("api-1", "127.0.0.1", "a", pb::Health::Unhealthy),
+        zoned("api-2", "127.0.0.2", "b", pb::Health::Healthy),
+    ]);
+    let index = Index::build(in_a, &a_down, &Results::new(), &Counters::default());
+    assert_eq!(
+        addresses(&ask(&index, "api.service.switchyard.", RecordType::A)),
+        ["127.0.0.2"]
+    );
+    // Without a zone label: every endpoint.
+    let index = Index::build(settings(8), &both, &Results::new(), &Counters::default());
+    assert_eq!(
+        addresses(&ask(&index, "api.service.switchyard.", RecordType::A)).len(),
+        3
+    );
 }

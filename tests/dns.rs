@@ -1141,3 +1141,72 @@ async fn dig_and_dnspython_see_the_answers() {
     client.agent.stop().await.unwrap();
     server.stop().await;
 }
+
+/// A service exported to the DNS of some nodes (`Service.dns`): nodes
+/// whose labels match receive it with all its endpoints and answer for
+/// it; other nodes never learn of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_service_reaches_exactly_the_selected_nodes() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.url()).await;
+    let url = server.url();
+    let mut items = vec![item(pb::resource::Kind::Service(pb::Service {
+        name: "db".into(),
+        dns: Some(pb::DnsExport {
+            node_selector: BTreeMap::from([("zone".into(), "a".into())]),
+        }),
+        ..Default::default()
+    }))];
+    for i in 1..=2 {
+        items.push(item(pb::resource::Kind::Endpoint(pb::Endpoint {
+            name: format!("db-{i}"),
+            service: "db".into(),
+            address: format!("127.0.3.{i}"),
+            port: 5432,
+            ..Default::default()
+        })));
+    }
+    apply(&url, items).await;
+    let start = |node: &'static str, zone: &'static str| {
+        let url = url.clone();
+        async move {
+            let dir = Arc::new(TempDir::new());
+            let labels = BTreeMap::from([("zone".to_string(), zone.to_string())]);
+            let agent = TestAgent::start_with(
+                switchyard_agent::Config {
+                    node_id: node.into(),
+                    labels: labels.clone(),
+                    control_planes: vec![url],
+                    data_dir: dir.path().to_path_buf(),
+                    backoff_base: Duration::from_millis(20),
+                    ..Default::default()
+                },
+                dir,
+            )
+            .await;
+            let dns = Dns::start_labelled(&agent, node, labels, dns::Config::default()).await;
+            (agent, dns)
+        }
+    };
+    let (in_a, dns_a) = start("node-a", "a").await;
+    let (in_b, dns_b) = start("node-b", "b").await;
+    let name = "db.service.switchyard.";
+    until_answer(dns_a.addr, name, RecordType::A, "db on node-a", |m| {
+        ips(m).len() == 2
+    })
+    .await;
+    in_b.until("synced", |c| c.revision > 0).await;
+    assert!(
+        in_b.config().services.is_empty(),
+        "node-b never learns of db"
+    );
+    assert!(in_b.config().endpoints.is_empty());
+    let nx = ask(dns_b.addr, name, RecordType::A, Via::Udp).await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+
+    dns_a.stop().await;
+    dns_b.stop().await;
+    in_a.agent.stop().await.unwrap();
+    in_b.agent.stop().await.unwrap();
+    server.stop().await;
+}

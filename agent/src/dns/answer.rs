@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
-use switchyard::pb;
 use switchyard::resource::{Endpoint, Health, Labels, ListenerTarget};
+use switchyard::{label, pb};
 
 use crate::health::Results;
 use crate::state::NodeConfig;
@@ -144,11 +144,21 @@ fn routable(endpoint: &Endpoint, node_id: &str, local: &Results) -> bool {
 }
 
 /// The services a node's DNS answers for: those its listeners reach
-/// (directly or through routes), whose endpoints the node holds in full.
-/// A service the node holds only because it owns some of its endpoints is
-/// left out: its endpoint set there is partial.
-pub fn known_services(config: &NodeConfig) -> Vec<&str> {
-    let mut names: Vec<&str> = Vec::new();
+/// (directly or through routes), and those exported to the DNS of nodes
+/// with its `labels` (`Service.dns.node_selector`); the node holds their
+/// endpoints in full. A service the node holds only because it owns some
+/// of its endpoints is left out: its endpoint set there is partial.
+pub fn known_services<'c>(config: &'c NodeConfig, labels: &Labels) -> Vec<&'c str> {
+    let mut names: Vec<&str> = config
+        .services
+        .values()
+        .filter(|s| {
+            s.dns
+                .as_ref()
+                .is_some_and(|selector| label::matches_all(selector, labels))
+        })
+        .map(|s| s.name.as_str())
+        .collect();
     for l in config.listeners.values() {
         match &l.target {
             ListenerTarget::Service(s) => names.push(s),
@@ -189,7 +199,7 @@ impl Index {
         let domain = LowerName::new(&settings.domain);
         let soa = soa_record(&settings, config.revision);
         let mut by_service: HashMap<&str, Vec<Member>> = HashMap::new();
-        let known = known_services(config);
+        let known = known_services(config, &settings.labels);
         for name in &known {
             by_service.insert(name, Vec::new());
         }

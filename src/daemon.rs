@@ -17,8 +17,25 @@ pub enum LogFormat {
 /// Sends `tracing` events to stderr in `format`, filtered by the
 /// `SWITCHYARD_LOG` variable (e.g. `debug`), else by `default_filter`.
 pub fn init_logs(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+    init_logs_quiet(format, default_filter, &[]);
+}
+
+/// Like [`init_logs`], with `quiet` directives (`target=level`) added to
+/// whatever filter applies, unless `SWITCHYARD_LOG` names their target
+/// itself: for libraries that log every request at info.
+pub fn init_logs_quiet(format: LogFormat, default_filter: &str, quiet: &[&str]) {
+    let asked = std::env::var("SWITCHYARD_LOG").ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    for directive in quiet {
+        let target = directive.split('=').next().unwrap_or(directive);
+        if asked.as_deref().is_some_and(|a| a.contains(target)) {
+            continue;
+        }
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

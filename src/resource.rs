@@ -274,6 +274,9 @@ pub struct Service {
     pub panic_threshold_percent: u8,
     /// How long an idle keep-alive connection to an endpoint is kept.
     pub idle_timeout: Duration,
+    /// The node selector of the nodes whose DNS answers for it beside
+    /// those whose listeners reach it; `None`: only those.
+    pub dns: Option<Labels>,
 }
 
 /// Health of an endpoint, as reported by its node's agent.
@@ -1048,6 +1051,14 @@ impl Service {
             None => 50,
             Some(p) => percent(&mut v, &join(field, "panic_threshold_percent"), p, None),
         };
+        let dns = s.dns.as_ref().map(|d| {
+            check::labels(
+                &mut v,
+                &join(field, "dns.node_selector"),
+                d.node_selector.iter(),
+            );
+            d.node_selector.clone()
+        });
         v.finish(Service {
             name,
             labels,
@@ -1065,6 +1076,7 @@ impl Service {
             connect_timeout,
             panic_threshold_percent,
             idle_timeout,
+            dns,
         })
     }
 }

@@ -487,6 +487,8 @@ async fn agent_binary_syncs_proxies_and_dumps() {
             "127.0.0.1:0",
             "--api-listen",
             "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
         ])
         .env("SWITCHYARD_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())

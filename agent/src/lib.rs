@@ -3,6 +3,7 @@
 //! configuration before it goes live, and keeps the last applied one on disk
 //! so the node serves it even while every control plane is unreachable.
 
+pub mod dns;
 pub mod driver;
 pub mod health;
 pub mod local;

@@ -10,7 +10,7 @@ use clap::Parser;
 use switchyard::daemon::{self, Listen, LogFormat, parse_listen, terminated};
 use switchyard::tls::ClientFiles;
 use switchyard_agent::driver::{self, Driver};
-use switchyard_agent::{Agent, Config, local, metrics, persist, registration};
+use switchyard_agent::{Agent, Config, dns, local, metrics, persist, registration};
 use tokio_util::sync::CancellationToken;
 
 /// How long the agent may take to stop after a shutdown signal: the proxy
@@ -113,6 +113,26 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_LISTEN_BACKLOG",
           value_parser = clap::value_parser!(u32).range(1..=65535))]
     listen_backlog: Option<u32>,
+    /// Address of the DNS interface (UDP and TCP), which answers
+    /// `<service>.service.<domain>` with the routable endpoints of the
+    /// services this node knows; `off` (or an empty value) disables it.
+    #[arg(long, env = "SWITCHYARD_DNS_LISTEN", default_value = dns::DEFAULT_LISTEN,
+          value_parser = parse_listen)]
+    dns_listen: Listen,
+    /// The domain the DNS interface answers for; other names are refused.
+    #[arg(long, env = "SWITCHYARD_DNS_DOMAIN", default_value = dns::DEFAULT_DOMAIN,
+          value_parser = dns::answer::parse_domain)]
+    dns_domain: hickory_proto::rr::Name,
+    /// TTL of DNS records, in seconds: how long clients may cache an
+    /// answer, and so keep using an endpoint after it left the answers.
+    #[arg(long, env = "SWITCHYARD_DNS_TTL", default_value_t = dns::DEFAULT_TTL,
+          value_parser = clap::value_parser!(u32).range(0..=3600))]
+    dns_ttl: u32,
+    /// Most address (A/AAAA) or SRV records in one DNS answer, over UDP
+    /// and TCP alike.
+    #[arg(long, env = "SWITCHYARD_DNS_RECORD_LIMIT", default_value_t = dns::DEFAULT_RECORD_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=dns::MAX_RECORD_LIMIT as u64))]
+    dns_record_limit: u64,
     /// Print the configuration saved in the data directory and exit, without
     /// connecting.
     #[arg(long)]
@@ -145,7 +165,9 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--data-dir {}", args.data_dir.display()));
     }
 
-    daemon::init_logs(args.log_format, "info");
+    // hickory logs every DNS question at info: per-question logging stays
+    // off unless asked for by name (SWITCHYARD_LOG=hickory_server=info).
+    daemon::init_logs_quiet(args.log_format, "info", &["hickory_server=warn"]);
     if let Err(refusal) = metrics::check_exposure(args.metrics_listen.0, args.insecure_metrics) {
         anyhow::bail!("{refusal}");
     }
@@ -168,6 +190,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(backlog) = args.listen_backlog {
         proxy = proxy.with_backlog(backlog);
     }
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    // The node's zone is preferred by the proxy and DNS alike.
+    proxy = proxy.with_zone(labels.get("zone").cloned());
+    let outliers = proxy.outliers();
     let shutdown = CancellationToken::new();
     let (builtin, proxy) = driver::Builtin::new(proxy, shutdown.clone());
     let driver: Arc<dyn Driver> = Arc::new(builtin);
@@ -175,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
         driver: Some(driver.clone()),
         registration,
         node_id,
-        labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        labels: labels.clone(),
         control_planes: args.control_planes,
         tls: ClientFiles {
             ca_cert: args.ca_cert,
@@ -213,12 +239,43 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let dns_sockets = match args.dns_listen.0 {
+        Some(addr) => Some(
+            dns::Sockets::bind(addr)
+                .await
+                .with_context(|| format!("--dns-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let node_id = config.node_id.clone();
 
     let agent = Agent::start(config, shutdown.clone())
         .await
         .context("starting the agent")?;
-    let sources = metrics::Sources::new(&agent, Some(driver));
+    let mut sources = metrics::Sources::new(&agent, Some(driver));
+    let dns = dns_sockets.map(|sockets| {
+        let stats = Arc::new(dns::Stats::default());
+        sources = sources.clone().with_dns(stats.clone());
+        let config = dns::Config {
+            domain: args.dns_domain.clone(),
+            ttl: args.dns_ttl,
+            record_limit: usize::try_from(args.dns_record_limit).unwrap_or(dns::MAX_RECORD_LIMIT),
+        };
+        let sources = dns::Sources {
+            config: agent.config(),
+            health: agent.health(),
+            node_id: node_id.clone(),
+            labels: labels.clone(),
+            outliers: Some(outliers),
+        };
+        tokio::spawn(dns::serve(
+            sockets,
+            config,
+            sources,
+            stats,
+            shutdown.clone(),
+        ))
+    });
     let ready = agent.readiness();
     let proxy = tokio::spawn(proxy);
     let metrics = metrics_listener.map(|listener| {
@@ -250,6 +307,11 @@ async fn main() -> anyhow::Result<()> {
         }
         if let Some(api) = api {
             api.await.context("registration API failed")?;
+        }
+        if let Some(dns) = dns {
+            dns.await
+                .context("DNS interface failed")?
+                .context("DNS interface failed")?;
         }
         synced.context("agent failed")?;
         proxied.context("proxy failed")

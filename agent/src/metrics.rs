@@ -1,10 +1,11 @@
-//! The agent's Prometheus metrics: how its sync, health-check and data-plane
-//! counters are written out, and the small HTTP server answering
+//! The agent's Prometheus metrics: how its sync, health-check, data-plane
+//! and DNS counters are written out, and the small HTTP server answering
 //! `GET /metrics`.
 //!
 //! The numbers stay where the work happens (the sync client's [`Stats`],
-//! the health checks' [`Checks`], the data plane's, through its [`Driver`]) as relaxed
-//! atomics; a scrape reads them and writes text.
+//! the health checks' [`Checks`], the data plane's, through its [`Driver`],
+//! the DNS interface's [`dns::Stats`]) as relaxed atomics; a scrape reads
+//! them and writes text.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use switchyard::metrics::{Encoder, Type};
 use switchyard::pb;
 use tokio::sync::watch;
 
+use crate::dns;
 use crate::driver::Driver;
 use crate::health::{Checks, Results};
 use crate::state::NodeConfig;
@@ -37,6 +39,8 @@ pub struct Sources {
     pub checks: Arc<Checks>,
     /// The data plane's driver, when one runs.
     pub driver: Option<Arc<dyn Driver>>,
+    /// The DNS interface's counters, when it runs (see [`Sources::with_dns`]).
+    pub dns: Option<Arc<dns::Stats>>,
 }
 
 impl Sources {
@@ -49,7 +53,15 @@ impl Sources {
             health: agent.health(),
             checks: agent.checks(),
             driver,
+            dns: None,
         }
+    }
+
+    /// The same sources, with the DNS interface's counters.
+    #[must_use]
+    pub fn with_dns(mut self, dns: Arc<dns::Stats>) -> Sources {
+        self.dns = Some(dns);
+        self
     }
 
     /// Every metric, in the text exposition format.
@@ -159,6 +171,9 @@ impl Sources {
 
         if let Some(driver) = &self.driver {
             driver.metrics(&mut enc);
+        }
+        if let Some(dns) = &self.dns {
+            dns.encode(&mut enc);
         }
         enc.finish()
     }

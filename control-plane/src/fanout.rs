@@ -183,7 +183,9 @@ impl State {
     }
 
     /// What a node needs: the listeners whose selector matches its labels,
-    /// the routes and services they reach, those services' endpoints, and the
+    /// the routes and services they reach, the services exported to the DNS
+    /// of nodes with its labels (`Service.dns.node_selector`), those
+    /// services' endpoints, and the
     /// endpoints the node owns with their services (for health checking;
     /// not the other endpoints of those services).
     ///
@@ -266,6 +268,20 @@ impl State {
                     }
                 }
                 None => {}
+            }
+        }
+        // Services exported to the DNS of nodes with these labels.
+        let all_services = self
+            .resources
+            .range(Ref::new(Kind::Service, "")..)
+            .take_while(|(r, _)| r.kind == Kind::Service);
+        for (target, r) in all_services {
+            if let Some(pb::resource::Kind::Service(s)) = &r.kind
+                && s.dns
+                    .as_ref()
+                    .is_some_and(|d| matches_all(&d.node_selector, labels))
+            {
+                services.insert(target.name.clone());
             }
         }
         self.add_services(&mut view, services);

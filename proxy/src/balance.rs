@@ -59,6 +59,33 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
     hash::xxh64(bytes, 0)
 }
 
+/// One period of smooth weighted round robin over `weights` (nginx's
+/// order, as [`Policy::RoundRobin`] picks): positions into `weights`, each
+/// appearing in proportion to its weight (weights of 0 count as 1), the
+/// heavy ones interleaved with the others. For callers that rotate
+/// through endpoints on their own, such as DNS answers.
+pub fn smooth_order(weights: &[u32]) -> Vec<u32> {
+    let weights: Vec<u32> = weights.iter().map(|&w| w.max(1)).collect();
+    round_robin::smooth(&weights)
+}
+
+/// Zone preference, one rule for the built-in proxy's balancer and the
+/// agent's DNS answers: a node whose `zone` label is `local` keeps to the
+/// routable endpoints of its own zone when there is at least one, and
+/// uses every routable endpoint otherwise (no zone label, or none of its
+/// zone routable). `routable` gives the zones of the routable endpoints;
+/// the answer is the zone to keep to, if any.
+pub fn preferred_zone<'a, 'z>(
+    local: Option<&'z str>,
+    routable: impl IntoIterator<Item = Option<&'a str>>,
+) -> Option<&'z str> {
+    let local = local?;
+    routable
+        .into_iter()
+        .any(|zone| zone == Some(local))
+        .then_some(local)
+}
+
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -76,6 +76,9 @@ pub struct Builtin {
     threads: usize,
     /// The listen backlog of its listeners; `None`: [`default_backlog`].
     backlog: Option<u32>,
+    /// The node's zone (its `zone` label): endpoints of this zone are
+    /// preferred (see [`balance::preferred_zone`]).
+    zone: Option<Arc<str>>,
     /// Upstream HTTP/2 connection tasks, waited for at shutdown (HTTP/1.1
     /// connections have no task of their own).
     upstream_tasks: TaskTracker,
@@ -168,6 +171,16 @@ impl Builtin {
         self
     }
 
+    /// Prefers the routable endpoints of `zone`, the node's zone, falling
+    /// back to every routable endpoint when none of `zone` is (the rule of
+    /// [`balance::preferred_zone`], which the agent's DNS follows too).
+    /// `None` (the default) balances over every routable endpoint.
+    #[must_use]
+    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+        self.zone = zone.map(Arc::from);
+        self
+    }
+
     /// A check the agent runs on every configuration before accepting it:
     /// each listener the proxy does not already hold must be bindable on
     /// this node (port free, permission to bind it). A configuration that
@@ -197,6 +210,15 @@ impl Builtin {
         }
     }
 
+    /// A handle on the proxy's outlier-detection records, which stays
+    /// valid while the proxy runs (take it before [`Builtin::run`]): other
+    /// parts of the node (its DNS answers) leave out what the proxy ejected.
+    pub fn outliers(&self) -> Outliers {
+        Outliers {
+            services: self.services.clone(),
+        }
+    }
+
     /// A handle on the proxy's traffic counters, which stays valid while
     /// the proxy runs (take it before [`Builtin::run`] consumes the proxy).
     pub fn metrics(&self) -> Metrics {
@@ -204,6 +226,32 @@ impl Builtin {
             listeners: self.listeners.clone(),
             services: self.services.clone(),
         }
+    }
+}
+
+/// Which endpoints the proxy's passive outlier detection ejected, read
+/// from outside the proxy (see [`Builtin::outliers`]).
+#[derive(Debug, Clone)]
+pub struct Outliers {
+    services: Arc<Services>,
+}
+
+impl Outliers {
+    /// Whether `endpoint` is ejected now. Takes two uncontended locks (the
+    /// service map, then the service's records; ejecting and compiling a
+    /// configuration are the only other takers) and never allocates when
+    /// the service has no records. An endpoint the proxy has not seen yet
+    /// is not ejected.
+    pub fn is_ejected(&self, endpoint: &Endpoint) -> bool {
+        let shared = {
+            let map = self.services.0.lock().expect("services");
+            match map.get(&endpoint.service) {
+                Some(shared) => shared.clone(),
+                None => return false,
+            }
+        };
+        let key = format!("{}@{}:{}", endpoint.name, endpoint.address, endpoint.port);
+        shared.hosts.is_ejected(&key, outlier::now())
     }
 }
 
@@ -229,10 +277,12 @@ pub struct Pool {
     conns: Vec<Arc<pool::Conns>>,
     balancer: Balancer,
     panic_threshold_percent: u8,
+    /// The node's zone, preferred when it has routable endpoints.
+    zone: Option<Arc<str>>,
 }
 
 impl Pool {
-    fn new(service: &Service, members: Vec<Member>) -> Pool {
+    fn new(service: &Service, members: Vec<Member>, zone: Option<Arc<str>>) -> Pool {
         let mut endpoints = Vec::with_capacity(members.len());
         let mut hosts = Vec::with_capacity(members.len());
         let mut stats = Vec::with_capacity(members.len());
@@ -259,11 +309,13 @@ impl Pool {
             stats,
             conns,
             panic_threshold_percent: service.panic_threshold_percent,
+            zone,
         }
     }
 
     /// Picks an endpoint: among those that may take new requests (not
-    /// unhealthy, not draining, not ejected as an outlier), or among all but
+    /// unhealthy, not draining, not ejected as an outlier; those of the
+    /// node's zone when it has any, see [`balance::preferred_zone`]), or among all but
     /// the draining ones when too few may (the panic threshold: better to
     /// try a suspect endpoint than to fail everything). A draining endpoint
     /// was taken out of rotation on purpose and never gets new requests.
@@ -282,7 +334,17 @@ impl Pool {
             .count();
         let up = (0..self.endpoints.len()).filter(|&id| routable(id)).count();
         let panic = up * 100 < usize::from(self.panic_threshold_percent) * total;
-        let eligible = |id: usize| routable(id) || (panic && !draining(id));
+        // The node's zone when it has a routable endpoint (the panic
+        // threshold looks at the whole service).
+        let zone = balance::preferred_zone(
+            self.zone.as_deref(),
+            (0..self.endpoints.len())
+                .filter(|&id| routable(id))
+                .map(|id| self.endpoints[id].zone.as_deref()),
+        );
+        let in_zone =
+            |id: usize| zone.is_none_or(|z| self.endpoints[id].zone.as_deref() == Some(z));
+        let eligible = |id: usize| (routable(id) && in_zone(id)) || (panic && !draining(id));
         avoid
             .and_then(|avoid| self.balancer.pick(hash, |id| id != avoid && eligible(id)))
             .or_else(|| self.balancer.pick(hash, eligible))
@@ -364,7 +426,12 @@ pub struct Table {
 }
 
 impl Table {
-    fn compile(config: &NodeConfig, services: &Services, threads: usize) -> Table {
+    fn compile(
+        config: &NodeConfig,
+        services: &Services,
+        threads: usize,
+        zone: Option<&Arc<str>>,
+    ) -> Table {
         let mut subsets: HashMap<&str, Vec<&Labels>> = HashMap::new();
         for route in config.routes.values() {
             for rule in &route.rules {
@@ -413,13 +480,16 @@ impl Table {
                         .filter(|(e, ..)| switchyard::label::matches_all(subset, &e.labels))
                         .cloned()
                         .collect();
-                    ((*subset).clone(), Arc::new(Pool::new(service, selected)))
+                    (
+                        (*subset).clone(),
+                        Arc::new(Pool::new(service, selected, zone.cloned())),
+                    )
                 })
                 .collect();
             upstreams.insert(
                 service.name.clone(),
                 Arc::new(Upstream {
-                    all: Arc::new(Pool::new(service, members)),
+                    all: Arc::new(Pool::new(service, members, zone.cloned())),
                     subsets,
                     service: service.clone(),
                     shared,
@@ -491,6 +561,7 @@ impl Builtin {
                 &current,
                 &self.services,
                 workers.count(),
+                self.zone.as_ref(),
             )));
             {
                 // Held while sockets open and close, so that a preflight

@@ -92,6 +92,14 @@ impl Hosts {
         hosts
     }
 
+    /// Whether the endpoint whose record key is `key` (as [`Hosts::sync`]
+    /// makes it: `name@address:port`) is ejected at `now`; an endpoint
+    /// without a record never was.
+    pub(super) fn is_ejected(&self, key: &str, now: u64) -> bool {
+        let map = self.map.lock().expect("outlier hosts");
+        map.get(key).is_some_and(|h| h.is_ejected(now))
+    }
+
     /// Counts `outcome` against `host`, ejecting it when a threshold of
     /// `config` is reached. Returns the ejection's length in milliseconds
     /// if it ejected.

@@ -1334,6 +1334,8 @@ def smoke_test(root, clis, probes):
         agent.set("--control-plane", url)
         agent.set("--node-id", SMOKE_NODE)
         agent.set("--api-listen", "off")
+        # Any free port: several checks may run on one machine.
+        agent.set("--dns-listen", "127.0.0.1:0")
         agent.set("--proxy-threads", "1")
         agent.set("--insecure-metrics", None)
         settings = agent.settings()

@@ -44,6 +44,7 @@ fn every_family_is_written_and_parses() {
         driver: Some(Arc::new(
             driver::Builtin::new(switchyard_proxy::Builtin::new(), Default::default()).0,
         )),
+        dns: None,
     };
     let text = sources.render();
     let s = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));

@@ -596,3 +596,12 @@ fn balancers_are_shareable() {
     send_sync::<Balancer>();
     send_sync::<super::OwnedInFlight>();
 }
+
+#[test]
+fn preferred_zone_keeps_to_the_local_zone_only_when_it_has_a_routable_endpoint() {
+    use super::preferred_zone;
+    assert_eq!(preferred_zone(Some("a"), [Some("b"), Some("a")]), Some("a"));
+    assert_eq!(preferred_zone(Some("a"), [Some("b"), None]), None);
+    assert_eq!(preferred_zone(None, [Some("a")]), None);
+    assert_eq!(preferred_zone(Some("a"), std::iter::empty()), None);
+}

@@ -74,7 +74,7 @@ fn table() -> Table {
         };
         config.insert(Resource::from_pb(&raw, "test").expect("valid"));
     }
-    Table::compile(&config, &Services::default(), 1)
+    Table::compile(&config, &Services::default(), 1, None)
 }
 
 fn parts(path: &str) -> hyper::http::request::Parts {
@@ -213,4 +213,70 @@ fn upgrades_pass_only_when_the_rule_allows_them() {
         assert_eq!(h.contains_key(header::CONNECTION), passes, "{upgrade}");
         assert!(!h.contains_key("http2-settings"), "{upgrade}");
     }
+}
+
+/// Service `web` with endpoints `(name, zone, health)`, compiled for a
+/// node in `zone`.
+fn zoned(zone: Option<&str>, endpoints: &[(&str, &str, pb::Health)]) -> Table {
+    let mut config = NodeConfig::default();
+    let mut kinds = vec![pb::resource::Kind::Service(pb::Service {
+        name: "web".into(),
+        ..Default::default()
+    })];
+    for (name, z, health) in endpoints {
+        kinds.push(pb::resource::Kind::Endpoint(pb::Endpoint {
+            name: (*name).into(),
+            service: "web".into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            zone: (*z).into(),
+            health: *health as i32,
+            ..Default::default()
+        }));
+    }
+    for kind in kinds {
+        let raw = pb::Resource {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        config.insert(Resource::from_pb(&raw, "test").expect("valid"));
+    }
+    let zone: Option<std::sync::Arc<str>> = zone.map(std::sync::Arc::from);
+    Table::compile(&config, &Services::default(), 1, zone.as_ref())
+}
+
+/// The names of the endpoints 100 picks land on.
+fn picked(table: &Table) -> std::collections::BTreeSet<String> {
+    let pool = &table.upstreams["web"].all;
+    (0..100)
+        .map(|_| pool.endpoints[pool.pick(None, None).unwrap()].name.clone())
+        .collect()
+}
+
+#[test]
+fn the_nodes_zone_is_preferred_while_it_has_a_routable_endpoint() {
+    use pb::Health::{Healthy, Unhealthy};
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    let both = [
+        ("a-1", "a", Healthy),
+        ("a-2", "a", Healthy),
+        ("b-1", "b", Healthy),
+    ];
+    assert_eq!(picked(&zoned(Some("a"), &both)), names(&["a-1", "a-2"]));
+    assert_eq!(picked(&zoned(Some("b"), &both)), names(&["b-1"]));
+    // No zone, or a zone no endpoint is in: every endpoint.
+    assert_eq!(picked(&zoned(None, &both)), names(&["a-1", "a-2", "b-1"]));
+    assert_eq!(
+        picked(&zoned(Some("c"), &both)),
+        names(&["a-1", "a-2", "b-1"])
+    );
+    // Its zone's endpoints down: the other zones take over (the panic
+    // threshold, on the whole service, is not reached: 2 of 4 are up).
+    let a_down = [
+        ("a-1", "a", Unhealthy),
+        ("a-2", "a", Unhealthy),
+        ("b-1", "b", Healthy),
+        ("b-2", "b", Healthy),
+    ];
+    assert_eq!(picked(&zoned(Some("a"), &a_down)), names(&["b-1", "b-2"]));
 }

@@ -125,13 +125,8 @@ impl Candidate {
         &self.config
     }
 
-    /// The whole of it as a Snapshot, e.g. to persist before committing.
-    pub fn snapshot(&self) -> pb::Snapshot {
-        snapshot_of(self.config.revision, &self.resources)
-    }
-
-    /// The whole of it as an encoded Snapshot, written from the held bytes
-    /// without decoding them.
+    /// The whole of it as an encoded Snapshot, to persist before
+    /// committing: written from the held bytes without decoding them.
     pub fn encoded_snapshot(&self) -> Vec<u8> {
         encode_snapshot(self.config.revision, &self.resources)
     }
@@ -172,11 +167,6 @@ impl Store {
                 revision: held.revision,
             })
             .collect()
-    }
-
-    /// The current configuration as a Snapshot.
-    pub fn snapshot(&self) -> pb::Snapshot {
-        snapshot_of(self.revision, &self.resources)
     }
 
     /// The current configuration as an encoded Snapshot, to save.
@@ -310,11 +300,6 @@ impl Store {
         let candidate = self.prepare_delta(delta)?;
         Ok(self.commit(candidate))
     }
-}
-
-fn snapshot_of(revision: u64, resources: &BTreeMap<Ref, Held>) -> pb::Snapshot {
-    pb::Snapshot::decode(encode_snapshot(revision, resources).as_slice())
-        .expect("held resources were encoded by this process")
 }
 
 /// An encoded `switchyard.v1.Snapshot` of `resources` at `revision`: the

@@ -18,7 +18,7 @@ use tonic_types::StatusExt;
 use crate::cli::{Cli, Command, Output, RolloutCommand, TokenCommand};
 use crate::client::Target;
 use crate::error::Error;
-use crate::manifest::{Source, manifest_path};
+use crate::manifest::{self, Source, manifest_path};
 
 /// Where a command writes.
 pub struct Console<'a> {
@@ -71,6 +71,22 @@ pub async fn run(cli: Cli, console: &mut Console<'_>) -> Result<(), Error> {
         }
         Command::Completion(_) => unreachable!("answered above"),
     }
+}
+
+/// `doc` on `console.out` as YAML, or as indented JSON for any other
+/// `format`.
+pub fn write_document(
+    console: &mut Console<'_>,
+    format: Output,
+    doc: &serde_yaml_ng::Value,
+) -> Result<(), Error> {
+    let text = if format == Output::Yaml {
+        manifest::to_yaml(std::slice::from_ref(doc))
+    } else {
+        manifest::to_json(doc) + "\n"
+    };
+    console.out.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// One line for a refused Apply or Delete whose items are `items`, in

@@ -91,7 +91,7 @@ fn delta_upserts_and_removes() {
     assert!(config.listeners.is_empty());
     assert_eq!(store.revision(), 8);
     // What is held as sent follows too, for the next Hello and the disk.
-    let saved = store.snapshot();
+    let saved = pb::Snapshot::decode(store.encoded_snapshot().as_slice()).unwrap();
     assert_eq!(saved.revision, 8);
     assert_eq!(saved.endpoints.len(), 2);
     assert!(saved.listeners.is_empty());
@@ -349,7 +349,6 @@ fn the_encoded_snapshot_is_the_snapshot_of_what_is_held() {
         ],
     );
     assert_eq!(store.encoded_snapshot(), expected.encode_to_vec());
-    assert_eq!(store.snapshot(), expected);
 
     let candidate = store
         .prepare_delta(delta(7, 8, [service("api", 8)], []))
@@ -358,5 +357,4 @@ fn the_encoded_snapshot_is_the_snapshot_of_what_is_held() {
     assert_eq!(saved.revision, 8);
     let names: Vec<&str> = saved.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["api", "web"]);
-    assert_eq!(saved, candidate.snapshot());
 }

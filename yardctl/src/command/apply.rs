@@ -13,7 +13,7 @@ use switchyard::pb;
 use switchyard::resource::{Kind, Ref};
 use switchyard::validate::MAX_BATCH;
 
-use super::{Console, batch_error};
+use super::{Console, batch_error, write_document};
 use crate::cli::{ApplyArgs, Output};
 use crate::client::{Client, Target, request};
 use crate::error::{Error, request_limit};
@@ -109,13 +109,7 @@ pub async fn run(
             }
         }
         format @ (Output::Yaml | Output::Json) => {
-            let doc = summary(&applied, args.dry_run, &results);
-            let text = if format == Output::Yaml {
-                manifest::to_yaml(&[doc])
-            } else {
-                manifest::to_json(&doc) + "\n"
-            };
-            console.out.write_all(text.as_bytes())?;
+            write_document(console, format, &summary(&applied, args.dry_run, &results))?;
         }
     }
     Ok(())

@@ -14,8 +14,8 @@ use switchyard::pb;
 use switchyard::resource::Ref;
 use switchyard::validate::MAX_BATCH;
 
-use super::Console;
 use super::apply::{refused, send};
+use super::{Console, write_document};
 use crate::cli::{DiffArgs, Output};
 use crate::client::{Client, Target, request};
 use crate::error::{Error, Exit};
@@ -70,7 +70,6 @@ pub async fn run(
 
     let mut differences = Vec::new();
     for (result, m) in response.results.iter().zip(&manifests) {
-        let declared = compared(&m.resource);
         let stored = match pb::ApplyAction::try_from(result.action) {
             Ok(pb::ApplyAction::Unchanged) => continue,
             Ok(pb::ApplyAction::Configured) => stored(&mut client, &m.target).await?,
@@ -78,7 +77,10 @@ pub async fn run(
             // with nothing, so every declared field shows.
             _ => None,
         };
-        let changes = compare(stored.as_ref().map(compared).as_ref(), &declared);
+        let changes = compare(
+            stored.as_ref().map(compared).as_ref(),
+            &compared(&m.resource),
+        );
         differences.push(Difference {
             manifest: m,
             created: stored.is_none(),
@@ -129,17 +131,21 @@ pub fn compare(stored: Option<&Value>, declared: &Value) -> Vec<Change> {
 }
 
 fn walk(path: &mut String, from: Option<&Value>, to: Option<&Value>, out: &mut Vec<Change>) {
+    // A whole subtree added or removed is walked against an empty one of
+    // its kind, so that each of its fields gets a line of its own.
+    let (no_fields, no_items) = (Value::Mapping(Mapping::new()), Value::Sequence(Vec::new()));
+    let hollow = |v: Option<&Value>| match v {
+        Some(Value::Mapping(m)) if !m.is_empty() => Some(&no_fields),
+        Some(Value::Sequence(s)) if !s.is_empty() => Some(&no_items),
+        _ => None,
+    };
     let len = path.len();
-    match (from, to) {
+    match (from.or_else(|| hollow(to)), to.or_else(|| hollow(from))) {
         (Some(Value::Mapping(a)), Some(Value::Mapping(b))) => {
-            for (key, value) in b {
+            let removed = a.keys().filter(|k| !b.contains_key(*k));
+            for key in b.keys().chain(removed) {
                 push_key(path, key);
-                walk(path, a.get(key), Some(value), out);
-                path.truncate(len);
-            }
-            for (key, value) in a.iter().filter(|(k, _)| !b.contains_key(*k)) {
-                push_key(path, key);
-                walk(path, Some(value), None, out);
+                walk(path, a.get(key), b.get(key), out);
                 path.truncate(len);
             }
         }
@@ -150,39 +156,11 @@ fn walk(path: &mut String, from: Option<&Value>, to: Option<&Value>, out: &mut V
                 path.truncate(len);
             }
         }
-        // A whole subtree added or removed: each of its fields, so that the
-        // output stays one field per line.
-        (None, Some(Value::Mapping(m))) | (Some(Value::Mapping(m)), None) if !m.is_empty() => {
-            let added = from.is_none();
-            for (key, value) in m {
-                push_key(path, key);
-                let (f, t) = if added {
-                    (None, Some(value))
-                } else {
-                    (Some(value), None)
-                };
-                walk(path, f, t, out);
-                path.truncate(len);
-            }
-        }
-        (None, Some(Value::Sequence(s))) | (Some(Value::Sequence(s)), None) if !s.is_empty() => {
-            let added = from.is_none();
-            for (i, value) in s.iter().enumerate() {
-                path.push_str(&format!("[{i}]"));
-                let (f, t) = if added {
-                    (None, Some(value))
-                } else {
-                    (Some(value), None)
-                };
-                walk(path, f, t, out);
-                path.truncate(len);
-            }
-        }
-        (a, b) if a == b => {}
-        (a, b) => out.push(Change {
+        _ if from == to => {}
+        _ => out.push(Change {
             path: path.clone(),
-            from: a.cloned(),
-            to: b.cloned(),
+            from: from.cloned(),
+            to: to.cloned(),
         }),
     }
 }
@@ -253,13 +231,7 @@ fn print(
             }
         }
         format @ (Output::Yaml | Output::Json) => {
-            let doc = document(differences);
-            let text = if format == Output::Yaml {
-                manifest::to_yaml(&[doc])
-            } else {
-                manifest::to_json(&doc) + "\n"
-            };
-            console.out.write_all(text.as_bytes())?;
+            write_document(console, format, &document(differences))?;
         }
     }
     Ok(())

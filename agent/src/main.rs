@@ -255,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sources = metrics::Sources::new(&agent, Some(driver));
     let dns = dns_sockets.map(|sockets| {
         let stats = Arc::new(dns::Stats::default());
-        sources = sources.clone().with_dns(stats.clone());
+        sources.dns = Some(stats.clone());
         let config = dns::Config {
             domain: args.dns_domain.clone(),
             ttl: args.dns_ttl,

@@ -39,7 +39,7 @@ pub struct Sources {
     pub checks: Arc<Checks>,
     /// The data plane's driver, when one runs.
     pub driver: Option<Arc<dyn Driver>>,
-    /// The DNS interface's counters, when it runs (see [`Sources::with_dns`]).
+    /// The DNS interface's counters, when it runs.
     pub dns: Option<Arc<dns::Stats>>,
 }
 
@@ -55,13 +55,6 @@ impl Sources {
             driver,
             dns: None,
         }
-    }
-
-    /// The same sources, with the DNS interface's counters.
-    #[must_use]
-    pub fn with_dns(mut self, dns: Arc<dns::Stats>) -> Sources {
-        self.dns = Some(dns);
-        self
     }
 
     /// Every metric, in the text exposition format.

@@ -178,16 +178,6 @@ pub fn known_services<'c>(config: &'c NodeConfig, labels: &Labels) -> Vec<&'c st
 }
 
 impl Index {
-    /// An index that knows no service (before the first configuration).
-    pub fn empty(settings: Settings) -> Index {
-        Index::build(
-            settings,
-            &NodeConfig::default(),
-            &Results::new(),
-            &Counters::default(),
-        )
-    }
-
     /// Builds the answers of `config`, with this node's own health
     /// results.
     pub fn build(
@@ -225,21 +215,28 @@ impl Index {
                 .get(name)
                 .is_some_and(|s| s.outlier_detection.is_some());
             // Subsets: every label value of the service's routable
-            // endpoints names the endpoints that carry it.
-            let mut values: Vec<&str> = members
+            // endpoints names the endpoints that carry it. Lowercased, as
+            // questions are: DNS names are case-insensitive, so `Canary`
+            // and `canary` are one subset.
+            let mut values: Vec<String> = members
                 .iter()
-                .flat_map(|m| m.endpoint.labels.values().map(String::as_str))
+                .flat_map(|m| m.endpoint.labels.values().map(|v| v.to_ascii_lowercase()))
                 .collect();
             values.sort_unstable();
             values.dedup();
             for value in values {
                 // Only values that can be one DNS label.
-                if Name::from_ascii(value).map_or(true, |n| n.num_labels() != 1) {
+                if Name::from_ascii(&value).map_or(true, |n| n.num_labels() != 1) {
                     continue;
                 }
                 let selected: Vec<Member> = members
                     .iter()
-                    .filter(|m| m.endpoint.labels.values().any(|v| v == value))
+                    .filter(|m| {
+                        m.endpoint
+                            .labels
+                            .values()
+                            .any(|v| v.eq_ignore_ascii_case(&value))
+                    })
                     .cloned()
                     .collect();
                 let key = format!("{value}.{name}");
@@ -251,7 +248,7 @@ impl Index {
                     counters,
                     &mut used,
                 );
-                subsets.insert((name.to_owned(), value.to_owned()), entry);
+                subsets.insert((name.to_owned(), value), entry);
             }
             let entry = Entry::new(
                 outlier_detection,
@@ -271,16 +268,6 @@ impl Index {
             services,
             subsets,
         }
-    }
-
-    /// The configuration's settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// Whether `name` is in the domain answered for.
-    pub fn in_domain(&self, name: &LowerName) -> bool {
-        self.domain.zone_of(name)
     }
 
     /// The answer to one question (`name` as asked, `qtype`), leaving out

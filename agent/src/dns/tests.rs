@@ -2,7 +2,6 @@
 //! which order, with which code; and no name, however odd, makes it fail.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::SystemTime;
 
@@ -188,6 +187,15 @@ fn only_routable_endpoints_and_at_most_the_limit() {
 #[test]
 fn this_nodes_own_checks_win_except_over_draining() {
     let mut endpoints = three();
+    endpoints.push(ep(
+        "api-4",
+        "api",
+        "127.0.0.4",
+        9004,
+        1,
+        pb::Health::Draining,
+        &[],
+    ));
     for e in &mut endpoints {
         if let Some(pb::resource::Kind::Endpoint(e)) = &mut e.kind {
             e.node = "here".into();
@@ -202,11 +210,13 @@ fn this_nodes_own_checks_win_except_over_draining() {
     let local = Results::from([
         ("api-1".to_string(), observed(pb::Health::Unhealthy)),
         ("api-2".to_string(), observed(pb::Health::Healthy)),
+        ("api-4".to_string(), observed(pb::Health::Healthy)),
     ]);
     let index = Index::build(settings(8), &config, &local, &Counters::default());
     let a = addresses(&ask(&index, "api.service.switchyard.", RecordType::A));
     assert_eq!(a.len(), 2, "{a:?}");
     assert!(!a.contains(&"127.0.0.1".to_string()));
+    assert!(!a.contains(&"127.0.0.4".to_string()), "draining stays out");
 }
 
 #[test]
@@ -326,6 +336,7 @@ fn label_values_select_subsets() {
             pb::Health::Healthy,
             &[("version", "v2")],
         ),
+        // Label values keep their case; DNS names do not.
         ep(
             "api-3",
             "api",
@@ -333,7 +344,7 @@ fn label_values_select_subsets() {
             1,
             1,
             pb::Health::Healthy,
-            &[("version", "v2")],
+            &[("version", "V2")],
         ),
     ];
     let index = index(&config(endpoints), 8);
@@ -379,7 +390,8 @@ fn ejected_endpoints_are_left_out_when_the_service_detects_outliers() {
 /// type) gets an answer within the limit, and never a panic.
 #[test]
 fn any_name_gets_a_bounded_answer() {
-    let index = index(&config(three()), 3);
+    // A limit below the service's three endpoints, so that it binds.
+    let index = index(&config(three()), 2);
     let mut rng = fastrand::Rng::with_seed(7);
     let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789-_.*\\ \x00\xff";
     let suffixes = [
@@ -423,8 +435,8 @@ fn any_name_gets_a_bounded_answer() {
             RecordType::TXT,
         ][rng.usize(..6)];
         let a = index.answer(&name, qtype, |_| false);
-        assert!(a.answers.len() <= 3, "{name} {qtype}: {}", a.answers.len());
-        assert!(a.additionals.len() <= 3);
+        assert!(a.answers.len() <= 2, "{name} {qtype}: {}", a.answers.len());
+        assert!(a.additionals.len() <= 2);
     }
 }
 
@@ -438,7 +450,6 @@ fn domains_parse_and_refuse_nonsense() {
     assert!(parse_domain("").is_err());
     assert!(parse_domain(".").is_err());
     assert!(parse_domain(&"a".repeat(70)).is_err());
-    let _: IpAddr = "::1".parse().unwrap();
 }
 
 #[test]

@@ -1308,7 +1308,6 @@ fn upgrades(v: &mut Violations, field: &str, u: Option<&pb::Upgrades>) -> Vec<St
     };
     let field = join(field, "allow");
     check::count(v, &field, u.allow.len(), MAX_UPGRADES);
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     u.allow
         .iter()
         .enumerate()
@@ -1324,7 +1323,7 @@ fn upgrades(v: &mut Violations, field: &str, u: Option<&pb::Upgrades>) -> Vec<St
                         name.len()
                     ),
                 );
-            } else if !name.chars().all(token) {
+            } else if !check::is_token(name) {
                 v.push(
                     at,
                     format_args!(

@@ -305,7 +305,7 @@ fn cap_encoded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 /// Size of `text` in a `grpc-message` header, which percent-encodes every
 /// byte outside printable ASCII (and `%`).
-fn header_len(text: &str) -> usize {
+pub fn header_len(text: &str) -> usize {
     text.bytes()
         .map(|b| {
             if (0x20..0x7f).contains(&b) && b != b'%' {
@@ -617,9 +617,15 @@ fn regex_reason(e: &regex::Error) -> String {
 /// Largest header name.
 pub const MAX_HEADER_NAME_LEN: usize = 256;
 
+/// Whether `text` is made of RFC 9110 token characters (header names,
+/// protocol names).
+pub fn is_token(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
 /// Checks an HTTP header name: an RFC 9110 token.
 pub fn header_name(v: &mut Violations, field: &str, value: &str) {
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if value.is_empty() {
         v.push(field, "must not be empty");
     } else if value.len() > MAX_HEADER_NAME_LEN {
@@ -630,7 +636,7 @@ pub fn header_name(v: &mut Violations, field: &str, value: &str) {
                 value.len()
             ),
         );
-    } else if !value.chars().all(token) {
+    } else if !is_token(value) {
         v.push(
             field,
             format_args!(

@@ -11,21 +11,9 @@
 use prost::Message as _;
 use switchyard::pb;
 use switchyard::resource::Resource;
-use switchyard::validate::{Invalid, MAX_BATCH, MAX_DETAILS, MAX_MESSAGE, Violations};
-
-/// Bytes `text` takes in a `grpc-message` header, which percent-encodes
-/// every byte outside printable ASCII, and `%` (the gRPC HTTP/2 protocol).
-fn grpc_message_len(text: &str) -> usize {
-    text.bytes()
-        .map(|b| {
-            if (0x20..0x7f).contains(&b) && b != b'%' {
-                1
-            } else {
-                3
-            }
-        })
-        .sum()
-}
+use switchyard::validate::{
+    Invalid, MAX_BATCH, MAX_DETAILS, MAX_MESSAGE, Violations, header_len as grpc_message_len,
+};
 
 /// Checks the caps of what a client is told of `invalid`.
 fn check_bounded(invalid: &Invalid) {

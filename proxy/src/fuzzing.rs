@@ -13,8 +13,8 @@ use hyper::header::{self, HeaderMap};
 use crate::h1::framing::{self, CHUNK_END, Chunked, Decoded, Delimit, Framing, LAST_CHUNK};
 use crate::h1::head::{self, Hop, Refusal, RequestHead, Start};
 
-/// The largest request head the checks accept, as the proxy's listeners do.
-const MAX_HEAD: usize = 64 * 1024;
+/// The largest request head the checks accept: the proxy's listeners'.
+use crate::http::MAX_HEAD;
 
 /// A request head as compared across parses.
 #[derive(Debug, PartialEq)]

@@ -59,7 +59,7 @@ pub(super) type Body = BoxBody<Bytes, Error>;
 /// The largest request head (request line and headers) accepted; a larger
 /// one is answered `431 Request Header Fields Too Large` (HTTP/1.x) or
 /// refused (HTTP/2).
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// How long a client may take to send a request head, so that slow clients
 /// cannot hold connections open for free.

@@ -239,9 +239,9 @@ pub struct Outliers {
 impl Outliers {
     /// Whether `endpoint` is ejected now. Takes two uncontended locks (the
     /// service map, then the service's records; ejecting and compiling a
-    /// configuration are the only other takers) and never allocates when
-    /// the service has no records. An endpoint the proxy has not seen yet
-    /// is not ejected.
+    /// configuration are the only other takers) and allocates the record's
+    /// key, unless the proxy does not know the service. An endpoint the
+    /// proxy has not seen yet is not ejected.
     pub fn is_ejected(&self, endpoint: &Endpoint) -> bool {
         let shared = {
             let map = self.services.0.lock().expect("services");
@@ -250,8 +250,9 @@ impl Outliers {
                 None => return false,
             }
         };
-        let key = format!("{}@{}:{}", endpoint.name, endpoint.address, endpoint.port);
-        shared.hosts.is_ejected(&key, outlier::now())
+        shared
+            .hosts
+            .is_ejected(&outlier::key(endpoint), outlier::now())
     }
 }
 
@@ -496,14 +497,22 @@ impl Table {
                 }),
             );
         }
+        // One router per route, shared by the listeners that name it: a
+        // route of many hosts takes milliseconds to index.
+        let mut routers: HashMap<&str, Arc<Router>> = HashMap::new();
         let listeners = config
             .listeners
             .values()
             .filter_map(|l| {
                 let backend = match &l.target {
-                    ListenerTarget::Route(r) => {
-                        Backend::Http(Arc::new(Router::new(config.routes.get(r)?)))
-                    }
+                    ListenerTarget::Route(r) => Backend::Http(match routers.get(r.as_str()) {
+                        Some(router) => router.clone(),
+                        None => {
+                            let router = Arc::new(Router::new(config.routes.get(r)?));
+                            routers.insert(r, router.clone());
+                            router
+                        }
+                    }),
                     ListenerTarget::Service(s) => Backend::Tcp(s.clone()),
                 };
                 Some((l.name.clone(), backend))

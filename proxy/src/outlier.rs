@@ -64,13 +64,20 @@ impl Host {
     }
 }
 
+/// The key of `endpoint`'s record: its name and address, so that a record
+/// does not follow a name to another address.
+pub(crate) fn key(endpoint: &Endpoint) -> String {
+    format!("{}@{}:{}", endpoint.name, endpoint.address, endpoint.port)
+}
+
 /// The records of one service's endpoints.
 #[derive(Debug, Default)]
 pub(crate) struct Hosts {
     /// Endpoint key → record. A mutex because ejecting must count the
     /// ejected endpoints and mark one in one step (or two endpoints failing
-    /// at once could both pass the limit); it is taken to eject and to
-    /// compile a configuration, never per request and never across `.await`.
+    /// at once could both pass the limit); it is taken to eject, to compile
+    /// a configuration and by [`crate::Outliers`] (DNS answers), never per
+    /// proxied request and never across `.await`.
     map: Mutex<HashMap<String, Arc<Host>>>,
 }
 
@@ -79,10 +86,7 @@ impl Hosts {
     /// forgetting those of endpoints no longer in the service. An endpoint
     /// keeps its record while its name and address stay the same.
     pub(super) fn sync(&self, members: &[Endpoint]) -> Vec<Arc<Host>> {
-        let keys: Vec<String> = members
-            .iter()
-            .map(|e| format!("{}@{}:{}", e.name, e.address, e.port))
-            .collect();
+        let keys: Vec<String> = members.iter().map(key).collect();
         let mut map = self.map.lock().expect("outlier hosts");
         let hosts = keys
             .iter()

@@ -3,6 +3,7 @@
 //! (the built-in proxy, or a driver of an external one) serves it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::resource::{Endpoint, Kind, Listener, Ref, Resource, Route, Service};
 
@@ -16,8 +17,10 @@ pub struct NodeConfig {
     pub revision: u64,
     /// Services, by name.
     pub services: BTreeMap<String, Service>,
-    /// Endpoints, by name.
-    pub endpoints: BTreeMap<String, Endpoint>,
+    /// Endpoints, by name. Shared: the proxy's endpoint sets and the DNS
+    /// answers hold the same endpoints rather than copies (at 10,000
+    /// endpoints, a copy is about 4 MB).
+    pub endpoints: BTreeMap<String, Arc<Endpoint>>,
     /// HTTP routes, by name.
     pub routes: BTreeMap<String, Route>,
     /// Listeners this node opens, by name.
@@ -40,7 +43,7 @@ impl NodeConfig {
                 self.services.insert(s.name.clone(), s);
             }
             Resource::Endpoint(e) => {
-                self.endpoints.insert(e.name.clone(), e);
+                self.endpoints.insert(e.name.clone(), Arc::new(e));
             }
             Resource::Route(r) => {
                 self.routes.insert(r.name.clone(), r);

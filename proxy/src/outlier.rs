@@ -85,8 +85,8 @@ impl Hosts {
     /// The records of `members`, in their order, creating missing ones and
     /// forgetting those of endpoints no longer in the service. An endpoint
     /// keeps its record while its name and address stay the same.
-    pub(super) fn sync(&self, members: &[Endpoint]) -> Vec<Arc<Host>> {
-        let keys: Vec<String> = members.iter().map(key).collect();
+    pub(super) fn sync(&self, members: &[Arc<Endpoint>]) -> Vec<Arc<Host>> {
+        let keys: Vec<String> = members.iter().map(|e| key(e)).collect();
         let mut map = self.map.lock().expect("outlier hosts");
         let hosts = keys
             .iter()
@@ -193,7 +193,7 @@ fn millis(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn endpoints(n: usize) -> Vec<Endpoint> {
+    fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
         (0..n)
             .map(|i| {
                 let e = switchyard::pb::Endpoint {
@@ -203,7 +203,7 @@ mod tests {
                     port: 8000 + i as u32,
                     ..Default::default()
                 };
-                Endpoint::from_pb(&e, "endpoint").unwrap()
+                Arc::new(Endpoint::from_pb(&e, "endpoint").unwrap())
             })
             .collect()
     }

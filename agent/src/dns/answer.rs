@@ -52,7 +52,7 @@ impl Settings {
 #[derive(Debug, Clone)]
 pub struct Member {
     /// The endpoint as configured (for the outlier check).
-    pub endpoint: Endpoint,
+    pub endpoint: Arc<Endpoint>,
     /// Its address when it is an IP address (host-name endpoints give SRV
     /// targets only).
     pub ip: Option<IpAddr>,

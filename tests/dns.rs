@@ -217,6 +217,27 @@ impl Dns {
         labels: BTreeMap<String, String>,
         config: dns::Config,
     ) -> Dns {
+        Dns::start_full(agent, node, labels, config, None).await
+    }
+
+    /// For a node labelled `role=client` whose built-in proxy ejects
+    /// endpoints into `outliers`.
+    async fn start_with_outliers(
+        agent: &TestAgent,
+        node: &str,
+        outliers: switchyard_proxy::Outliers,
+    ) -> Dns {
+        let labels = BTreeMap::from([("role".to_string(), "client".to_string())]);
+        Dns::start_full(agent, node, labels, dns::Config::default(), Some(outliers)).await
+    }
+
+    async fn start_full(
+        agent: &TestAgent,
+        node: &str,
+        labels: BTreeMap<String, String>,
+        config: dns::Config,
+        outliers: Option<switchyard_proxy::Outliers>,
+    ) -> Dns {
         let sockets = dns::Sockets::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -228,7 +249,7 @@ impl Dns {
             health: agent.agent.health(),
             node_id: node.into(),
             labels,
-            outliers: None,
+            outliers,
         };
         let task = tokio::spawn(dns::serve(
             sockets,
@@ -1208,5 +1229,131 @@ async fn exported_service_reaches_exactly_the_selected_nodes() {
     dns_b.stop().await;
     in_a.agent.stop().await.unwrap();
     in_b.agent.stop().await.unwrap();
+    server.stop().await;
+}
+
+/// An HTTP/1.1 keep-alive backend on `ip` (a free port) that answers every
+/// request with `status`.
+async fn status_backend(ip: &str, status: u16) -> (u16, JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            conns.spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+/// Acceptance 2, the proxy's side: an endpoint the built-in proxy's
+/// outlier detection ejects (it answers 5xx; nothing checks its health, so
+/// it stays routable) leaves the DNS answers of the node whose proxy
+/// ejected it, and comes back once its ejection time is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_ejected_by_the_proxy_leaves_the_answers_until_its_ejection_ends() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.url()).await;
+    let url = server.url();
+    let mut backends = Vec::new();
+    let mut items = Vec::new();
+    for (i, status) in [(1, 200), (2, 200), (3, 500)] {
+        let ip = format!("127.0.0.{i}");
+        let (port, task) = status_backend(&ip, status).await;
+        backends.push(task);
+        items.push(item(pb::resource::Kind::Endpoint(pb::Endpoint {
+            name: format!("api-{i}"),
+            service: "api".into(),
+            address: ip,
+            port: u32::from(port),
+            ..Default::default()
+        })));
+    }
+    let ejection = Duration::from_secs(2);
+    items.push(item(pb::resource::Kind::Service(pb::Service {
+        name: "api".into(),
+        outlier_detection: Some(pb::OutlierDetection {
+            consecutive_5xx: 2,
+            base_ejection_time: Some(prost_types::Duration::try_from(ejection).unwrap()),
+            max_ejection_percent: 50,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })));
+    let listen = free_port();
+    items.push(item(switchyard_control_plane::testing::fixtures::route_to(
+        "api", "api",
+    )));
+    items.push(item(pb::resource::Kind::Listener(
+        switchyard_control_plane::testing::fixtures::listener(
+            "front",
+            "127.0.0.1",
+            u32::from(listen),
+            "api",
+        ),
+    )));
+    apply(&url, items).await;
+    let client = agent("client-1", "client", &url).await;
+    client
+        .until("three endpoints", |c| c.endpoints.len() == 3)
+        .await;
+    let proxy = switchyard_proxy::Builtin::new();
+    let outliers = proxy.outliers();
+    let stop_proxy = CancellationToken::new();
+    let proxy_task = tokio::spawn(proxy.run(client.agent.config(), stop_proxy.clone()));
+    let dns = Dns::start_with_outliers(&client, "client-1", outliers).await;
+    let name = "api.service.switchyard.";
+    until_answer(dns.addr, name, RecordType::A, "3 endpoints", |m| {
+        ips(m).len() == 3
+    })
+    .await;
+
+    // Requests through the proxy until it ejects api-3 (its 5xx answers
+    // reach the client: no retry is configured).
+    let started = Instant::now();
+    let ejected = loop {
+        let _ = get(listen, "/").await;
+        let m = ask(dns.addr, name, RecordType::A, Via::Udp).await;
+        if !ips(&m).contains(&ip("127.0.0.3")) {
+            assert_eq!(ips(&m).len(), 2, "{m:?}");
+            break Instant::now();
+        }
+        assert!(started.elapsed() < WAIT, "api-3 never left the answers");
+    };
+    // Out of the SRV answers too.
+    let m = ask(dns.addr, name, RecordType::SRV, Via::Udp).await;
+    assert_eq!(m.answers.len(), 2, "{m:?}");
+    // Back once the ejection is over, with no traffic needed.
+    let back = until_answer(dns.addr, name, RecordType::A, "api-3 back", |m| {
+        ips(m).contains(&ip("127.0.0.3"))
+    })
+    .await;
+    eprintln!("ejected api-3 out of the DNS answers for {back:?} (ejection time {ejection:?})");
+    assert!(
+        ejected.elapsed() >= ejection - Duration::from_millis(300),
+        "back after {:?}, before its {ejection:?} ejection ended",
+        ejected.elapsed()
+    );
+
+    stop_proxy.cancel();
+    let _ = proxy_task.await;
+    dns.stop().await;
+    client.agent.stop().await.unwrap();
+    for b in backends {
+        b.abort();
+    }
     server.stop().await;
 }

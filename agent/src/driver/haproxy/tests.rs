@@ -94,10 +94,10 @@ fn haproxy_bin() -> Option<PathBuf> {
 async fn until_master(driver: &Haproxy) -> Proc {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(p) = proc_status(&driver.inner.config.master()).await {
-            if p.worker.is_some() {
-                return p;
-            }
+        if let Ok(p) = proc_status(&driver.inner.config.master()).await
+            && p.worker.is_some()
+        {
+            return p;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -18,8 +18,10 @@ use switchyard::node::NodeConfig;
 use switchyard::validate::Invalid;
 
 pub mod builtin;
+pub mod haproxy;
 
 pub use builtin::Builtin;
+pub use haproxy::Haproxy;
 
 /// What [`Driver::apply`] returns. A boxed future, so that the agent holds
 /// any driver as an `Arc<dyn Driver>` (one allocation per configuration

@@ -167,10 +167,35 @@ struct Args {
     #[arg(long, env = "SWITCHYARD_DNS_RECORD_LIMIT", default_value_t = dns::DEFAULT_RECORD_LIMIT as u64,
           value_parser = clap::value_parser!(u64).range(1..=dns::MAX_RECORD_LIMIT as u64))]
     dns_record_limit: u64,
+    /// The data plane the agent drives: its built-in proxy, or a local
+    /// HAProxy (rendered `haproxy.cfg`, runtime API, seamless reloads).
+    #[arg(long, env = "SWITCHYARD_PROXY", value_enum, default_value = "builtin")]
+    proxy: ProxyKind,
+    /// The `haproxy` program (`--proxy haproxy`); found on PATH by default.
+    #[arg(long, env = "SWITCHYARD_HAPROXY_BIN", default_value = "haproxy")]
+    haproxy_bin: PathBuf,
+    /// The master socket of a HAProxy started by someone else, to drive
+    /// instead of starting one (`--proxy haproxy`).
+    #[arg(long, env = "SWITCHYARD_HAPROXY_MASTER_SOCKET", value_name = "PATH")]
+    haproxy_master_socket: Option<PathBuf>,
+    /// Leave the HAProxy the agent started running when the agent stops,
+    /// so that restarting or upgrading the agent interrupts no traffic; the
+    /// next agent attaches to it through its master socket.
+    #[arg(long, env = "SWITCHYARD_HAPROXY_KEEP_RUNNING")]
+    haproxy_keep_running: bool,
     /// Print the configuration saved in the data directory and exit, without
     /// connecting.
     #[arg(long)]
     dump: bool,
+}
+
+/// The data planes `--proxy` chooses from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProxyKind {
+    /// The built-in proxy.
+    Builtin,
+    /// A local HAProxy.
+    Haproxy,
 }
 
 fn parse_loopback(s: &str) -> Result<Listen, String> {
@@ -228,10 +253,26 @@ async fn main() -> anyhow::Result<()> {
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     // The node's zone is preferred by the proxy and DNS alike.
     proxy = proxy.with_zone(labels.get("zone").cloned());
-    let outliers = proxy.outliers();
     let shutdown = CancellationToken::new();
-    let (builtin, proxy) = driver::Builtin::new(proxy, shutdown.clone());
-    let driver: Arc<dyn Driver> = Arc::new(builtin);
+    let (driver, outliers, proxy): (Arc<dyn Driver>, _, BoxFuture) = match args.proxy {
+        ProxyKind::Builtin => {
+            let outliers = proxy.outliers();
+            let (builtin, proxy) = driver::Builtin::new(proxy, shutdown.clone());
+            (Arc::new(builtin), Some(outliers), Box::pin(proxy))
+        }
+        ProxyKind::Haproxy => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+            let config = driver::haproxy::Config {
+                bin: args.haproxy_bin.clone(),
+                dir: args.data_dir.clone(),
+                master_socket: args.haproxy_master_socket.clone(),
+                keep_running: args.haproxy_keep_running,
+            };
+            let (haproxy, run) = driver::Haproxy::new(config, shutdown.clone());
+            (Arc::new(haproxy), None, Box::pin(run))
+        }
+    };
     let config = Config {
         driver: Some(driver.clone()),
         registration,
@@ -301,7 +342,7 @@ async fn main() -> anyhow::Result<()> {
             health: agent.health(),
             node_id: node_id.clone(),
             labels: labels.clone(),
-            outliers: Some(outliers),
+            outliers,
         };
         tokio::spawn(dns::serve(
             sockets,
@@ -356,6 +397,9 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => anyhow::bail!("the agent did not stop within {GRACE:?}"),
     }
 }
+
+/// A data plane's run future, whichever runs.
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The flag that sets a configuration field, for error messages.
 fn flag(field: &str) -> String {

@@ -6,6 +6,7 @@
 mod audit;
 mod completion;
 mod diff;
+mod haproxy_examples;
 mod manifests;
 mod persist;
 mod reads;

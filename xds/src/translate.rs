@@ -181,7 +181,8 @@ pub fn translate(
             .endpoints
             .values()
             .filter(|e| e.service == service.name)
-            .filter(|e| subset.iter().all(|(k, val)| e.labels.get(k) == Some(val)));
+            .filter(|e| subset.iter().all(|(k, val)| e.labels.get(k) == Some(val)))
+            .map(|e| &**e);
         out.put(
             type_url::ENDPOINT,
             name,

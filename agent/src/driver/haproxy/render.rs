@@ -637,6 +637,7 @@ fn backend(
         .values()
         .filter(|e| e.service == service.name)
         .filter(|e| subset.iter().all(|(k, val)| e.labels.get(k) == Some(val)))
+        .map(|e| &**e)
         .collect();
     (head, servers(service, &endpoints, &fixed))
 }

@@ -53,7 +53,7 @@ fn a_listener_becomes_a_frontend_and_its_rule_a_backend() {
 fn health_changes_only_servers_and_drain_is_weight_zero_in_the_file() {
     let mut c = config(web());
     let before = render(&c, &sockets()).unwrap();
-    c.endpoints.get_mut("web-1").unwrap().health = Health::Draining;
+    std::sync::Arc::make_mut(c.endpoints.get_mut("web-1").unwrap()).health = Health::Draining;
     let after = render(&c, &sockets()).unwrap();
     assert_eq!(before.skeleton, after.skeleton, "no structural change");
     assert_eq!(after.backends["r.web.0.0"]["web-1"].state, State::Drain);
@@ -69,11 +69,11 @@ fn below_the_panic_threshold_unhealthy_servers_stay_in_service() {
     let mut resources = web();
     resources.push(endpoint("web-2", "web", 1));
     let mut c = config(resources);
-    c.endpoints.get_mut("web-1").unwrap().health = Health::Unhealthy;
+    std::sync::Arc::make_mut(c.endpoints.get_mut("web-1").unwrap()).health = Health::Unhealthy;
     let r = render(&c, &sockets()).unwrap();
     // One of two healthy: 50% is not below the default threshold of 50%.
     assert_eq!(r.backends["r.web.0.0"]["web-1"].state, State::Maint);
-    c.endpoints.get_mut("web-2").unwrap().health = Health::Unhealthy;
+    std::sync::Arc::make_mut(c.endpoints.get_mut("web-2").unwrap()).health = Health::Unhealthy;
     let r = render(&c, &sockets()).unwrap();
     assert_eq!(
         r.backends["r.web.0.0"]["web-1"].state,

@@ -6,8 +6,8 @@
 //!
 //! Two flavors of the same configuration exist ([`Flavor`]): one for Envoy
 //! (socket listeners, every load-balancing policy), and one for proxyless
-//! gRPC clients, which support much less; what they get instead is listed
-//! in the README's table of approximations, which this crate follows.
+//! gRPC clients, which support much less; what they get instead is the
+//! closest behaviour they support (see [`Flavor::Proxyless`]).
 //!
 //! The agent serves it to the proxies of its node; the control plane can
 //! serve the same to fleets with no agent.

@@ -48,7 +48,7 @@ pub enum Flavor {
     Envoy,
     /// Proxyless gRPC clients (grpcio, grpc-go, grpc-js-xds): API
     /// listeners, load-balancing policy lists that end in one they all
-    /// support, and the approximations of the README's table.
+    /// support, one cluster per label subset, endpoint weights ignored.
     Proxyless,
 }
 

@@ -48,3 +48,38 @@ pub trait Driver: Debug + Send + Sync + 'static {
     /// Writes the data plane's metrics (`switchyard_agent_proxy_*`).
     fn metrics(&self, enc: &mut Encoder);
 }
+
+/// Where the program a driver runs is: `bin` itself when it names a path
+/// (has a `/`), else the first executable `bin` on `PATH`. `None` when
+/// there is none, so that the agent refuses to start with a clear error
+/// rather than Nack every configuration later.
+pub fn find_program(bin: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(bin))
+        .find(|p| executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_program;
+    use std::path::Path;
+
+    #[test]
+    fn programs_are_found_on_path_or_by_their_own_path() {
+        let sh = find_program(Path::new("sh")).expect("sh is on PATH");
+        assert!(sh.is_absolute(), "{sh:?}");
+        assert_eq!(find_program(&sh), Some(sh.clone()));
+        assert_eq!(find_program(Path::new("no-such-program-xyz")), None);
+        assert_eq!(find_program(Path::new("/no/such/program")), None);
+        // A directory is not a program.
+        assert_eq!(find_program(Path::new("/tmp")), None);
+    }
+}

@@ -40,7 +40,14 @@ fn return_memory_promptly() {
         for (setting, ms) in [("dirty_decay_ms", 1000isize), ("muzzy_decay_ms", 0)] {
             let name = format!("{key}.{setting}\0");
             if let Err(e) = name.as_bytes().name().write(ms) {
-                tracing::warn!(key = %name.trim_end_matches('\0'), error = %e, "allocator setting refused");
+                // An arena index no thread has used yet does not exist:
+                // `arenas.*` covers it when it is made.
+                let key = name.trim_end_matches('\0');
+                if key.starts_with("arenas.") {
+                    tracing::warn!(key, error = %e, "allocator setting refused");
+                } else {
+                    tracing::debug!(key, error = %e, "allocator setting refused");
+                }
             }
         }
     }
@@ -261,6 +268,17 @@ async fn main() -> anyhow::Result<()> {
             (Arc::new(builtin), Some(outliers), Box::pin(proxy))
         }
         ProxyKind::Haproxy => {
+            // Every structural change runs `haproxy -c`, also with a
+            // HAProxy the agent attaches to: without the program nothing
+            // could be applied.
+            if driver::find_program(&args.haproxy_bin).is_none() {
+                anyhow::bail!(
+                    "--haproxy-bin: {} is not a program here (not an executable file, \
+                     nor found on PATH); install HAProxy (Debian: apt-get install haproxy) \
+                     or name its path",
+                    args.haproxy_bin.display()
+                );
+            }
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
             let config = driver::haproxy::Config {

@@ -186,6 +186,12 @@ impl Haproxy {
         Haproxy,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
+        // HAProxy reads a socket address as a Unix path only when it starts
+        // with `/`: a relative data directory would name a TCP host.
+        let mut config = config;
+        if let Ok(dir) = std::path::absolute(&config.dir) {
+            config.dir = dir;
+        }
         let inner = Arc::new(Inner {
             config,
             current: Mutex::new(None),
@@ -252,7 +258,7 @@ impl Haproxy {
                         .await?;
                     let deadline = tokio::time::Instant::now() + REMOVAL_GRACE;
                     loop {
-                        let answer = cli(&master, &format!("@1 del server {server}"))
+                        let answer = cli_waiting(&master, &format!("@1 del server {server}"))
                             .await
                             .map_err(Refusal::Failed)?;
                         self.inner
@@ -281,7 +287,7 @@ impl Haproxy {
     }
 
     async fn send(&self, master: &Path, command: &str) -> Result<(), Refusal> {
-        let answer = cli(master, &format!("@1 {command}"))
+        let answer = cli_waiting(master, &format!("@1 {command}"))
             .await
             .map_err(Refusal::Failed)?;
         self.inner
@@ -305,7 +311,7 @@ impl Haproxy {
         let candidate = config.dir.join("haproxy.cfg.new");
         write(&candidate, &next.text).map_err(Refusal::Failed)?;
         check_file(&config.bin, &candidate).await?;
-        let before = proc_status(&config.master())
+        let before = proc_status_waiting(&config.master())
             .await
             .map_err(Refusal::Failed)?;
         let mark = self.inner.log.lock().expect("log").total;
@@ -525,8 +531,8 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
 /// Runs `haproxy -c -f file`: a refusal carries HAProxy's own message.
 async fn check_file(bin: &Path, file: &Path) -> Result<(), Refusal> {
     let out = tokio::process::Command::new(bin)
+        // Not `-q`: it silences the alerts, which are the refusal's text.
         .arg("-c")
-        .arg("-q")
         .arg("-f")
         .arg(file)
         .kill_on_drop(true)
@@ -578,31 +584,74 @@ pub async fn check(bin: &Path, dir: &Path, text: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Sends `command` to a master CLI and reads its whole answer.
+/// Sends `command` to a master CLI and reads its whole answer: one try.
 async fn cli(socket: &Path, command: &str) -> Result<String, Error> {
+    match tokio::time::timeout(CLI_TIMEOUT, cli_once(socket, command)).await {
+        Ok(r) => r,
+        Err(_) => Err(no_answer(socket, command)),
+    }
+}
+
+/// [`cli`] for a change being applied: a master that is starting (the
+/// supervisor may not have started it yet) or re-executing itself (every
+/// reload does) refuses or resets connections for a moment. A command that
+/// cannot have run (no connection) is tried again, and so is a read-only
+/// one (`show …`) whatever failed; a command that may have run is not.
+async fn cli_waiting(socket: &Path, command: &str) -> Result<String, Error> {
+    let read_only = command.starts_with("show ") || command.starts_with("@1 show ");
+    let deadline = tokio::time::Instant::now() + CLI_TIMEOUT;
+    loop {
+        let e = match tokio::time::timeout_at(deadline, cli_once(socket, command)).await {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(e)) => e,
+            Err(_) => return Err(no_answer(socket, command)),
+        };
+        let again = match &e {
+            Error::Io { source, .. } => {
+                read_only
+                    || matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    )
+            }
+            _ => false,
+        };
+        if !again || tokio::time::Instant::now() + CLI_RETRY >= deadline {
+            return Err(e);
+        }
+        tokio::time::sleep(CLI_RETRY).await;
+    }
+}
+
+fn no_answer(socket: &Path, command: &str) -> Error {
+    Error::Io {
+        what: format!("master socket {}", socket.display()),
+        source: std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer to {command:?} within {CLI_TIMEOUT:?}"),
+        ),
+    }
+}
+
+/// How long to wait before asking a master that did not answer again.
+const CLI_RETRY: Duration = Duration::from_millis(50);
+
+/// One connection to the master CLI: `command`, then its whole answer.
+async fn cli_once(socket: &Path, command: &str) -> Result<String, Error> {
     let io = |source| Error::Io {
         what: format!("master socket {}", socket.display()),
         source,
     };
-    let work = async {
-        let mut s = UnixStream::connect(socket).await.map_err(io)?;
-        s.write_all(format!("{command}\n").as_bytes())
-            .await
-            .map_err(io)?;
-        // The master answers once the client half-closes: it reads
-        // commands until then.
-        s.shutdown().await.map_err(io)?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.map_err(io)?;
-        Ok(out)
-    };
-    match tokio::time::timeout(CLI_TIMEOUT, work).await {
-        Ok(r) => r,
-        Err(_) => Err(io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer to {command:?}"),
-        ))),
-    }
+    let mut s = UnixStream::connect(socket).await.map_err(io)?;
+    s.write_all(format!("{command}\n").as_bytes())
+        .await
+        .map_err(io)?;
+    // The master answers once the client half-closes: it reads commands
+    // until then.
+    s.shutdown().await.map_err(io)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.map_err(io)?;
+    Ok(out)
 }
 
 /// What `show proc` says.
@@ -656,8 +705,21 @@ pub fn parse_proc(text: &str) -> Option<Proc> {
 
 /// `show proc` through the master socket at `socket`.
 pub async fn proc_status(socket: &Path) -> Result<Proc, Error> {
-    let text = cli(socket, "show proc").await?;
-    parse_proc(&text).ok_or_else(|| Error::Reload(format!("unreadable show proc: {text:?}")))
+    read_proc(&cli(socket, "show proc").await?)
+}
+
+/// [`proc_status`] of a master that may be starting or reloading.
+async fn proc_status_waiting(socket: &Path) -> Result<Proc, Error> {
+    read_proc(&cli_waiting(socket, "show proc").await?)
+}
+
+fn read_proc(text: &str) -> Result<Proc, Error> {
+    parse_proc(text).ok_or_else(|| {
+        Error::Reload(format!(
+            "unreadable show proc: {:?}",
+            switchyard::validate::truncate(text, 200)
+        ))
+    })
 }
 
 /// Starts HAProxy (or attaches to a running one), restarts it when it dies,

@@ -80,15 +80,16 @@ fn node(revision: u64, resources: Vec<pb::Resource>) -> Arc<NodeConfig> {
         .expect("valid")
 }
 
-fn haproxy_bin() -> Option<PathBuf> {
-    let found = std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_ok();
-    if !found {
-        eprintln!("haproxy is not installed (scripts/test installs it): skipped");
-    }
-    found.then(|| PathBuf::from("haproxy"))
+/// HAProxy from PATH: tests that run it are `#[ignore]`d for a plain
+/// `cargo test` and run by scripts/test, which installs it; there its
+/// absence is a failure, never a skip.
+fn haproxy_bin() -> PathBuf {
+    let bin = PathBuf::from("haproxy");
+    assert!(
+        crate::driver::find_program(&bin).is_some(),
+        "haproxy is not installed (scripts/test installs it)"
+    );
+    bin
 }
 
 async fn until_master(driver: &Haproxy) -> Proc {
@@ -112,8 +113,9 @@ async fn until_master(driver: &Haproxy) -> Proc {
 /// on one port) is a refusal with HAProxy's message while the previous
 /// configuration keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs haproxy (scripts/test installs it)"]
 async fn endpoint_changes_need_no_reload_and_refusals_carry_haproxys_message() {
-    let Some(bin) = haproxy_bin() else { return };
+    let bin = haproxy_bin();
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let config = Config {
@@ -227,4 +229,35 @@ async fn endpoint_changes_need_no_reload_and_refusals_carry_haproxys_message() {
             .is_err(),
         "HAProxy stopped with the agent"
     );
+}
+
+/// `haproxy -c` refusing a file is a refusal carrying HAProxy's alert, not
+/// an empty message.
+#[tokio::test]
+#[ignore = "needs haproxy (scripts/test installs it)"]
+async fn a_file_haproxy_c_refuses_is_refused_with_its_alert() {
+    let bin = haproxy_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let refused = check(&bin, dir.path(), "global\n  no-such-keyword 1\n")
+        .await
+        .expect_err("refused");
+    let text = refused.to_string();
+    assert!(text.contains("HAProxy refused the configuration"), "{text}");
+    assert!(text.contains("no-such-keyword"), "{text}");
+}
+
+/// A relative data directory still gives HAProxy Unix socket paths: it
+/// reads a socket address without a leading `/` as a host name.
+#[test]
+fn sockets_are_absolute_paths_whatever_the_data_directory() {
+    let (driver, _run) = Haproxy::new(Config::new("relative/dir"), CancellationToken::new());
+    let config = &driver.inner.config;
+    assert!(config.master().is_absolute(), "{:?}", config.master());
+    let rendered = render::render(&NodeConfig::default(), &config.sockets()).unwrap();
+    let socket = rendered
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stats socket "))
+        .expect("a stats socket line");
+    assert!(socket.starts_with('/'), "{socket}");
 }
